@@ -1,0 +1,48 @@
+//! Shared types and seams of llmtrace: the span record, the query model, the `Store`
+//! trait every backend implements, and the error codes every interface maps to.
+
+pub mod error;
+pub mod query;
+pub mod span;
+
+pub use error::{Error, ErrorCode, Result};
+pub use query::{
+    AggregateQuery, AggregateRow, Cursor, Deletion, Dimension, Page, SessionTrace, SpanFilter,
+    SpanQuery,
+};
+pub use span::{Span, SpanEvent, SpanKey, SpanKind, SpanSource, SpanStatus};
+
+/// Size and shape of what a store holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoreStats {
+    /// Rows (span versions) in memory and in segments, before deletions are applied.
+    pub rows: u64,
+    pub memtable_rows: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub wal_bytes: u64,
+    pub quarantined: u64,
+}
+
+/// The span store. Writes are durable when `append` returns; reads see every
+/// acknowledged write. A later write of the same (project, trace_id, span_id) replaces
+/// the earlier one.
+pub trait Store: Send + Sync {
+    /// Appends a batch; returns once it is durable per the configured durability.
+    fn append(&self, spans: Vec<Span>) -> Result<()>;
+    /// One page of spans matching the query, newest first.
+    fn search(&self, query: &SpanQuery) -> Result<Page>;
+    /// Every span of one trace, oldest first.
+    fn trace(&self, project: &str, trace_id: &str) -> Result<Vec<Span>>;
+    /// Every trace of one session, in order.
+    fn session(&self, project: &str, session_id: &str) -> Result<Vec<SessionTrace>>;
+    /// Time buckets × dimensions with counts, error rate, token and cost sums, latency.
+    fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>>;
+    /// Deletes what matches; returns how many live spans it removed.
+    fn delete(&self, deletion: &Deletion) -> Result<u64>;
+    /// Drops data older than each project's retention; returns rows dropped.
+    fn retention_sweep(&self, now_ns: i64) -> Result<u64>;
+    /// Moves what is in memory to durable columnar segments.
+    fn flush(&self) -> Result<()>;
+    fn stats(&self) -> Result<StoreStats>;
+}
