@@ -80,20 +80,30 @@ impl SpanFilter {
                 .attributes
                 .iter()
                 .all(|(key, value)| attribute_text(span, key).as_deref() == Some(value.as_str()))
-            && self.min_duration_ms.is_none_or(|min| span.duration_ms >= min)
-            && self.max_duration_ms.is_none_or(|max| span.duration_ms <= max)
+            && self
+                .min_duration_ms
+                .is_none_or(|min| span.duration_ms >= min)
+            && self
+                .max_duration_ms
+                .is_none_or(|max| span.duration_ms <= max)
             && self
                 .min_cost_usd
                 .is_none_or(|min| span.total_cost_usd.is_some_and(|cost| cost >= min))
             && self
                 .max_cost_usd
                 .is_none_or(|max| span.total_cost_usd.is_some_and(|cost| cost <= max))
-            && self.text.as_ref().is_none_or(|text| text_matches(text, span))
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|text| text_matches(text, span))
     }
 
     /// The start-time window as `[since, until)`, with open ends widened to the extremes.
     pub fn time_window(&self) -> (i64, i64) {
-        (self.since.unwrap_or(i64::MIN), self.until.unwrap_or(i64::MAX))
+        (
+            self.since.unwrap_or(i64::MIN),
+            self.until.unwrap_or(i64::MAX),
+        )
     }
 }
 
@@ -134,13 +144,23 @@ pub struct Cursor(pub OrderKey);
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        format!("{}.{}.{}", self.0.start_time, self.0.trace_id, self.0.span_id)
+        format!(
+            "{}.{}.{}",
+            self.0.start_time, self.0.trace_id, self.0.span_id
+        )
     }
 
     pub fn decode(text: &str) -> Result<Cursor> {
-        let bad = || Error::BadRequest(format!("cursor {text:?} is not a cursor this server issued"));
+        let bad = || {
+            Error::BadRequest(format!(
+                "cursor {text:?} is not a cursor this server issued"
+            ))
+        };
         let mut parts = text.splitn(3, '.');
-        let start_time = parts.next().and_then(|part| part.parse().ok()).ok_or_else(bad)?;
+        let start_time = parts
+            .next()
+            .and_then(|part| part.parse().ok())
+            .ok_or_else(bad)?;
         let trace_id = parts.next().ok_or_else(bad)?.to_string();
         let span_id = parts.next().ok_or_else(bad)?.to_string();
         if trace_id.is_empty() || span_id.is_empty() || span_id.contains('.') {
@@ -173,7 +193,9 @@ impl SpanQuery {
 
     /// Whether a span (already matching the filter) lies after the cursor.
     pub fn after_cursor(&self, span_order: &OrderKey) -> bool {
-        self.cursor.as_ref().is_none_or(|cursor| span_order < &cursor.0)
+        self.cursor
+            .as_ref()
+            .is_none_or(|cursor| span_order < &cursor.0)
     }
 }
 
@@ -217,7 +239,10 @@ pub fn session_traces(mut spans: Vec<Span>) -> Vec<SessionTrace> {
     spans.sort_by_key(|span| span.order_key());
     let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for span in spans {
-        by_trace.entry(span.trace_id.clone()).or_default().push(span);
+        by_trace
+            .entry(span.trace_id.clone())
+            .or_default()
+            .push(span);
     }
     let mut traces: Vec<SessionTrace> = by_trace
         .into_iter()
@@ -356,15 +381,24 @@ struct Accumulator {
 }
 
 /// The reference aggregate: groups matching spans and computes every measure exactly.
-pub fn aggregate<'a>(query: &AggregateQuery, spans: impl IntoIterator<Item = &'a Span>) -> Vec<AggregateRow> {
-    let bucket_ns = query.bucket_seconds.map(|seconds| seconds.max(1) * 1_000_000_000);
+pub fn aggregate<'a>(
+    query: &AggregateQuery,
+    spans: impl IntoIterator<Item = &'a Span>,
+) -> Vec<AggregateRow> {
+    let bucket_ns = query
+        .bucket_seconds
+        .map(|seconds| seconds.max(1) * 1_000_000_000);
     let mut groups: BTreeMap<(Option<i64>, Vec<Option<String>>), Accumulator> = BTreeMap::new();
     for span in spans {
         if !query.filter.matches(span) {
             continue;
         }
         let bucket = bucket_ns.map(|width| span.start_time.div_euclid(width) * width);
-        let group = query.group_by.iter().map(|dim| dim.value_of(span)).collect();
+        let group = query
+            .group_by
+            .iter()
+            .map(|dim| dim.value_of(span))
+            .collect();
         let acc = groups.entry((bucket, group)).or_default();
         acc.count += 1;
         acc.error_count += u64::from(span.status.is_error());

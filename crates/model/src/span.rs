@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What kind of work a span represents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanKind {
     Llm,
@@ -58,7 +60,9 @@ impl SpanKind {
 }
 
 /// How a span ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanStatus {
     #[default]
@@ -86,7 +90,9 @@ impl SpanStatus {
     }
 
     pub fn parse(text: &str) -> Option<SpanStatus> {
-        SpanStatus::ALL.into_iter().find(|status| status.as_str() == text)
+        SpanStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 
     /// Everything but `ok` counts towards the error rate.
@@ -96,7 +102,9 @@ impl SpanStatus {
 }
 
 /// Which ingest path produced a span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanSource {
     Gateway,
@@ -127,7 +135,9 @@ impl SpanSource {
     }
 
     pub fn parse(text: &str) -> Option<SpanSource> {
-        SpanSource::ALL.into_iter().find(|source| source.as_str() == text)
+        SpanSource::ALL
+            .into_iter()
+            .find(|source| source.as_str() == text)
     }
 }
 
@@ -246,7 +256,9 @@ pub struct OrderKey {
 /// Whether `text` is a valid lower-case hex id of `len` characters, not all zeros.
 pub fn is_valid_hex_id(text: &str, len: usize) -> bool {
     text.len() == len
-        && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && text.bytes().any(|b| b != b'0')
 }
 

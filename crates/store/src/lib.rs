@@ -1,1 +1,17 @@
+//! The embedded span store: a write-ahead log in front of a memtable and immutable
+//! Parquet segments, read back as one view. See `engine` for the invariants and `wal` and
+//! `segment` for the on-disk formats.
 
+mod engine;
+mod error;
+mod fsutil;
+mod manifest;
+mod memtable;
+pub mod segment;
+pub mod wal;
+mod writer;
+
+pub use engine::{EmbeddedStore, RecoveryReport, StoreConfig, now_ns};
+pub use error::{Error, Result};
+pub use manifest::{Manifest, SegmentMeta};
+pub use writer::Durability;

@@ -1,0 +1,505 @@
+//! Immutable columnar segments: one Parquet file per flush and partition.
+//!
+//! Layout: `segments/project=<p>/day=<YYYY-MM-DD>/<id:016>.parquet` (Hive-style, so DuckDB,
+//! Spark and pandas read the tree as it is). Rows are sorted by `start_time`; zstd
+//! compression; bloom filters on `trace_id`, `session_id` and `user_id`; page statistics on.
+//! JSON-valued span fields are stored as JSON text. `_seq` is the WAL sequence number of the
+//! write that produced the row: among rows with the same (project, trace_id, span_id) the
+//! highest `_seq` is the live one.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
+    UInt64Type,
+};
+use llmtrace_model::{Span, SpanEvent, SpanKind, SpanSource, SpanStatus};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// A span with the WAL sequence number of the write that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSpan {
+    pub seq: u64,
+    pub span: Arc<Span>,
+}
+
+pub fn schema() -> SchemaRef {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let int = |name: &str| Field::new(name, DataType::Int64, true);
+    let float = |name: &str| Field::new(name, DataType::Float64, true);
+    let time = |name: &str| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("_seq", DataType::UInt64, false),
+        text("project", false),
+        text("trace_id", false),
+        text("span_id", false),
+        text("parent_span_id", true),
+        text("name", false),
+        text("kind", false),
+        text("source", false),
+        text("service_name", true),
+        time("start_time"),
+        time("end_time"),
+        Field::new("duration_ms", DataType::Float64, false),
+        float("time_to_first_token_ms"),
+        text("status", false),
+        text("status_message", true),
+        text("error_type", true),
+        int("http_status"),
+        text("session_id", true),
+        text("user_id", true),
+        text("provider", true),
+        text("request_model", true),
+        text("model", true),
+        text("routing_alias", true),
+        text("operation", true),
+        Field::new("stream", DataType::Boolean, true),
+        float("temperature"),
+        int("max_tokens"),
+        float("top_p"),
+        text("finish_reason", true),
+        int("input_tokens"),
+        int("output_tokens"),
+        int("cached_input_tokens"),
+        int("reasoning_tokens"),
+        int("total_tokens"),
+        text("usage_source", true),
+        float("input_cost_usd"),
+        float("output_cost_usd"),
+        float("total_cost_usd"),
+        text("pricing_version", true),
+        text("input", true),
+        text("output", true),
+        text("input_text", false),
+        text("output_text", false),
+        text("tools", true),
+        text("metadata", false),
+        text("attributes", true),
+        text("events", true),
+    ]))
+}
+
+fn json_text(value: &Value) -> Option<String> {
+    (!value.is_null()).then(|| value.to_string())
+}
+
+/// Converts rows to one Arrow batch in the segment schema.
+pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(48);
+    let mut seq = UInt64Builder::with_capacity(n);
+    rows.iter().for_each(|row| seq.append_value(row.seq));
+    columns.push(Arc::new(seq.finish()));
+
+    let text = |get: &dyn Fn(&Span) -> Option<String>| -> ArrayRef {
+        let mut builder = StringBuilder::with_capacity(n, n * 16);
+        for row in rows {
+            builder.append_option(get(&row.span));
+        }
+        Arc::new(builder.finish())
+    };
+    let int = |get: &dyn Fn(&Span) -> Option<i64>| -> ArrayRef {
+        let mut builder = Int64Builder::with_capacity(n);
+        rows.iter()
+            .for_each(|row| builder.append_option(get(&row.span)));
+        Arc::new(builder.finish())
+    };
+    let float = |get: &dyn Fn(&Span) -> Option<f64>| -> ArrayRef {
+        let mut builder = Float64Builder::with_capacity(n);
+        rows.iter()
+            .for_each(|row| builder.append_option(get(&row.span)));
+        Arc::new(builder.finish())
+    };
+    let time = |get: &dyn Fn(&Span) -> i64| -> ArrayRef {
+        let mut builder = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+        rows.iter()
+            .for_each(|row| builder.append_value(get(&row.span)));
+        Arc::new(builder.finish())
+    };
+
+    columns.push(text(&|s| Some(s.project.clone())));
+    columns.push(text(&|s| Some(s.trace_id.clone())));
+    columns.push(text(&|s| Some(s.span_id.clone())));
+    columns.push(text(&|s| s.parent_span_id.clone()));
+    columns.push(text(&|s| Some(s.name.clone())));
+    columns.push(text(&|s| Some(s.kind.as_str().into())));
+    columns.push(text(&|s| Some(s.source.as_str().into())));
+    columns.push(text(&|s| s.service_name.clone()));
+    columns.push(time(&|s| s.start_time));
+    columns.push(time(&|s| s.end_time));
+    columns.push(float(&|s| Some(s.duration_ms)));
+    columns.push(float(&|s| s.time_to_first_token_ms));
+    columns.push(text(&|s| Some(s.status.as_str().into())));
+    columns.push(text(&|s| s.status_message.clone()));
+    columns.push(text(&|s| s.error_type.clone()));
+    columns.push(int(&|s| s.http_status.map(i64::from)));
+    columns.push(text(&|s| s.session_id.clone()));
+    columns.push(text(&|s| s.user_id.clone()));
+    columns.push(text(&|s| s.provider.clone()));
+    columns.push(text(&|s| s.request_model.clone()));
+    columns.push(text(&|s| s.model.clone()));
+    columns.push(text(&|s| s.routing_alias.clone()));
+    columns.push(text(&|s| s.operation.clone()));
+    let mut stream = BooleanBuilder::with_capacity(n);
+    rows.iter()
+        .for_each(|row| stream.append_option(row.span.stream));
+    columns.push(Arc::new(stream.finish()));
+    columns.push(float(&|s| s.temperature));
+    columns.push(int(&|s| s.max_tokens));
+    columns.push(float(&|s| s.top_p));
+    columns.push(text(&|s| s.finish_reason.clone()));
+    columns.push(int(&|s| s.input_tokens));
+    columns.push(int(&|s| s.output_tokens));
+    columns.push(int(&|s| s.cached_input_tokens));
+    columns.push(int(&|s| s.reasoning_tokens));
+    columns.push(int(&|s| s.total_tokens));
+    columns.push(text(&|s| s.usage_source.clone()));
+    columns.push(float(&|s| s.input_cost_usd));
+    columns.push(float(&|s| s.output_cost_usd));
+    columns.push(float(&|s| s.total_cost_usd));
+    columns.push(text(&|s| s.pricing_version.clone()));
+    columns.push(text(&|s| json_text(&s.input)));
+    columns.push(text(&|s| json_text(&s.output)));
+    columns.push(text(&|s| Some(s.input_text.clone())));
+    columns.push(text(&|s| Some(s.output_text.clone())));
+    columns.push(text(&|s| json_text(&s.tools)));
+    columns.push(text(&|s| serde_json::to_string(&s.metadata).ok()));
+    columns.push(text(&|s| json_text(&s.attributes)));
+    columns.push(text(&|s| {
+        (!s.events.is_empty())
+            .then(|| serde_json::to_string(&s.events).ok())
+            .flatten()
+    }));
+    RecordBatch::try_new(schema(), columns).map_err(Error::encode)
+}
+
+fn writer_properties() -> Result<WriterProperties> {
+    let zstd = ZstdLevel::try_new(3).map_err(Error::encode)?;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(zstd))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(128 * 1024));
+    for column in ["trace_id", "session_id", "user_id"] {
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
+    }
+    Ok(builder.build())
+}
+
+/// Writes rows (any order) as one segment file, sorted by start time, fsync'd.
+pub fn write(path: &Path, rows: &mut [StoredSpan]) -> Result<u64> {
+    rows.sort_by(|a, b| {
+        (a.span.start_time, &a.span.trace_id, &a.span.span_id).cmp(&(
+            b.span.start_time,
+            &b.span.trace_id,
+            &b.span.span_id,
+        ))
+    });
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut writer = ArrowWriter::try_new(file, schema(), Some(writer_properties()?))
+        .map_err(|e| Error::segment(path, e))?;
+    for chunk in rows.chunks(16 * 1024) {
+        writer
+            .write(&to_batch(chunk)?)
+            .map_err(|e| Error::segment(path, e))?;
+    }
+    let file = writer.into_inner().map_err(|e| Error::segment(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    Ok(bytes)
+}
+
+/// Checks that a file is a readable segment (footer and schema), without reading rows.
+pub fn validate(path: &Path) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))?;
+    if builder.schema().fields().len() != schema().fields().len() {
+        return Err(Error::segment(path, "schema does not match this version"));
+    }
+    Ok(())
+}
+
+/// Reads every row of a segment.
+pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(8192).build())
+        .map_err(|e| Error::segment(path, e))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::segment(path, e))?;
+        from_batch(&batch, &mut rows).map_err(|message| Error::segment(path, message))?;
+    }
+    Ok(rows)
+}
+
+struct Columns<'a>(&'a RecordBatch);
+
+impl Columns<'_> {
+    fn column(&self, name: &str) -> Result<&ArrayRef, String> {
+        self.0
+            .column_by_name(name)
+            .ok_or_else(|| format!("column {name} is missing"))
+    }
+
+    fn text(&self, name: &str, row: usize) -> Result<Option<String>, String> {
+        let column = self.column(name)?;
+        let array = column
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column {name} is not text"))?;
+        Ok((!array.is_null(row)).then(|| array.value(row).to_string()))
+    }
+
+    fn required_text(&self, name: &str, row: usize) -> Result<String, String> {
+        self.text(name, row)?
+            .ok_or_else(|| format!("column {name} is null in row {row}"))
+    }
+
+    fn int(&self, name: &str, row: usize) -> Result<Option<i64>, String> {
+        let column = self.column(name)?;
+        let array = column
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| format!("column {name} is not int64"))?;
+        Ok((!array.is_null(row)).then(|| array.value(row)))
+    }
+
+    fn float(&self, name: &str, row: usize) -> Result<Option<f64>, String> {
+        let column = self.column(name)?;
+        let array = column
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| format!("column {name} is not float64"))?;
+        Ok((!array.is_null(row)).then(|| array.value(row)))
+    }
+
+    fn time(&self, name: &str, row: usize) -> Result<i64, String> {
+        let column = self.column(name)?;
+        let array = column
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or_else(|| format!("column {name} is not a timestamp"))?;
+        Ok(array.value(row))
+    }
+
+    fn json(&self, name: &str, row: usize) -> Result<Value, String> {
+        match self.text(name, row)? {
+            None => Ok(Value::Null),
+            Some(text) => serde_json::from_str(&text).map_err(|e| format!("column {name}: {e}")),
+        }
+    }
+}
+
+fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredSpan>) -> Result<(), String> {
+    let columns = Columns(batch);
+    let seqs = columns
+        .column("_seq")?
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or("column _seq is not uint64")?
+        .clone();
+    let stream = columns
+        .column("stream")?
+        .as_boolean_opt()
+        .ok_or("column stream is not boolean")?;
+    for row in 0..batch.num_rows() {
+        let enum_text = |name: &str| columns.required_text(name, row);
+        let kind_text = enum_text("kind")?;
+        let status_text = enum_text("status")?;
+        let source_text = enum_text("source")?;
+        let metadata_text = enum_text("metadata")?;
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_str(&metadata_text).map_err(|e| format!("column metadata: {e}"))?;
+        let events: Vec<SpanEvent> = match columns.text("events", row)? {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?,
+        };
+        let span = Span {
+            project: columns.required_text("project", row)?,
+            trace_id: columns.required_text("trace_id", row)?,
+            span_id: columns.required_text("span_id", row)?,
+            parent_span_id: columns.text("parent_span_id", row)?,
+            name: columns.required_text("name", row)?,
+            kind: SpanKind::parse(&kind_text).ok_or_else(|| format!("unknown kind {kind_text}"))?,
+            source: SpanSource::parse(&source_text)
+                .ok_or_else(|| format!("unknown source {source_text}"))?,
+            service_name: columns.text("service_name", row)?,
+            start_time: columns.time("start_time", row)?,
+            end_time: columns.time("end_time", row)?,
+            duration_ms: columns.float("duration_ms", row)?.unwrap_or(0.0),
+            time_to_first_token_ms: columns.float("time_to_first_token_ms", row)?,
+            status: SpanStatus::parse(&status_text)
+                .ok_or_else(|| format!("unknown status {status_text}"))?,
+            status_message: columns.text("status_message", row)?,
+            error_type: columns.text("error_type", row)?,
+            http_status: columns
+                .int("http_status", row)?
+                .and_then(|code| u16::try_from(code).ok()),
+            session_id: columns.text("session_id", row)?,
+            user_id: columns.text("user_id", row)?,
+            provider: columns.text("provider", row)?,
+            request_model: columns.text("request_model", row)?,
+            model: columns.text("model", row)?,
+            routing_alias: columns.text("routing_alias", row)?,
+            operation: columns.text("operation", row)?,
+            stream: (!stream.is_null(row)).then(|| stream.value(row)),
+            temperature: columns.float("temperature", row)?,
+            max_tokens: columns.int("max_tokens", row)?,
+            top_p: columns.float("top_p", row)?,
+            finish_reason: columns.text("finish_reason", row)?,
+            input_tokens: columns.int("input_tokens", row)?,
+            output_tokens: columns.int("output_tokens", row)?,
+            cached_input_tokens: columns.int("cached_input_tokens", row)?,
+            reasoning_tokens: columns.int("reasoning_tokens", row)?,
+            total_tokens: columns.int("total_tokens", row)?,
+            usage_source: columns.text("usage_source", row)?,
+            input_cost_usd: columns.float("input_cost_usd", row)?,
+            output_cost_usd: columns.float("output_cost_usd", row)?,
+            total_cost_usd: columns.float("total_cost_usd", row)?,
+            pricing_version: columns.text("pricing_version", row)?,
+            input: columns.json("input", row)?,
+            output: columns.json("output", row)?,
+            input_text: columns.required_text("input_text", row)?,
+            output_text: columns.required_text("output_text", row)?,
+            tools: columns.json("tools", row)?,
+            metadata,
+            attributes: columns.json("attributes", row)?,
+            events,
+        };
+        out.push(StoredSpan {
+            seq: seqs.value(row),
+            span: Arc::new(span),
+        });
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` (UTC) of a nanosecond timestamp.
+pub fn day_of(ns: i64) -> String {
+    let days = ns.div_euclid(86_400 * 1_000_000_000);
+    // Civil-from-days (Howard Hinnant's algorithm), valid far beyond any span time.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn day_of_known_dates() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(1_795_314_670_442_314_223), "2026-11-22");
+        assert_eq!(day_of(-1), "1969-12-31");
+        assert_eq!(day_of(951_782_400 * 1_000_000_000), "2000-02-29");
+    }
+
+    #[test]
+    fn every_field_survives_a_segment_round_trip() {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("tier".to_string(), "gold".to_string());
+        let span = Span {
+            project: "default".into(),
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+            parent_span_id: Some("00f067aa0ba902b7".into()),
+            name: "chat gpt-4o-mini".into(),
+            kind: SpanKind::Llm,
+            source: SpanSource::Otlp,
+            service_name: Some("svc".into()),
+            start_time: 1_795_314_670_442_314_223,
+            end_time: 1_795_314_671_000_000_000,
+            duration_ms: 557.685777,
+            time_to_first_token_ms: Some(12.5),
+            status: SpanStatus::Error,
+            status_message: Some("upstream 500".into()),
+            error_type: Some("timeout".into()),
+            http_status: Some(500),
+            session_id: Some("s1".into()),
+            user_id: Some("u1".into()),
+            provider: Some("openai".into()),
+            request_model: Some("gpt-4o-mini".into()),
+            model: Some("gpt-4o-mini-2024-07-18".into()),
+            routing_alias: Some("smart".into()),
+            operation: Some("chat".into()),
+            stream: Some(true),
+            temperature: Some(0.2),
+            max_tokens: Some(100),
+            top_p: Some(0.9),
+            finish_reason: Some("stop".into()),
+            input_tokens: Some(19),
+            output_tokens: Some(10),
+            cached_input_tokens: Some(3),
+            reasoning_tokens: Some(0),
+            total_tokens: Some(29),
+            usage_source: Some("reported".into()),
+            input_cost_usd: Some(0.1),
+            output_cost_usd: Some(0.2),
+            total_cost_usd: Some(0.30000000000000004),
+            pricing_version: Some("2026-11".into()),
+            input: json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
+            output: json!([{"role": "assistant", "content": [{"type": "text", "text": "yo"}]}]),
+            input_text: "hi".into(),
+            output_text: "yo".into(),
+            tools: json!([{"name": "get_weather"}]),
+            metadata,
+            attributes: json!({"x": 1}),
+            events: vec![SpanEvent {
+                name: "e".into(),
+                time_unix_nano: 5,
+                attributes: json!({"a": "b"}),
+            }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x/1.parquet");
+        let mut rows = vec![
+            StoredSpan {
+                seq: 7,
+                span: Arc::new(span.clone()),
+            },
+            StoredSpan {
+                seq: 8,
+                span: Arc::new(Span {
+                    span_id: "b7ad6b7169203332".into(),
+                    start_time: 5,
+                    ..Span::default()
+                }),
+            },
+        ];
+        write(&path, &mut rows).unwrap();
+        validate(&path).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].seq, 8, "rows are sorted by start time");
+        assert_eq!(back[1].seq, 7);
+        assert_eq!(*back[1].span, span);
+    }
+}

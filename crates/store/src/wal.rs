@@ -1,0 +1,343 @@
+//! Write-ahead log: segmented files of checksummed records.
+//!
+//! ```text
+//! file   := magic "LTWAL001" (8 bytes) record*
+//! record := len:u32le crc:u32le body[len]
+//! body   := seq:u64le kind:u8 payload        crc = crc32c(body)
+//! kind   := 1 spans (payload = JSON array of Span) | 2 deletion (payload = JSON Deletion)
+//! ```
+//!
+//! Files are named `{first_seq:020}.wal`; the writer starts a new file at every memtable
+//! rotation, so a file's rows are either all in the memtable or all in a flushed segment.
+//! Recovery reads records until the end or the first bad frame (short, over-long or
+//! checksum mismatch); the bad tail is cut off and moved to `quarantine/`, never silently
+//! deleted, and the cut is reported.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use llmtrace_model::{Deletion, Span};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{fsync_dir, move_to_quarantine};
+
+pub const MAGIC: &[u8; 8] = b"LTWAL001";
+const KIND_SPANS: u8 = 1;
+const KIND_DELETION: u8 = 2;
+/// No single record may be larger than this; a longer length field means corruption.
+pub const MAX_RECORD_BYTES: u32 = 512 << 20;
+const HEADER_BYTES: usize = 8;
+
+/// The decoded contents of one WAL record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WalEntry {
+    Spans(Vec<Span>),
+    Deletion(Deletion),
+}
+
+/// A record ready to be written: its payload serialized by the caller's thread.
+pub struct EncodedEntry {
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+impl EncodedEntry {
+    pub fn spans(spans: &[Span]) -> Result<EncodedEntry> {
+        Ok(EncodedEntry {
+            kind: KIND_SPANS,
+            payload: serde_json::to_vec(spans).map_err(Error::encode)?,
+        })
+    }
+
+    pub fn deletion(deletion: &Deletion) -> Result<EncodedEntry> {
+        Ok(EncodedEntry {
+            kind: KIND_DELETION,
+            payload: serde_json::to_vec(deletion).map_err(Error::encode)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.payload.len() + 9
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+fn frame(seq: u64, entry: &EncodedEntry, out: &mut Vec<u8>) {
+    let body_len = 8 + 1 + entry.payload.len();
+    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &[entry.kind]);
+    crc = crc32c::crc32c_append(crc, &entry.payload);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(entry.kind);
+    out.extend_from_slice(&entry.payload);
+}
+
+pub fn file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.wal")
+}
+
+fn parse_file_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".wal")?.parse().ok()
+}
+
+/// WAL files in a directory, oldest first, with the first sequence number each holds.
+pub fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = vec![];
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        if let Some(first_seq) = name.to_str().and_then(parse_file_name) {
+            files.push((first_seq, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The open file the writer appends to. Records are buffered in memory and reach the
+/// file in one write per group commit; a failed write or sync truncates the file back to
+/// its last good length, so a later record never follows garbage.
+pub struct WalWriter {
+    file: File,
+    path: PathBuf,
+    synced_bytes: u64,
+    buffer: Vec<u8>,
+}
+
+impl WalWriter {
+    /// Creates a new file whose first record will carry `first_seq`.
+    pub fn create(dir: &Path, first_seq: u64) -> Result<WalWriter> {
+        let path = dir.join(file_name(first_seq));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        fsync_dir(dir)?;
+        Ok(WalWriter {
+            file,
+            path,
+            synced_bytes: MAGIC.len() as u64,
+            buffer: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    /// Buffers one record; nothing reaches the file until `sync`.
+    pub fn write(&mut self, seq: u64, entry: &EncodedEntry) -> Result<()> {
+        frame(seq, entry, &mut self.buffer);
+        Ok(())
+    }
+
+    /// Writes buffered records to the OS and, when `fsync`, to stable storage.
+    pub fn sync(&mut self, fsync: bool) -> Result<()> {
+        let result = self.try_sync(fsync);
+        if result.is_err() {
+            self.buffer.clear();
+            // Best effort: drop whatever part of the failed write reached the file.
+            let _ = self.file.set_len(self.synced_bytes);
+            let _ = self.file.seek(SeekFrom::Start(self.synced_bytes));
+        }
+        result
+    }
+
+    fn try_sync(&mut self, fsync: bool) -> Result<()> {
+        let written = self.synced_bytes + self.buffer.len() as u64;
+        if !self.buffer.is_empty() {
+            self.file
+                .write_all(&self.buffer)
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        if fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        self.synced_bytes = written;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.synced_bytes + self.buffer.len() as u64
+    }
+}
+
+/// What recovery found in one file.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub records: u64,
+    /// Bytes cut off the end of a file because they did not form a valid record.
+    pub cut_bytes: u64,
+    pub cut_files: Vec<PathBuf>,
+}
+
+/// Reads every valid record of `path`; cuts and quarantines a torn or corrupt tail.
+pub fn replay_file(
+    path: &Path,
+    quarantine_dir: &Path,
+    report: &mut ReplayReport,
+    mut apply: impl FnMut(u64, WalEntry) -> Result<()>,
+) -> Result<()> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut data))
+        .map_err(|e| Error::io(path, e))?;
+    let mut good_end = 0usize;
+    if data.len() >= MAGIC.len() && &data[..MAGIC.len()] == MAGIC {
+        good_end = MAGIC.len();
+        while let Some((seq, entry, next)) = decode_record(&data, good_end) {
+            apply(seq, entry)?;
+            report.records += 1;
+            good_end = next;
+        }
+    }
+    if good_end < data.len() {
+        let cut = data.len() - good_end;
+        tracing::warn!(
+            file = %path.display(),
+            kept_bytes = good_end,
+            cut_bytes = cut,
+            "wal tail is torn or corrupt: cutting it at the last good record"
+        );
+        let tail_path = move_to_quarantine(quarantine_dir, path, ".tail", &data[good_end..])?;
+        tracing::warn!(saved_to = %tail_path.display(), "cut wal bytes kept for inspection");
+        if good_end == 0 {
+            // Not even the header survived: rewrite a valid empty file.
+            let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
+            file.write_all(MAGIC).map_err(|e| Error::io(path, e))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
+        } else {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            file.set_len(good_end as u64)
+                .map_err(|e| Error::io(path, e))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
+        }
+        report.cut_bytes += cut as u64;
+        report.cut_files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Decodes the record at `offset`; `None` when the bytes there are not a whole valid record.
+fn decode_record(data: &[u8], offset: usize) -> Option<(u64, WalEntry, usize)> {
+    let header = data.get(offset..offset + HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if !(9..=MAX_RECORD_BYTES).contains(&len) {
+        return None;
+    }
+    let body_start = offset + HEADER_BYTES;
+    let body = data.get(body_start..body_start + len as usize)?;
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(body[0..8].try_into().ok()?);
+    let payload = &body[9..];
+    let entry = match body[8] {
+        KIND_SPANS => WalEntry::Spans(serde_json::from_slice(payload).ok()?),
+        KIND_DELETION => WalEntry::Deletion(serde_json::from_slice(payload).ok()?),
+        _ => return None,
+    };
+    Some((seq, entry, body_start + len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(n: u64) -> Span {
+        Span {
+            project: "p".into(),
+            trace_id: format!("{n:032x}"),
+            span_id: format!("{n:016x}"),
+            input_text: format!("hello {n}"),
+            ..Span::default()
+        }
+    }
+
+    fn write_three(dir: &Path) -> PathBuf {
+        let mut writer = WalWriter::create(dir, 1).unwrap();
+        for seq in 1..=3 {
+            writer
+                .write(seq, &EncodedEntry::spans(&[span(seq)]).unwrap())
+                .unwrap();
+        }
+        writer.sync(true).unwrap();
+        dir.join(file_name(1))
+    }
+
+    fn replay(path: &Path, quarantine: &Path) -> (Vec<u64>, ReplayReport) {
+        let mut seqs = vec![];
+        let mut report = ReplayReport::default();
+        replay_file(path, quarantine, &mut report, |seq, _| {
+            seqs.push(seq);
+            Ok(())
+        })
+        .unwrap();
+        (seqs, report)
+    }
+
+    #[test]
+    fn replays_every_record_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(report.cut_bytes, 0);
+    }
+
+    #[test]
+    fn truncated_tail_is_cut_at_last_good_record_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let full = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(full - 5).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert!(report.cut_bytes > 0);
+        assert_eq!(fs::read_dir(dir.path().join("q")).unwrap().count(), 1);
+        // The file now ends at the last good record: a second replay cuts nothing.
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(report.cut_bytes, 0);
+    }
+
+    #[test]
+    fn bit_flip_in_a_record_cuts_from_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        let len = data.len();
+        data[len - 3] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(report.cut_files, vec![path]);
+    }
+
+    #[test]
+    fn garbage_length_field_does_not_allocate_or_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&[0; 12]);
+        fs::write(&path, &data).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert!(seqs.is_empty());
+        assert_eq!(report.cut_bytes, 16);
+    }
+}

@@ -1,0 +1,111 @@
+//! A corrupt segment is moved aside (not deleted) and a torn WAL tail is cut; the store
+//! opens, says what it did, and serves everything else.
+
+use llmtrace_model::{Span, SpanFilter, SpanQuery, Store};
+use llmtrace_store::{Durability, EmbeddedStore, Manifest, StoreConfig};
+
+fn span(project: &str, n: u64) -> Span {
+    Span {
+        project: project.into(),
+        trace_id: format!("{:032x}", n + 1),
+        span_id: format!("{:016x}", n + 1),
+        start_time: 1_795_000_000_000_000_000 + n as i64,
+        input_text: format!("hello {n}"),
+        ..Span::default()
+    }
+}
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut config = StoreConfig::new(dir);
+    config.durability = Durability::Fsync;
+    config.background = false;
+    config
+}
+
+fn count(store: &EmbeddedStore, project: &str) -> usize {
+    let mut query = SpanQuery::new(SpanFilter::for_project(project));
+    query.limit = 1000;
+    store.search(&query).unwrap().spans.len()
+}
+
+#[test]
+fn corrupt_segment_is_quarantined_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        store
+            .append((0..10).map(|n| span("bad", n)).collect())
+            .unwrap();
+        store
+            .append((0..10).map(|n| span("good", n)).collect())
+            .unwrap();
+        store.flush().unwrap();
+        store
+            .append((10..15).map(|n| span("bad", n)).collect())
+            .unwrap();
+    }
+    let manifest = Manifest::load(dir.path()).unwrap();
+    let bad = manifest
+        .segments
+        .iter()
+        .find(|s| s.project == "bad")
+        .unwrap();
+    let bad_path = dir.path().join(&bad.path);
+    let mut bytes = std::fs::read(&bad_path).unwrap();
+    let len = bytes.len();
+    bytes[len - 12..len - 4].copy_from_slice(b"garbage!"); // breaks the footer
+    std::fs::write(&bad_path, &bytes).unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.segments_quarantined.len(), 1);
+    assert!(report.segments_quarantined[0].starts_with(dir.path().join("quarantine")));
+    assert!(
+        report.segments_quarantined[0].exists(),
+        "quarantined file must be kept"
+    );
+    assert!(!bad_path.exists());
+    assert_eq!(count(&store, "good"), 10);
+    assert_eq!(count(&store, "bad"), 5, "rows still in the WAL are served");
+    assert_eq!(store.stats().unwrap().quarantined, 1);
+}
+
+#[test]
+fn torn_wal_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        for n in 0..5 {
+            store.append(vec![span("p", n)]).unwrap();
+        }
+    }
+    let wal_dir = dir.path().join("wal");
+    let mut files: Vec<_> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let with_data = files
+        .iter()
+        .find(|f| std::fs::metadata(f).unwrap().len() > 8)
+        .unwrap();
+    let len = std::fs::metadata(with_data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(with_data)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let report = store.recovery_report();
+    assert_eq!(report.wal_records_replayed, 4);
+    assert!(report.wal_bytes_cut > 0);
+    assert_eq!(count(&store, "p"), 4);
+    // New writes after the cut are durable and readable after another reopen.
+    store.append(vec![span("p", 9)]).unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(count(&store, "p"), 5);
+    assert_eq!(store.recovery_report().wal_bytes_cut, 0);
+}
