@@ -1,1 +1,201 @@
-fn main() {}
+//! `llmtrace`: one binary that takes LLM traces in and answers questions about them.
+
+mod config;
+mod grpc;
+mod http;
+mod openapi;
+mod params;
+mod query_cli;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use llmtrace_model::Store;
+use llmtrace_store::{EmbeddedStore, StoreConfig};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::codec::CompressionEncoding;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "llmtrace", version, about = "Record every LLM call; search, trace and aggregate them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: OTLP ingest, search API, embedded store.
+    Serve(ServeArgs),
+    /// Search a running server and print the matching LLM calls.
+    Query(query_cli::QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (settings in docs/CONFIG.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the embedded store keeps its data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Main HTTP address (UI, API, OTLP/HTTP); `off` to disable.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Extra OTLP/HTTP address; `off` to disable.
+    #[arg(long)]
+    otlp_http_listen: Option<String>,
+    /// OTLP/gRPC address; `off` to disable.
+    #[arg(long)]
+    otlp_grpc_listen: Option<String>,
+    /// fsync, none or interval:<duration>.
+    #[arg(long)]
+    durability: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMTRACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Query(args) => query_cli::run(args),
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(args.config.as_deref(), &env)?;
+    let flags = [
+        ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())),
+        ("listen", args.listen.clone()),
+        ("otlp_http_listen", args.otlp_http_listen.clone()),
+        ("otlp_grpc_listen", args.otlp_grpc_listen.clone()),
+        ("durability", args.durability.clone()),
+    ];
+    for (name, value) in flags {
+        if let Some(value) = value {
+            config.set(name, &value).with_context(|| format!("flag --{}", name.replace('_', "-")))?;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    if args.print_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let mut store_config = StoreConfig::new(&config.data_dir);
+    store_config.durability = config.durability()?;
+    store_config.default_retention_days = config.retention_days;
+    store_config.flush_interval = config.flush_interval();
+    let store = Arc::new(
+        EmbeddedStore::open(store_config)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(config, store.clone()))?;
+    tracing::info!("flushing the store");
+    store.close().context("final flush failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal(sender: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+    let _ = sender.send(true);
+}
+
+async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
+    let state = Arc::new(http::AppState {
+        store: store as Arc<dyn Store>,
+        default_project: config.default_project.clone(),
+        max_body_bytes: config.max_body_bytes,
+        ingest_slots: tokio::sync::Semaphore::new(config.max_inflight_ingest),
+        metrics_requests: Default::default(),
+        log_records: Default::default(),
+    });
+    let (stop_sender, stop) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = Vec::new();
+
+    let wait_for = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Some(address) = &config.listen {
+        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        bound.push(format!("http={}", listener.local_addr()?));
+        let app = http::router(state.clone());
+        let signal = wait_for(stop.clone());
+        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(anyhow::Error::from) });
+    }
+    if let Some(address) = &config.otlp_http_listen {
+        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        bound.push(format!("otlp_http={}", listener.local_addr()?));
+        let app = http::otlp_only(state.clone());
+        let signal = wait_for(stop.clone());
+        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(anyhow::Error::from) });
+    }
+    if let Some(address) = &config.otlp_grpc_listen {
+        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        bound.push(format!("otlp_grpc={}", listener.local_addr()?));
+        let limit = config.max_body_bytes;
+        let traces = TraceServiceServer::new(grpc::Otlp { state: state.clone() })
+            .max_decoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let logs = LogsServiceServer::new(grpc::Otlp { state: state.clone() })
+            .max_decoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let signal = wait_for(stop.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(traces)
+                .add_service(logs)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    // One machine-readable line so scripts and tests learn the bound ports.
+    println!("llmtrace listening {}", bound.join(" "));
+    tracing::info!(listeners = %bound.join(" "), data_dir = %config.data_dir.display(), "ready");
+    tokio::spawn(shutdown_signal(stop_sender));
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Message normalization: every dialect's messages become
+//! `{role, content:[parts], tool_calls, tool_call_id, name}` with parts `text`, `image`,
+//! `audio`, `file`, `refusal` (unknown part types are kept as they came).
+
+use serde_json::{Map, Value, json};
+
+/// A JSON value that may arrive as a JSON-encoded string (span attributes) or as a tree
+/// (log events): always returns the tree.
+pub fn json_tree(value: &Value) -> Value {
+    match value {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| value.clone()),
+        other => other.clone(),
+    }
+}
+
+fn text_part(text: &str) -> Value {
+    json!({"type": "text", "text": text})
+}
+
+fn message(role: &str, content: Vec<Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("role".into(), Value::from(role));
+    out.insert("content".into(), Value::Array(content));
+    out
+}
+
+/// An OpenAI chat-format content value (string or parts list) as normalized parts.
+pub fn openai_content(content: &Value) -> Vec<Value> {
+    match content {
+        Value::Null => vec![],
+        Value::String(text) => vec![text_part(text)],
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") | Some("input_text") | Some("output_text") => {
+                    text_part(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                }
+                Some("image_url") => json!({
+                    "type": "image",
+                    "url": part.pointer("/image_url/url").cloned().unwrap_or(Value::Null)
+                }),
+                Some("input_image") => json!({"type": "image", "url": part.get("image_url").cloned().unwrap_or(Value::Null)}),
+                Some("input_audio") => json!({"type": "audio", "format": part.pointer("/input_audio/format").cloned().unwrap_or(Value::Null)}),
+                Some("file") | Some("input_file") => json!({"type": "file", "file": part.get("file").cloned().unwrap_or(Value::Null)}),
+                Some("refusal") => json!({"type": "refusal", "text": part.get("refusal").cloned().unwrap_or(Value::Null)}),
+                _ => match part {
+                    Value::String(text) => text_part(text),
+                    other => other.clone(),
+                },
+            })
+            .collect(),
+        other => vec![text_part(&other.to_string())],
+    }
+}
+
+/// One OpenAI chat-format message (`{role, content, tool_calls, tool_call_id, name}`).
+pub fn from_openai_message(raw: &Value) -> Value {
+    let role = raw.get("role").and_then(Value::as_str).unwrap_or("user");
+    let mut content = openai_content(raw.get("content").unwrap_or(&Value::Null));
+    if let Some(refusal) = raw.get("refusal").and_then(Value::as_str) {
+        content.push(json!({"type": "refusal", "text": refusal}));
+    }
+    let mut out = message(role, content);
+    if let Some(calls) = raw.get("tool_calls").and_then(Value::as_array) {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|call| {
+                json!({
+                    "id": call.get("id").cloned().unwrap_or(Value::Null),
+                    "name": call.pointer("/function/name").or_else(|| call.get("name")).cloned().unwrap_or(Value::Null),
+                    "arguments": call.pointer("/function/arguments").or_else(|| call.get("arguments")).cloned().unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        if !calls.is_empty() {
+            out.insert("tool_calls".into(), Value::Array(calls));
+        }
+    }
+    for key in ["tool_call_id", "name"] {
+        if let Some(value) = raw.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), value.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// OpenAI chat-format message list.
+pub fn from_openai_messages(raw: &Value) -> Option<Value> {
+    let items = raw.as_array()?;
+    Some(Value::Array(items.iter().map(from_openai_message).collect()))
+}
+
+/// OTel GenAI (v1.37+) messages: `{role, parts:[…], name?, finish_reason?}`.
+pub fn from_genai_messages(raw: &Value) -> Option<Value> {
+    let items = raw.as_array()?;
+    let mut out = Vec::new();
+    for item in items {
+        let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
+        let mut content = Vec::new();
+        let mut tool_calls = Vec::new();
+        let mut tool_call_id = None;
+        for part in item.get("parts").and_then(Value::as_array).into_iter().flatten() {
+            match part.get("type").and_then(Value::as_str) {
+                Some("text") | Some("reasoning") => {
+                    let text = part.get("content").and_then(Value::as_str).unwrap_or("");
+                    content.push(text_part(text));
+                }
+                Some("tool_call") => tool_calls.push(json!({
+                    "id": part.get("id").cloned().unwrap_or(Value::Null),
+                    "name": part.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": arguments_text(part.get("arguments")),
+                })),
+                Some("tool_call_response") => {
+                    tool_call_id = part.get("id").cloned();
+                    let response = part.get("response").or_else(|| part.get("result"));
+                    match response {
+                        Some(Value::String(text)) => content.push(text_part(text)),
+                        Some(other) => content.push(text_part(&other.to_string())),
+                        None => {}
+                    }
+                }
+                Some("uri") | Some("blob") | Some("file") => {
+                    let modality = part.get("modality").and_then(Value::as_str).unwrap_or("file");
+                    let kind = if matches!(modality, "image" | "audio") { modality } else { "file" };
+                    let mut normalized = part.clone();
+                    if let Some(object) = normalized.as_object_mut() {
+                        object.insert("type".into(), Value::from(kind));
+                        if let Some(uri) = part.get("uri") {
+                            object.insert("url".into(), uri.clone());
+                        }
+                    }
+                    content.push(normalized);
+                }
+                _ => content.push(part.clone()),
+            }
+        }
+        let mut normalized = message(role, content);
+        if !tool_calls.is_empty() {
+            normalized.insert("tool_calls".into(), Value::Array(tool_calls));
+        }
+        if let Some(id) = tool_call_id {
+            normalized.insert("tool_call_id".into(), id);
+        }
+        if let Some(name) = item.get("name").filter(|v| !v.is_null()) {
+            normalized.insert("name".into(), name.clone());
+        }
+        if let Some(reason) = item.get("finish_reason").filter(|v| !v.is_null()) {
+            normalized.insert("finish_reason".into(), reason.clone());
+        }
+        out.push(Value::Object(normalized));
+    }
+    Some(Value::Array(out))
+}
+
+/// `gen_ai.system_instructions`: parts without a role, as one system message.
+pub fn system_message_from_parts(raw: &Value) -> Option<Value> {
+    let parts = match raw {
+        Value::Array(parts) => parts.clone(),
+        Value::String(text) => vec![json!({"type": "text", "content": text})],
+        _ => return None,
+    };
+    from_genai_messages(&json!([{"role": "system", "parts": parts}]))
+        .and_then(|messages| messages.as_array()?.first().cloned())
+}
+
+fn arguments_text(arguments: Option<&Value>) -> Value {
+    match arguments {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(text)) => Value::from(text.clone()),
+        Some(other) => Value::from(other.to_string()),
+    }
+}
+
+/// Regroups flattened `prefix.N.rest` attributes into one map per index, ordered by N.
+pub fn regroup<'a>(
+    attributes: impl Iterator<Item = (&'a String, &'a Value)>,
+    prefix: &str,
+) -> Vec<Map<String, Value>> {
+    let mut groups: std::collections::BTreeMap<u64, Map<String, Value>> = Default::default();
+    for (key, value) in attributes {
+        let Some(rest) = key.strip_prefix(prefix) else { continue };
+        let Some((index, field)) = rest.split_once('.') else { continue };
+        let Ok(index) = index.parse::<u64>() else { continue };
+        groups.entry(index).or_default().insert(field.to_string(), value.clone());
+    }
+    groups.into_values().collect()
+}
+
+/// Builds a normalized message from flattened fields (`role`, `content`, `tool_calls.K.…`).
+/// `field` maps our names to the dialect's suffixes.
+pub fn from_flat(fields: &Map<String, Value>, field: &dyn Fn(&str) -> String, tool_call_fields: [&str; 3]) -> Value {
+    let role = fields.get(&field("role")).and_then(Value::as_str).unwrap_or("user");
+    let mut content = match fields.get(&field("content")) {
+        // Multi-part content may arrive as a JSON string of the OpenAI parts list.
+        Some(Value::String(text)) if text.starts_with('[') => match serde_json::from_str(text) {
+            Ok(parts @ Value::Array(_)) => openai_content(&parts),
+            _ => vec![text_part(text)],
+        },
+        Some(value) => openai_content(value),
+        None => vec![],
+    };
+    let contents_prefix = format!("{}.", field("contents"));
+    for part in regroup(fields.iter(), &contents_prefix) {
+        let kind = part.get("message_content.type").and_then(Value::as_str).unwrap_or("text");
+        match kind {
+            "text" => content.push(text_part(
+                part.get("message_content.text").and_then(Value::as_str).unwrap_or(""),
+            )),
+            "image" => content.push(json!({"type": "image", "url": part.get("message_content.image.image.url").cloned().unwrap_or(Value::Null)})),
+            _ => content.push(Value::Object(part)),
+        }
+    }
+    let mut out = message(role, content);
+    let calls_prefix = format!("{}.", field("tool_calls"));
+    let [id_key, name_key, arguments_key] = tool_call_fields;
+    let calls: Vec<Value> = regroup(fields.iter(), &calls_prefix)
+        .into_iter()
+        .map(|call| {
+            json!({
+                "id": call.get(id_key).cloned().unwrap_or(Value::Null),
+                "name": call.get(name_key).cloned().unwrap_or(Value::Null),
+                "arguments": call.get(arguments_key).cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    if !calls.is_empty() {
+        out.insert("tool_calls".into(), Value::Array(calls));
+    }
+    for name in ["tool_call_id", "name"] {
+        if let Some(value) = fields.get(&field(name)) {
+            out.insert(name.into(), value.clone());
+        }
+    }
+    if let Some(reason) = fields.get(&field("finish_reason")) {
+        out.insert("finish_reason".into(), reason.clone());
+    }
+    Value::Object(out)
+}
+
+/// The searchable text of normalized messages: text parts and tool-call arguments.
+pub fn flatten_text(messages: &Value) -> String {
+    let mut out = String::new();
+    let mut push = |text: &str| {
+        if !text.is_empty() {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+    };
+    for message in messages.as_array().into_iter().flatten() {
+        for part in message.get("content").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                push(text);
+            }
+        }
+        for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(name) = call.get("name").and_then(Value::as_str) {
+                push(name);
+            }
+            if let Some(arguments) = call.get("arguments").and_then(Value::as_str) {
+                push(arguments);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genai_tool_round_trip_normalizes() {
+        let raw = json!([
+            {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]},
+            {"role": "assistant", "parts": [{"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]},
+            {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_1", "result": "rainy, 57F"}]}
+        ]);
+        let messages = from_genai_messages(&raw).unwrap();
+        assert_eq!(messages[0]["content"][0]["text"], "Weather in Paris?");
+        assert_eq!(messages[1]["tool_calls"][0]["name"], "get_weather");
+        assert_eq!(messages[1]["tool_calls"][0]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(messages[2]["tool_call_id"], "call_1");
+        assert_eq!(messages[2]["content"][0]["text"], "rainy, 57F");
+        let text = flatten_text(&messages);
+        assert!(text.contains("Weather in Paris?") && text.contains("rainy, 57F"));
+    }
+
+    #[test]
+    fn openai_parts_become_typed_parts() {
+        let raw = json!([{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+        ]}]);
+        let messages = from_openai_messages(&raw).unwrap();
+        assert_eq!(messages[0]["content"][1], json!({"type": "image", "url": "https://x/y.png"}));
+    }
+}

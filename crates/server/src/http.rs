@@ -1,0 +1,366 @@
+//! HTTP routes: health, OTLP/HTTP ingest, the search API, the OpenAPI document.
+//! Handlers only decode, validate and call the store (on the blocking pool).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use llmtrace_ingest::otlp::{self, Encoding};
+use llmtrace_ingest::{convert_traces, valid_project};
+use llmtrace_model::{AggregateQuery, Error, ErrorCode, Span, SpanKind, SpanQuery, SpanSource, Store};
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::params;
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub default_project: String,
+    pub max_body_bytes: usize,
+    pub ingest_slots: Semaphore,
+    pub metrics_requests: std::sync::atomic::AtomicU64,
+    pub log_records: std::sync::atomic::AtomicU64,
+}
+
+type Shared = Arc<AppState>;
+
+/// Routes served on the main port.
+pub fn router(state: Shared) -> Router {
+    otlp_router(state.clone())
+        .route("/health", get(health))
+        .route("/v1/traces", get(search_llm_calls))
+        .route("/api/v1/spans", get(search_spans))
+        .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .route("/api/v1/sessions/{session_id}", get(get_session))
+        .route("/api/v1/aggregate", get(aggregate))
+        .route("/api/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// OTLP/HTTP routes only (served on 4318 as well).
+pub fn otlp_router(state: Shared) -> Router<Shared> {
+    let _ = state;
+    Router::new()
+        .route("/v1/traces", post(ingest_traces))
+        .route("/api/public/otel/v1/traces", post(ingest_traces))
+        .route("/v1/logs", post(ingest_logs))
+        .route("/v1/metrics", post(ingest_metrics))
+}
+
+pub fn otlp_only(state: Shared) -> Router {
+    otlp_router(state.clone())
+        .route("/health", get(health))
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The API's error body: `{"error": {"code", "message"}}` with the matching status.
+pub fn error_response(err: &Error) -> Response {
+    let code = err.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (
+        status,
+        Json(json!({"error": {"code": code.as_str(), "message": err.to_string()}})),
+    )
+        .into_response();
+    if matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// google.rpc.Status, the body of OTLP/HTTP failures.
+#[derive(Clone, PartialEq, Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+fn otlp_error(encoding: Encoding, err: &Error) -> Response {
+    let code = err.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let grpc_code = match code {
+        ErrorCode::BadRequest => 3,
+        ErrorCode::NotFound => 5,
+        ErrorCode::TooLarge | ErrorCode::RateLimited => 8,
+        ErrorCode::Unavailable => 14,
+        ErrorCode::Internal => 13,
+    };
+    let body = match encoding {
+        Encoding::Protobuf => RpcStatus { code: grpc_code, message: err.to_string() }.encode_to_vec(),
+        Encoding::Json => json!({"code": grpc_code, "message": err.to_string()}).to_string().into_bytes(),
+    };
+    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
+    if matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The project a request writes to or reads from: `x-llmtrace-project`, else the default.
+fn project_of(state: &AppState, headers: &HeaderMap) -> Result<String, Error> {
+    match header_text(headers, "x-llmtrace-project") {
+        Some(project) if valid_project(project) => Ok(project.to_string()),
+        Some(project) => Err(Error::BadRequest(format!("x-llmtrace-project {project:?} is not a valid project name"))),
+        None => Ok(state.default_project.clone()),
+    }
+}
+
+/// Reads the body within the size limit, undoes gzip, and works out the encoding.
+async fn read_otlp_body(state: &AppState, request: Request) -> Result<(Encoding, HeaderMap, Vec<u8>), (Encoding, Error)> {
+    let headers = request.headers().clone();
+    let content_type = header_text(&headers, "content-type").unwrap_or("");
+    let encoding = Encoding::from_content_type(content_type).ok_or_else(|| {
+        (
+            Encoding::Json,
+            Error::BadRequest(format!(
+                "content-type {content_type:?} is not supported: send application/x-protobuf or application/json"
+            )),
+        )
+    })?;
+    let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            (encoding, Error::TooLarge(format!("request body exceeds the {}-byte limit", state.max_body_bytes)))
+        })?;
+    let body = otlp::decode_content_encoding(header_text(&headers, "content-encoding"), body.to_vec(), state.max_body_bytes)
+        .map_err(|e| (encoding, e))?;
+    Ok((encoding, headers, body))
+}
+
+async fn ingest_traces(State(state): State<Shared>, request: Request) -> Response {
+    let (encoding, headers, body) = match read_otlp_body(&state, request).await {
+        Ok(parts) => parts,
+        Err((encoding, err)) => return otlp_error(encoding, &err),
+    };
+    let Ok(_slot) = state.ingest_slots.try_acquire() else {
+        return otlp_error(encoding, &Error::Unavailable("too many ingest requests in flight; retry shortly".into()));
+    };
+    let result = async {
+        let project = project_of(&state, &headers)?;
+        let request = otlp::decode_traces(encoding, &body)?;
+        let converted = convert_traces(&request, &project, SpanSource::Otlp);
+        let store = state.store.clone();
+        let spans = converted.spans;
+        if !spans.is_empty() {
+            tokio::task::spawn_blocking(move || store.append(spans))
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))??;
+        }
+        Ok::<_, Error>((converted.rejected, converted.errors))
+    }
+    .await;
+    match result {
+        Ok((rejected, errors)) => otlp_success(encoding, rejected, "rejectedSpans", &errors),
+        Err(err) => otlp_error(encoding, &err),
+    }
+}
+
+fn otlp_success(encoding: Encoding, rejected: u64, json_field: &str, errors: &[String]) -> Response {
+    let message = errors.join("; ");
+    let body = match encoding {
+        Encoding::Protobuf => {
+            use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+            // The partial-success message has the same shape for traces and logs.
+            ExportTraceServiceResponse {
+                partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: rejected as i64,
+                    error_message: message,
+                }),
+            }
+            .encode_to_vec()
+        }
+        Encoding::Json if rejected > 0 => json!({"partialSuccess": {json_field: rejected.to_string(), "errorMessage": message}})
+            .to_string()
+            .into_bytes(),
+        Encoding::Json => b"{}".to_vec(),
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+async fn ingest_logs(State(state): State<Shared>, request: Request) -> Response {
+    let (encoding, _headers, body) = match read_otlp_body(&state, request).await {
+        Ok(parts) => parts,
+        Err((encoding, err)) => return otlp_error(encoding, &err),
+    };
+    match otlp::decode_logs(encoding, &body) {
+        Ok(request) => {
+            let records: usize = request
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum();
+            state.log_records.fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+            otlp_success(encoding, 0, "rejectedLogRecords", &[])
+        }
+        Err(err) => otlp_error(encoding, &err),
+    }
+}
+
+/// Metrics are accepted (Traceloop sends them) and counted, not stored.
+async fn ingest_metrics(State(state): State<Shared>, request: Request) -> Response {
+    let encoding = header_text(request.headers(), "content-type")
+        .and_then(Encoding::from_content_type)
+        .unwrap_or(Encoding::Protobuf);
+    if axum::body::to_bytes(request.into_body(), state.max_body_bytes).await.is_err() {
+        return otlp_error(encoding, &Error::TooLarge("metrics body too large".into()));
+    }
+    state.metrics_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body: Bytes = match encoding {
+        Encoding::Json => Bytes::from_static(b"{}"),
+        Encoding::Protobuf => Bytes::new(),
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+async fn run_store<T: Send + 'static>(
+    state: &Shared,
+    work: impl FnOnce(&dyn Store) -> llmtrace_model::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(store.as_ref()))
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+}
+
+fn rfc3339(ns: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_nanos(time).to_string()
+}
+
+/// One row of `GET /v1/traces`: an LLM call.
+fn llm_call_row(span: &Span) -> Value {
+    json!({
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "tenant_id": span.project,
+        "timestamp": rfc3339(span.start_time),
+        "model": span.model.as_ref().or(span.request_model.as_ref()),
+        "provider": span.provider,
+        "input_text": span.input_text,
+        "output_text": span.output_text,
+        "input_tokens": span.input_tokens,
+        "output_tokens": span.output_tokens,
+        "total_cost_usd": span.total_cost_usd,
+        "latency_ms": span.duration_ms,
+        "status": span.status.as_str(),
+        "routing_alias": span.routing_alias,
+        "metadata": span.metadata,
+        "session_id": span.session_id,
+        "user_id": span.user_id,
+    })
+}
+
+async fn search_llm_calls(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let parsed = match params::parse(&pairs, &state.default_project, &[], llmtrace_store::now_ns()) {
+        Ok(parsed) => parsed,
+        Err(err) => return error_response(&err),
+    };
+    let mut filter = parsed.filter;
+    if filter.kinds.is_empty() {
+        filter.kinds = vec![SpanKind::Llm, SpanKind::Embedding];
+    }
+    let query = SpanQuery { filter, limit: parsed.limit, cursor: parsed.cursor };
+    match run_store(&state, move |store| store.search(&query)).await {
+        Ok(page) => Json(json!({
+            "data": page.spans.iter().map(llm_call_row).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor.map(|c| c.encode()),
+        }))
+        .into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn search_spans(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let parsed = match params::parse(&pairs, &state.default_project, &[], llmtrace_store::now_ns()) {
+        Ok(parsed) => parsed,
+        Err(err) => return error_response(&err),
+    };
+    let query = SpanQuery { filter: parsed.filter, limit: parsed.limit, cursor: parsed.cursor };
+    match run_store(&state, move |store| store.search(&query)).await {
+        Ok(page) => Json(json!({"data": page.spans, "next_cursor": page.next_cursor.map(|c| c.encode())})).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+fn project_param(state: &AppState, pairs: &[(String, String)]) -> Result<String, Error> {
+    let mut project = state.default_project.clone();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "project" | "tenant_id" if valid_project(value) => project = value.clone(),
+            "project" | "tenant_id" => return Err(Error::BadRequest(format!("{name}={value:?} is not a valid project name"))),
+            other => return Err(Error::BadRequest(format!("unknown parameter {other:?}; known: project"))),
+        }
+    }
+    Ok(project)
+}
+
+async fn get_trace(State(state): State<Shared>, Path(trace_id): Path<String>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let trace_id = trace_id.to_ascii_lowercase();
+    if !llmtrace_model::span::is_valid_hex_id(&trace_id, 32) {
+        return error_response(&Error::BadRequest(format!("{trace_id:?} is not a 32-character hex trace id")));
+    }
+    let project = match project_param(&state, &pairs) {
+        Ok(project) => project,
+        Err(err) => return error_response(&err),
+    };
+    let id = trace_id.clone();
+    match run_store(&state, move |store| store.trace(&project, &id)).await {
+        Ok(spans) if spans.is_empty() => error_response(&Error::NotFound(format!("trace {trace_id} not found"))),
+        Ok(spans) => Json(json!({"trace_id": trace_id, "spans": spans})).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn get_session(State(state): State<Shared>, Path(session_id): Path<String>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let project = match project_param(&state, &pairs) {
+        Ok(project) => project,
+        Err(err) => return error_response(&err),
+    };
+    let id = session_id.clone();
+    match run_store(&state, move |store| store.session(&project, &id)).await {
+        Ok(traces) if traces.is_empty() => error_response(&Error::NotFound(format!("session {session_id:?} not found"))),
+        Ok(traces) => Json(json!({"session_id": session_id, "traces": traces})).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn aggregate(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let parsed = match params::parse(&pairs, &state.default_project, &["group_by", "bucket"], llmtrace_store::now_ns()) {
+        Ok(parsed) => parsed,
+        Err(err) => return error_response(&err),
+    };
+    let query = AggregateQuery {
+        filter: parsed.filter,
+        bucket_seconds: parsed.bucket_seconds,
+        group_by: parsed.group_by,
+    };
+    let names: Vec<String> = query.group_by.iter().map(|d| d.name()).collect();
+    match run_store(&state, move |store| store.aggregate(&query)).await {
+        Ok(rows) => Json(json!({"group_by": names, "data": rows})).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(crate::openapi::document().to_string()),
+    )
+        .into_response()
+}

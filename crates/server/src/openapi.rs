@@ -1,0 +1,87 @@
+//! The OpenAPI document served at `/api/openapi.json`. Parameters come from the same
+//! lists the handlers validate against, so the document cannot drift from the server
+//! (an end-to-end test calls every documented route with every documented parameter).
+
+use serde_json::{Value, json};
+
+use crate::params::FILTER_PARAMS;
+
+fn query_param(name: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}})
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn filter_params(extra: &[&str]) -> Vec<Value> {
+    FILTER_PARAMS
+        .iter()
+        .chain(extra)
+        .map(|name| query_param(name))
+        .collect()
+}
+
+fn page_response(description: &str) -> Value {
+    json!({
+        "200": {"description": description, "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"data": {"type": "array", "items": {"type": "object"}}, "next_cursor": {"type": ["string", "null"]}}
+        }}}},
+        "400": {"description": "a parameter is unknown or malformed; the message names it"}
+    })
+}
+
+pub fn document() -> Value {
+    let otlp_post = |summary: &str| {
+        json!({"post": {
+            "summary": summary,
+            "requestBody": {"content": {"application/x-protobuf": {}, "application/json": {}}},
+            "responses": {
+                "200": {"description": "accepted (partialSuccess names rejected items)"},
+                "400": {"description": "undecodable body"},
+                "413": {"description": "body too large"},
+                "503": {"description": "overloaded; retry after Retry-After seconds"}
+            }
+        }})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "llmtrace", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/health": {"get": {"summary": "200 once the server is ready", "responses": {"200": {"description": "ready"}}}},
+            "/v1/traces": {
+                "get": {
+                    "summary": "LLM calls, newest first (one row per call)",
+                    "parameters": filter_params(&[]),
+                    "responses": page_response("a page of LLM calls")
+                },
+                "post": otlp_post("OTLP/HTTP trace export")["post"].clone()
+            },
+            "/api/public/otel/v1/traces": otlp_post("OTLP/HTTP trace export at the Langfuse SDK's path"),
+            "/v1/logs": otlp_post("OTLP/HTTP log export"),
+            "/v1/metrics": otlp_post("OTLP/HTTP metrics export (counted, not stored)"),
+            "/api/v1/spans": {"get": {
+                "summary": "spans of every kind with every filter, newest first",
+                "parameters": filter_params(&[]),
+                "responses": page_response("a page of spans")
+            }},
+            "/api/v1/traces/{trace_id}": {"get": {
+                "summary": "every span of one trace, oldest first",
+                "parameters": [path_param("trace_id"), query_param("project")],
+                "responses": {"200": {"description": "the trace"}, "404": {"description": "no such trace"}}
+            }},
+            "/api/v1/sessions/{session_id}": {"get": {
+                "summary": "every trace of one session, in order",
+                "parameters": [path_param("session_id"), query_param("project")],
+                "responses": {"200": {"description": "the session"}, "404": {"description": "no such session"}}
+            }},
+            "/api/v1/aggregate": {"get": {
+                "summary": "time buckets x dimensions: count, error rate, tokens, cost, latency percentiles",
+                "parameters": filter_params(&["group_by", "bucket"]),
+                "responses": {"200": {"description": "aggregate rows"}, "400": {"description": "bad parameter"}}
+            }},
+            "/api/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        }
+    })
+}
