@@ -48,7 +48,9 @@ pub fn any_value_to_json(value: &AnyValue, depth: usize) -> Value {
                 .map(|item| any_value_to_json(item, depth + 1))
                 .collect(),
         ),
-        Some(any_value::Value::KvlistValue(list)) => Value::Object(key_values_to_map(&list.values, depth + 1)),
+        Some(any_value::Value::KvlistValue(list)) => {
+            Value::Object(key_values_to_map(&list.values, depth + 1))
+        }
         Some(any_value::Value::BytesValue(bytes)) => Value::from(hex::encode(bytes)),
         #[allow(unreachable_patterns)]
         Some(_) => Value::Null,
@@ -60,14 +62,21 @@ pub fn key_values_to_map(values: &[KeyValue], depth: usize) -> Map<String, Value
         .iter()
         .take(MAX_ATTRIBUTES)
         .map(|kv| {
-            let value = kv.value.as_ref().map_or(Value::Null, |v| any_value_to_json(v, depth));
+            let value = kv
+                .value
+                .as_ref()
+                .map_or(Value::Null, |v| any_value_to_json(v, depth));
             (kv.key.clone(), value)
         })
         .collect()
 }
 
 /// Converts a whole OTLP trace export. `project` applies unless a resource names one.
-pub fn convert_traces(request: &ExportTraceServiceRequest, project: &str, source: SpanSource) -> Converted {
+pub fn convert_traces(
+    request: &ExportTraceServiceRequest,
+    project: &str,
+    source: SpanSource,
+) -> Converted {
     let mut out = Converted::default();
     for resource_spans in &request.resource_spans {
         let resource = resource_spans
@@ -75,7 +84,10 @@ pub fn convert_traces(request: &ExportTraceServiceRequest, project: &str, source
             .as_ref()
             .map(|r| key_values_to_map(&r.attributes, 0))
             .unwrap_or_default();
-        let service_name = resource.get("service.name").and_then(Value::as_str).map(str::to_string);
+        let service_name = resource
+            .get("service.name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let resource_project = resource
             .get("llmtrace.project")
             .or_else(|| resource.get("openinference.project.name"))
@@ -83,9 +95,19 @@ pub fn convert_traces(request: &ExportTraceServiceRequest, project: &str, source
             .filter(|name| valid_project(name))
             .unwrap_or(project);
         for scope_spans in &resource_spans.scope_spans {
-            let scope_name = scope_spans.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let scope_name = scope_spans
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
             for otlp_span in &scope_spans.spans {
-                match convert_span(otlp_span, resource_project, service_name.clone(), &scope_name, source) {
+                match convert_span(
+                    otlp_span,
+                    resource_project,
+                    service_name.clone(),
+                    &scope_name,
+                    source,
+                ) {
                     Ok(span) => out.spans.push(span),
                     Err(message) => {
                         out.rejected += 1;
@@ -105,7 +127,9 @@ pub fn valid_project(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 fn convert_span(
@@ -132,7 +156,12 @@ fn convert_span(
     let parent_span_id = match otlp.parent_span_id.len() {
         0 => None,
         8 => Some(hex::encode(&otlp.parent_span_id)),
-        n => return Err(format!("span {:?} has a parent_span_id of {n} bytes (want 8)", otlp.name)),
+        n => {
+            return Err(format!(
+                "span {:?} has a parent_span_id of {n} bytes (want 8)",
+                otlp.name
+            ));
+        }
     };
     let attrs = key_values_to_map(&otlp.attributes, 0);
     let start_time = otlp.start_time_unix_nano.min(i64::MAX as u64) as i64;
@@ -158,7 +187,11 @@ fn convert_span(
         start_time,
         end_time,
         duration_ms: (end_time - start_time) as f64 / 1e6,
-        status: if status_code == 2 { SpanStatus::Error } else { SpanStatus::Ok },
+        status: if status_code == 2 {
+            SpanStatus::Error
+        } else {
+            SpanStatus::Ok
+        },
         status_message: otlp
             .status
             .as_ref()
@@ -190,7 +223,9 @@ fn text(attrs: &Map<String, Value>, keys: &[&str]) -> Option<String> {
 
 fn int(attrs: &Map<String, Value>, keys: &[&str]) -> Option<i64> {
     keys.iter().find_map(|key| match attrs.get(*key)? {
-        Value::Number(number) => number.as_i64().or_else(|| number.as_f64().map(|f| f as i64)),
+        Value::Number(number) => number
+            .as_i64()
+            .or_else(|| number.as_f64().map(|f| f as i64)),
         Value::String(text) => text.parse().ok(),
         _ => None,
     })
@@ -239,7 +274,9 @@ fn kind_of(attrs: &Map<String, Value>, operation: Option<&str>) -> SpanKind {
     }
     if let Some(operation) = operation {
         match operation {
-            "chat" | "text_completion" | "generate_content" | "completion" | "responses" => return SpanKind::Llm,
+            "chat" | "text_completion" | "generate_content" | "completion" | "responses" => {
+                return SpanKind::Llm;
+            }
             "embeddings" | "embedding" => return SpanKind::Embedding,
             "execute_tool" => return SpanKind::Tool,
             "invoke_agent" | "create_agent" => return SpanKind::Agent,
@@ -260,49 +297,119 @@ fn kind_of(attrs: &Map<String, Value>, operation: Option<&str>) -> SpanKind {
 pub fn apply_conventions(span: &mut Span, attrs: &Map<String, Value>) {
     span.operation = text(attrs, &["gen_ai.operation.name", "llm.request.type"]);
     span.kind = kind_of(attrs, span.operation.as_deref());
-    span.provider = text(attrs, &["gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"])
-        .map(|p| p.to_ascii_lowercase());
+    span.provider = text(
+        attrs,
+        &[
+            "gen_ai.provider.name",
+            "gen_ai.system",
+            "llm.provider",
+            "llm.system",
+        ],
+    )
+    .map(|p| p.to_ascii_lowercase());
     span.request_model = text(
         attrs,
-        &["gen_ai.request.model", "llm.request.model_name", "llm.request.model", "langfuse.observation.model.name"],
+        &[
+            "gen_ai.request.model",
+            "llm.request.model_name",
+            "llm.request.model",
+            "langfuse.observation.model.name",
+        ],
     );
     span.model = text(
         attrs,
-        &["gen_ai.response.model", "llm.response.model_name", "llm.model_name", "embedding.model_name", "llm.response.model"],
+        &[
+            "gen_ai.response.model",
+            "llm.response.model_name",
+            "llm.model_name",
+            "embedding.model_name",
+            "llm.response.model",
+        ],
     )
     .or_else(|| span.request_model.clone());
     if span.request_model.is_none() {
-        span.request_model = text(attrs, &["llm.model_name", "embedding.model_name"]);
+        // OpenInference puts the requested model in the invocation parameters.
+        span.request_model = [
+            "llm.invocation_parameters",
+            "embedding.invocation_parameters",
+        ]
+        .iter()
+        .filter_map(|key| attrs.get(*key).map(json_tree))
+        .find_map(|params| params.get("model")?.as_str().map(str::to_string))
+        .or_else(|| text(attrs, &["llm.model_name", "embedding.model_name"]));
     }
-    span.temperature = float(attrs, &["gen_ai.request.temperature", "llm.request.temperature"]);
+    span.temperature = float(
+        attrs,
+        &["gen_ai.request.temperature", "llm.request.temperature"],
+    );
     span.top_p = float(attrs, &["gen_ai.request.top_p", "llm.request.top_p"]);
-    span.max_tokens = int(attrs, &["gen_ai.request.max_tokens", "llm.request.max_tokens"]);
-    span.stream = boolean(attrs, &["gen_ai.request.stream", "gen_ai.is_streaming", "llm.is_streaming"]);
+    span.max_tokens = int(
+        attrs,
+        &["gen_ai.request.max_tokens", "llm.request.max_tokens"],
+    );
+    span.stream = boolean(
+        attrs,
+        &[
+            "gen_ai.request.stream",
+            "gen_ai.is_streaming",
+            "llm.is_streaming",
+        ],
+    );
     span.finish_reason = text(
         attrs,
-        &["gen_ai.response.finish_reasons", "llm.finish_reason", "gen_ai.completion.0.finish_reason"],
+        &[
+            "gen_ai.response.finish_reasons",
+            "llm.finish_reason",
+            "gen_ai.completion.0.finish_reason",
+        ],
     );
     span.input_tokens = int(
         attrs,
-        &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt", "llm.usage.prompt_tokens"],
+        &[
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.prompt_tokens",
+            "llm.token_count.prompt",
+            "llm.usage.prompt_tokens",
+        ],
     );
     span.output_tokens = int(
         attrs,
-        &["gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion", "llm.usage.completion_tokens"],
+        &[
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.completion_tokens",
+            "llm.token_count.completion",
+            "llm.usage.completion_tokens",
+        ],
     );
     span.cached_input_tokens = int(
         attrs,
-        &["gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens", "llm.token_count.prompt_details.cache_read"],
+        &[
+            "gen_ai.usage.cache_read.input_tokens",
+            "gen_ai.usage.cache_read_input_tokens",
+            "llm.token_count.prompt_details.cache_read",
+        ],
     );
     span.reasoning_tokens = int(
         attrs,
-        &["gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens", "llm.usage.reasoning_tokens", "llm.token_count.completion_details.reasoning"],
+        &[
+            "gen_ai.usage.reasoning.output_tokens",
+            "gen_ai.usage.reasoning_tokens",
+            "llm.usage.reasoning_tokens",
+            "llm.token_count.completion_details.reasoning",
+        ],
     );
-    span.total_tokens = int(attrs, &["gen_ai.usage.total_tokens", "llm.usage.total_tokens", "llm.token_count.total"])
-        .or_else(|| match (span.input_tokens, span.output_tokens) {
-            (None, None) => None,
-            (input, output) => Some(input.unwrap_or(0) + output.unwrap_or(0)),
-        });
+    span.total_tokens = int(
+        attrs,
+        &[
+            "gen_ai.usage.total_tokens",
+            "llm.usage.total_tokens",
+            "llm.token_count.total",
+        ],
+    )
+    .or_else(|| match (span.input_tokens, span.output_tokens) {
+        (None, None) => None,
+        (input, output) => Some(input.unwrap_or(0) + output.unwrap_or(0)),
+    });
     if span.input_tokens.is_some() || span.output_tokens.is_some() {
         span.usage_source = Some("reported".into());
     }
@@ -313,14 +420,27 @@ pub fn apply_conventions(span: &mut Span, attrs: &Map<String, Value>) {
     if span.status == SpanStatus::Ok && span.error_type.is_some() {
         span.status = SpanStatus::Error;
     }
-    span.http_status = int(attrs, &["http.response.status_code", "http.status_code"]).and_then(|c| u16::try_from(c).ok());
+    span.http_status = int(attrs, &["http.response.status_code", "http.status_code"])
+        .and_then(|c| u16::try_from(c).ok());
     span.session_id = text(
         attrs,
-        &["gen_ai.conversation.id", "session.id", "traceloop.association.properties.session_id", "langfuse.session.id"],
+        &[
+            "gen_ai.conversation.id",
+            "session.id",
+            "traceloop.association.properties.session_id",
+            "langfuse.session.id",
+        ],
     );
     span.user_id = text(
         attrs,
-        &["user.id", "traceloop.association.properties.user_id", "gen_ai.user", "llm.user", "langfuse.user.id", "enduser.id"],
+        &[
+            "user.id",
+            "traceloop.association.properties.user_id",
+            "gen_ai.user",
+            "llm.user",
+            "langfuse.user.id",
+            "enduser.id",
+        ],
     );
     span.routing_alias = text(attrs, &["llmtrace.routing_alias"]);
     span.time_to_first_token_ms = float(attrs, &["gen_ai.response.time_to_first_chunk"])
@@ -333,17 +453,35 @@ pub fn apply_conventions(span: &mut Span, attrs: &Map<String, Value>) {
     span.input_text = flatten_text(&span.input);
     span.output_text = flatten_text(&span.output);
     if span.input_text.is_empty() {
-        span.input_text = text(attrs, &["gen_ai.tool.call.arguments", "traceloop.entity.input", "input.value"]).unwrap_or_default();
+        span.input_text = text(
+            attrs,
+            &[
+                "gen_ai.tool.call.arguments",
+                "traceloop.entity.input",
+                "input.value",
+            ],
+        )
+        .unwrap_or_default();
     }
     if span.output_text.is_empty() {
-        span.output_text = text(attrs, &["gen_ai.tool.call.result", "traceloop.entity.output", "output.value"]).unwrap_or_default();
+        span.output_text = text(
+            attrs,
+            &[
+                "gen_ai.tool.call.result",
+                "traceloop.entity.output",
+                "output.value",
+            ],
+        )
+        .unwrap_or_default();
     }
 }
 
 fn first_token_event_ms(span: &Span) -> Option<f64> {
     span.events
         .iter()
-        .find(|event| event.name == "First Token Stream Event" || event.name.ends_with("first_token"))
+        .find(|event| {
+            event.name == "First Token Stream Event" || event.name.ends_with("first_token")
+        })
         .map(|event| (event.time_unix_nano - span.start_time) as f64 / 1e6)
 }
 
@@ -365,10 +503,10 @@ fn metadata(attrs: &Map<String, Value>) -> BTreeMap<String, String> {
             .or_else(|| key.strip_prefix("langfuse.trace.metadata."))
             .or_else(|| key.strip_prefix("langfuse.observation.metadata."))
             .or_else(|| key.strip_prefix("llmtrace.metadata."));
-        if let Some(name) = stripped {
-            if !matches!(name, "session_id" | "user_id") {
-                out.insert(name.to_string(), as_text(value));
-            }
+        if let Some(name) = stripped
+            && !matches!(name, "session_id" | "user_id")
+        {
+            out.insert(name.to_string(), as_text(value));
         }
     }
     out
@@ -394,11 +532,18 @@ fn tools(attrs: &Map<String, Value>) -> Value {
             Value::Object(function)
         })
         .collect();
-    if legacy.is_empty() { Value::Null } else { Value::Array(legacy) }
+    if legacy.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(legacy)
+    }
 }
 
 fn non_empty(messages: Value) -> Option<Value> {
-    messages.as_array().is_some_and(|items| !items.is_empty()).then_some(messages)
+    messages
+        .as_array()
+        .is_some_and(|items| !items.is_empty())
+        .then_some(messages)
 }
 
 fn event_attr<'a>(events: &'a [SpanEvent], event_name: &str, key: &str) -> Option<&'a Value> {
@@ -411,28 +556,50 @@ fn event_attr<'a>(events: &'a [SpanEvent], event_name: &str, key: &str) -> Optio
 fn input_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<Value> {
     if let Some(raw) = attrs.get("gen_ai.input.messages") {
         let mut messages = from_genai_messages(&json_tree(raw))?;
-        if let Some(system) = attrs.get("gen_ai.system_instructions").map(json_tree).and_then(|v| system_message_from_parts(&v)) {
-            if let Some(items) = messages.as_array_mut() {
-                items.insert(0, system);
-            }
+        if let Some(system) = attrs
+            .get("gen_ai.system_instructions")
+            .map(json_tree)
+            .and_then(|v| system_message_from_parts(&v))
+            && let Some(items) = messages.as_array_mut()
+        {
+            items.insert(0, system);
         }
         return non_empty(messages);
     }
     let openinference: Vec<Value> = regroup(attrs.iter(), "llm.input_messages.")
         .iter()
-        .map(|fields| from_flat(fields, &|name| format!("message.{name}"), ["tool_call.id", "tool_call.function.name", "tool_call.function.arguments"]))
+        .map(|fields| {
+            from_flat(
+                fields,
+                &|name| format!("message.{name}"),
+                [
+                    "tool_call.id",
+                    "tool_call.function.name",
+                    "tool_call.function.arguments",
+                ],
+            )
+        })
         .collect();
     if !openinference.is_empty() {
         return Some(Value::Array(openinference));
     }
     let legacy: Vec<Value> = regroup(attrs.iter(), "gen_ai.prompt.")
         .iter()
-        .map(|fields| from_flat(fields, &|name| name.to_string(), ["id", "name", "arguments"]))
+        .map(|fields| {
+            from_flat(
+                fields,
+                &|name| name.to_string(),
+                ["id", "name", "arguments"],
+            )
+        })
         .collect();
     if !legacy.is_empty() {
         return Some(Value::Array(legacy));
     }
-    if let Some(raw) = attrs.get("gen_ai.prompt").or_else(|| event_attr(events, "gen_ai.content.prompt", "gen_ai.prompt")) {
+    if let Some(raw) = attrs
+        .get("gen_ai.prompt")
+        .or_else(|| event_attr(events, "gen_ai.content.prompt", "gen_ai.prompt"))
+    {
         return from_openai_messages(&json_tree(raw)).and_then(non_empty);
     }
     if let Some(raw) = attrs.get("langfuse.observation.input").map(json_tree) {
@@ -441,10 +608,10 @@ fn input_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<Va
             return Some(messages);
         }
     }
-    if let Some(raw) = attrs.get("input.value").map(json_tree) {
-        if let Some(messages) = raw.get("messages").and_then(from_openai_messages) {
-            return non_empty(messages);
-        }
+    if let Some(raw) = attrs.get("input.value").map(json_tree)
+        && let Some(messages) = raw.get("messages").and_then(from_openai_messages)
+    {
+        return non_empty(messages);
     }
     None
 }
@@ -455,23 +622,44 @@ fn output_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<V
     }
     let openinference: Vec<Value> = regroup(attrs.iter(), "llm.output_messages.")
         .iter()
-        .map(|fields| from_flat(fields, &|name| format!("message.{name}"), ["tool_call.id", "tool_call.function.name", "tool_call.function.arguments"]))
+        .map(|fields| {
+            from_flat(
+                fields,
+                &|name| format!("message.{name}"),
+                [
+                    "tool_call.id",
+                    "tool_call.function.name",
+                    "tool_call.function.arguments",
+                ],
+            )
+        })
         .collect();
     if !openinference.is_empty() {
         return Some(Value::Array(openinference));
     }
     let legacy: Vec<Value> = regroup(attrs.iter(), "gen_ai.completion.")
         .iter()
-        .map(|fields| from_flat(fields, &|name| name.to_string(), ["id", "name", "arguments"]))
+        .map(|fields| {
+            from_flat(
+                fields,
+                &|name| name.to_string(),
+                ["id", "name", "arguments"],
+            )
+        })
         .collect();
     if !legacy.is_empty() {
         return Some(Value::Array(legacy));
     }
-    if let Some(raw) = attrs.get("gen_ai.completion").or_else(|| event_attr(events, "gen_ai.content.completion", "gen_ai.completion")) {
+    if let Some(raw) = attrs
+        .get("gen_ai.completion")
+        .or_else(|| event_attr(events, "gen_ai.content.completion", "gen_ai.completion"))
+    {
         let tree = json_tree(raw);
         return match &tree {
             Value::Array(_) => from_openai_messages(&tree).and_then(non_empty),
-            Value::String(text) => Some(Value::Array(vec![from_openai_message(&serde_json::json!({"role": "assistant", "content": text}))])),
+            Value::String(text) => Some(Value::Array(vec![from_openai_message(
+                &serde_json::json!({"role": "assistant", "content": text}),
+            )])),
             other => Some(Value::Array(vec![from_openai_message(other)])),
         };
     }
@@ -483,15 +671,15 @@ fn output_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<V
             return Some(messages);
         }
     }
-    if let Some(raw) = attrs.get("output.value").map(json_tree) {
-        if let Some(choices) = raw.get("choices").and_then(Value::as_array) {
-            let messages: Vec<Value> = choices
-                .iter()
-                .filter_map(|choice| choice.get("message"))
-                .map(from_openai_message)
-                .collect();
-            return non_empty(Value::Array(messages));
-        }
+    if let Some(raw) = attrs.get("output.value").map(json_tree)
+        && let Some(choices) = raw.get("choices").and_then(Value::as_array)
+    {
+        let messages: Vec<Value> = choices
+            .iter()
+            .filter_map(|choice| choice.get("message"))
+            .map(from_openai_message)
+            .collect();
+        return non_empty(Value::Array(messages));
     }
     None
 }

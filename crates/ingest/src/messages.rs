@@ -87,7 +87,9 @@ pub fn from_openai_message(raw: &Value) -> Value {
 /// OpenAI chat-format message list.
 pub fn from_openai_messages(raw: &Value) -> Option<Value> {
     let items = raw.as_array()?;
-    Some(Value::Array(items.iter().map(from_openai_message).collect()))
+    Some(Value::Array(
+        items.iter().map(from_openai_message).collect(),
+    ))
 }
 
 /// OTel GenAI (v1.37+) messages: `{role, parts:[…], name?, finish_reason?}`.
@@ -99,7 +101,12 @@ pub fn from_genai_messages(raw: &Value) -> Option<Value> {
         let mut content = Vec::new();
         let mut tool_calls = Vec::new();
         let mut tool_call_id = None;
-        for part in item.get("parts").and_then(Value::as_array).into_iter().flatten() {
+        for part in item
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match part.get("type").and_then(Value::as_str) {
                 Some("text") | Some("reasoning") => {
                     let text = part.get("content").and_then(Value::as_str).unwrap_or("");
@@ -120,8 +127,15 @@ pub fn from_genai_messages(raw: &Value) -> Option<Value> {
                     }
                 }
                 Some("uri") | Some("blob") | Some("file") => {
-                    let modality = part.get("modality").and_then(Value::as_str).unwrap_or("file");
-                    let kind = if matches!(modality, "image" | "audio") { modality } else { "file" };
+                    let modality = part
+                        .get("modality")
+                        .and_then(Value::as_str)
+                        .unwrap_or("file");
+                    let kind = if matches!(modality, "image" | "audio") {
+                        modality
+                    } else {
+                        "file"
+                    };
                     let mut normalized = part.clone();
                     if let Some(object) = normalized.as_object_mut() {
                         object.insert("type".into(), Value::from(kind));
@@ -178,18 +192,34 @@ pub fn regroup<'a>(
 ) -> Vec<Map<String, Value>> {
     let mut groups: std::collections::BTreeMap<u64, Map<String, Value>> = Default::default();
     for (key, value) in attributes {
-        let Some(rest) = key.strip_prefix(prefix) else { continue };
-        let Some((index, field)) = rest.split_once('.') else { continue };
-        let Ok(index) = index.parse::<u64>() else { continue };
-        groups.entry(index).or_default().insert(field.to_string(), value.clone());
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((index, field)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(index) = index.parse::<u64>() else {
+            continue;
+        };
+        groups
+            .entry(index)
+            .or_default()
+            .insert(field.to_string(), value.clone());
     }
     groups.into_values().collect()
 }
 
 /// Builds a normalized message from flattened fields (`role`, `content`, `tool_calls.K.…`).
 /// `field` maps our names to the dialect's suffixes.
-pub fn from_flat(fields: &Map<String, Value>, field: &dyn Fn(&str) -> String, tool_call_fields: [&str; 3]) -> Value {
-    let role = fields.get(&field("role")).and_then(Value::as_str).unwrap_or("user");
+pub fn from_flat(
+    fields: &Map<String, Value>,
+    field: &dyn Fn(&str) -> String,
+    tool_call_fields: [&str; 3],
+) -> Value {
+    let role = fields
+        .get(&field("role"))
+        .and_then(Value::as_str)
+        .unwrap_or("user");
     let mut content = match fields.get(&field("content")) {
         // Multi-part content may arrive as a JSON string of the OpenAI parts list.
         Some(Value::String(text)) if text.starts_with('[') => match serde_json::from_str(text) {
@@ -201,7 +231,10 @@ pub fn from_flat(fields: &Map<String, Value>, field: &dyn Fn(&str) -> String, to
     };
     let contents_prefix = format!("{}.", field("contents"));
     for part in regroup(fields.iter(), &contents_prefix) {
-        let kind = part.get("message_content.type").and_then(Value::as_str).unwrap_or("text");
+        let kind = part
+            .get("message_content.type")
+            .and_then(Value::as_str)
+            .unwrap_or("text");
         match kind {
             "text" => content.push(text_part(
                 part.get("message_content.text").and_then(Value::as_str).unwrap_or(""),
@@ -249,12 +282,22 @@ pub fn flatten_text(messages: &Value) -> String {
         }
     };
     for message in messages.as_array().into_iter().flatten() {
-        for part in message.get("content").and_then(Value::as_array).into_iter().flatten() {
+        for part in message
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(text) = part.get("text").and_then(Value::as_str) {
                 push(text);
             }
         }
-        for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = call.get("name").and_then(Value::as_str) {
                 push(name);
             }
@@ -280,7 +323,10 @@ mod tests {
         let messages = from_genai_messages(&raw).unwrap();
         assert_eq!(messages[0]["content"][0]["text"], "Weather in Paris?");
         assert_eq!(messages[1]["tool_calls"][0]["name"], "get_weather");
-        assert_eq!(messages[1]["tool_calls"][0]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(
+            messages[1]["tool_calls"][0]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
         assert_eq!(messages[2]["tool_call_id"], "call_1");
         assert_eq!(messages[2]["content"][0]["text"], "rainy, 57F");
         let text = flatten_text(&messages);
@@ -294,6 +340,9 @@ mod tests {
             {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
         ]}]);
         let messages = from_openai_messages(&raw).unwrap();
-        assert_eq!(messages[0]["content"][1], json!({"type": "image", "url": "https://x/y.png"}));
+        assert_eq!(
+            messages[0]["content"][1],
+            json!({"type": "image", "url": "https://x/y.png"})
+        );
     }
 }

@@ -59,7 +59,9 @@ pub fn decode_content_encoding(
     match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
         None => Ok(body),
         Some(encoding) if encoding.is_empty() || encoding == "identity" => Ok(body),
-        Some(encoding) if encoding == "gzip" || encoding == "x-gzip" => gunzip_bounded(&body, limit),
+        Some(encoding) if encoding == "gzip" || encoding == "x-gzip" => {
+            gunzip_bounded(&body, limit)
+        }
         Some(other) => Err(Error::BadRequest(format!(
             "content-encoding {other:?} is not supported: use gzip or none"
         ))),
@@ -68,8 +70,11 @@ pub fn decode_content_encoding(
 
 pub fn decode_traces(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
     let request: ExportTraceServiceRequest = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| Error::BadRequest(format!("body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}")))?,
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}"
+            ))
+        })?,
         Encoding::Json => decode_json(body, "ExportTraceServiceRequest")?,
     };
     if encoding == Encoding::Json && request.resource_spans.is_empty() {
@@ -80,8 +85,11 @@ pub fn decode_traces(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServi
 
 pub fn decode_logs(encoding: Encoding, body: &[u8]) -> Result<ExportLogsServiceRequest, Error> {
     let request: ExportLogsServiceRequest = match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(body)
-            .map_err(|e| Error::BadRequest(format!("body is not a valid OTLP ExportLogsServiceRequest protobuf: {e}")))?,
+        Encoding::Protobuf => ExportLogsServiceRequest::decode(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "body is not a valid OTLP ExportLogsServiceRequest protobuf: {e}"
+            ))
+        })?,
         Encoding::Json => decode_json(body, "ExportLogsServiceRequest")?,
     };
     if encoding == Encoding::Json && request.resource_logs.is_empty() {
@@ -95,9 +103,8 @@ fn decode_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error>
     match serde_json::from_slice::<T>(body) {
         Ok(request) => Ok(request),
         Err(first_error) => {
-            let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-                Error::BadRequest(format!("body is not valid JSON: {e}"))
-            })?;
+            let mut value: Value = serde_json::from_slice(body)
+                .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
             if !rewrite_enum_names(&mut value, 0) {
                 return Err(Error::BadRequest(format!(
                     "body is not a valid OTLP/JSON {what}: {first_error}"
@@ -169,7 +176,11 @@ fn status_code_number(name: &str) -> Option<i64> {
 /// A JSON body with snake_case keys decodes to an empty request: say so instead.
 fn reject_snake_case(body: &[u8], snake_key: &str) -> Result<(), Error> {
     let needle = format!("\"{snake_key}\"");
-    if body.len() > 32 && body.windows(needle.len()).any(|window| window == needle.as_bytes()) {
+    if body.len() > 32
+        && body
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    {
         return Err(Error::BadRequest(format!(
             "OTLP/JSON keys must be lowerCamelCase: found {needle}, expected \"{}\"",
             camel(snake_key)
@@ -200,8 +211,14 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(Encoding::from_content_type("application/x-protobuf"), Some(Encoding::Protobuf));
-        assert_eq!(Encoding::from_content_type("application/json; charset=utf-8"), Some(Encoding::Json));
+        assert_eq!(
+            Encoding::from_content_type("application/x-protobuf"),
+            Some(Encoding::Protobuf)
+        );
+        assert_eq!(
+            Encoding::from_content_type("application/json; charset=utf-8"),
+            Some(Encoding::Json)
+        );
         assert_eq!(Encoding::from_content_type("text/plain"), None);
     }
 
@@ -211,9 +228,15 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(&vec![0u8; 10 << 20]).unwrap();
         let small = encoder.finish().unwrap();
-        assert!(matches!(gunzip_bounded(&small, 1 << 20), Err(Error::TooLarge(_))));
+        assert!(matches!(
+            gunzip_bounded(&small, 1 << 20),
+            Err(Error::TooLarge(_))
+        ));
         assert_eq!(gunzip_bounded(&small, 20 << 20).unwrap().len(), 10 << 20);
-        assert!(matches!(gunzip_bounded(b"not gzip", 100), Err(Error::BadRequest(_))));
+        assert!(matches!(
+            gunzip_bounded(b"not gzip", 100),
+            Err(Error::BadRequest(_))
+        ));
     }
 
     #[test]
@@ -239,6 +262,9 @@ mod tests {
         let err = decode_traces(Encoding::Protobuf, &[0x0a, 0xff, 0x01]).unwrap_err();
         assert!(err.to_string().contains("protobuf"), "{err}");
         let bad_id = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"b7ad6b7169203331"}]}]}]}"#;
-        assert!(matches!(decode_traces(Encoding::Json, bad_id), Err(Error::BadRequest(_))));
+        assert!(matches!(
+            decode_traces(Encoding::Json, bad_id),
+            Err(Error::BadRequest(_))
+        ));
     }
 }

@@ -175,7 +175,10 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.durability()?;
         if !llmtrace_ingest::valid_project(&self.default_project) {
-            bail!("default_project {:?} is not a valid project name", self.default_project);
+            bail!(
+                "default_project {:?} is not a valid project name",
+                self.default_project
+            );
         }
         if self.max_body_bytes == 0 || self.max_inflight_ingest == 0 {
             bail!("max_body_bytes and max_inflight_ingest must be positive");
@@ -193,7 +196,9 @@ impl Config {
                     humantime::parse_duration(every)
                         .with_context(|| format!("durability interval {every:?}"))?,
                 )),
-                None => bail!("durability must be fsync, none or interval:<duration>, got {other:?}"),
+                None => {
+                    bail!("durability must be fsync, none or interval:<duration>, got {other:?}")
+                }
             },
         }
     }
@@ -211,7 +216,11 @@ mod tests {
     fn precedence_is_defaults_then_file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("llmtrace.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nretention_days = 7\notlp_grpc_listen = \"off\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nretention_days = 7\notlp_grpc_listen = \"off\"\n",
+        )
+        .unwrap();
         let env = HashMap::from([("LLMTRACE_RETENTION_DAYS".to_string(), "3".to_string())]);
         let config = Config::load(Some(&file), &env).unwrap();
         assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9000"));
@@ -228,7 +237,10 @@ mod tests {
         assert!(Config::load(Some(&file), &HashMap::new()).is_err());
         let env = HashMap::from([("LLMTRACE_DURABILITY".to_string(), "sometimes".to_string())]);
         assert!(Config::load(None, &env).is_err());
-        let env = HashMap::from([("LLMTRACE_DURABILITY".to_string(), "interval:50ms".to_string())]);
+        let env = HashMap::from([(
+            "LLMTRACE_DURABILITY".to_string(),
+            "interval:50ms".to_string(),
+        )]);
         assert_eq!(
             Config::load(None, &env).unwrap().durability().unwrap(),
             Durability::Interval(Duration::from_millis(50))
@@ -239,9 +251,15 @@ mod tests {
     fn every_setting_is_documented() {
         let doc = include_str!("../../../docs/CONFIG.md");
         for name in SETTINGS {
-            assert!(doc.contains(&format!("`{name}`")), "docs/CONFIG.md does not list {name}");
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/CONFIG.md does not list {name}"
+            );
             let variable = format!("LLMTRACE_{}", name.to_ascii_uppercase());
-            assert!(doc.contains(&variable), "docs/CONFIG.md does not list {variable}");
+            assert!(
+                doc.contains(&variable),
+                "docs/CONFIG.md does not list {variable}"
+            );
         }
     }
 }

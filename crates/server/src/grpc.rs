@@ -31,7 +31,10 @@ fn status(err: &Error) -> Status {
 }
 
 fn project_of(state: &AppState, metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
-    match metadata.get("x-llmtrace-project").and_then(|v| v.to_str().ok()) {
+    match metadata
+        .get("x-llmtrace-project")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(project) if llmtrace_ingest::valid_project(project) => Ok(project.to_string()),
         Some(project) => Err(Status::invalid_argument(format!(
             "x-llmtrace-project {project:?} is not a valid project name"
@@ -48,7 +51,9 @@ impl TraceService for Otlp {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let project = project_of(&self.state, request.metadata())?;
         let Ok(_slot) = self.state.ingest_slots.try_acquire() else {
-            return Err(Status::unavailable("too many ingest requests in flight; retry shortly"));
+            return Err(Status::unavailable(
+                "too many ingest requests in flight; retry shortly",
+            ));
         };
         let converted = convert_traces(request.get_ref(), &project, SpanSource::Otlp);
         if !converted.spans.is_empty() {

@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use llmtrace_ingest::otlp::{self, Encoding};
 use llmtrace_ingest::{convert_traces, valid_project};
-use llmtrace_model::{AggregateQuery, Error, ErrorCode, Span, SpanKind, SpanQuery, SpanSource, Store};
+use llmtrace_model::{
+    AggregateQuery, Error, ErrorCode, Span, SpanKind, SpanQuery, SpanSource, Store,
+};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -65,14 +67,17 @@ async fn health() -> &'static str {
 /// The API's error body: `{"error": {"code", "message"}}` with the matching status.
 pub fn error_response(err: &Error) -> Response {
     let code = err.code();
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (
         status,
         Json(json!({"error": {"code": code.as_str(), "message": err.to_string()}})),
     )
         .into_response();
     if matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -88,7 +93,8 @@ struct RpcStatus {
 
 fn otlp_error(encoding: Encoding, err: &Error) -> Response {
     let code = err.code();
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let grpc_code = match code {
         ErrorCode::BadRequest => 3,
         ErrorCode::NotFound => 5,
@@ -97,12 +103,25 @@ fn otlp_error(encoding: Encoding, err: &Error) -> Response {
         ErrorCode::Internal => 13,
     };
     let body = match encoding {
-        Encoding::Protobuf => RpcStatus { code: grpc_code, message: err.to_string() }.encode_to_vec(),
-        Encoding::Json => json!({"code": grpc_code, "message": err.to_string()}).to_string().into_bytes(),
+        Encoding::Protobuf => RpcStatus {
+            code: grpc_code,
+            message: err.to_string(),
+        }
+        .encode_to_vec(),
+        Encoding::Json => json!({"code": grpc_code, "message": err.to_string()})
+            .to_string()
+            .into_bytes(),
     };
-    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
     if matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -115,13 +134,18 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn project_of(state: &AppState, headers: &HeaderMap) -> Result<String, Error> {
     match header_text(headers, "x-llmtrace-project") {
         Some(project) if valid_project(project) => Ok(project.to_string()),
-        Some(project) => Err(Error::BadRequest(format!("x-llmtrace-project {project:?} is not a valid project name"))),
+        Some(project) => Err(Error::BadRequest(format!(
+            "x-llmtrace-project {project:?} is not a valid project name"
+        ))),
         None => Ok(state.default_project.clone()),
     }
 }
 
 /// Reads the body within the size limit, undoes gzip, and works out the encoding.
-async fn read_otlp_body(state: &AppState, request: Request) -> Result<(Encoding, HeaderMap, Vec<u8>), (Encoding, Error)> {
+async fn read_otlp_body(
+    state: &AppState,
+    request: Request,
+) -> Result<(Encoding, HeaderMap, Vec<u8>), (Encoding, Error)> {
     let headers = request.headers().clone();
     let content_type = header_text(&headers, "content-type").unwrap_or("");
     let encoding = Encoding::from_content_type(content_type).ok_or_else(|| {
@@ -135,10 +159,20 @@ async fn read_otlp_body(state: &AppState, request: Request) -> Result<(Encoding,
     let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
         .await
         .map_err(|_| {
-            (encoding, Error::TooLarge(format!("request body exceeds the {}-byte limit", state.max_body_bytes)))
+            (
+                encoding,
+                Error::TooLarge(format!(
+                    "request body exceeds the {}-byte limit",
+                    state.max_body_bytes
+                )),
+            )
         })?;
-    let body = otlp::decode_content_encoding(header_text(&headers, "content-encoding"), body.to_vec(), state.max_body_bytes)
-        .map_err(|e| (encoding, e))?;
+    let body = otlp::decode_content_encoding(
+        header_text(&headers, "content-encoding"),
+        body.to_vec(),
+        state.max_body_bytes,
+    )
+    .map_err(|e| (encoding, e))?;
     Ok((encoding, headers, body))
 }
 
@@ -148,7 +182,10 @@ async fn ingest_traces(State(state): State<Shared>, request: Request) -> Respons
         Err((encoding, err)) => return otlp_error(encoding, &err),
     };
     let Ok(_slot) = state.ingest_slots.try_acquire() else {
-        return otlp_error(encoding, &Error::Unavailable("too many ingest requests in flight; retry shortly".into()));
+        return otlp_error(
+            encoding,
+            &Error::Unavailable("too many ingest requests in flight; retry shortly".into()),
+        );
     };
     let result = async {
         let project = project_of(&state, &headers)?;
@@ -170,26 +207,40 @@ async fn ingest_traces(State(state): State<Shared>, request: Request) -> Respons
     }
 }
 
-fn otlp_success(encoding: Encoding, rejected: u64, json_field: &str, errors: &[String]) -> Response {
+fn otlp_success(
+    encoding: Encoding,
+    rejected: u64,
+    json_field: &str,
+    errors: &[String],
+) -> Response {
     let message = errors.join("; ");
     let body = match encoding {
         Encoding::Protobuf => {
-            use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+            use opentelemetry_proto::tonic::collector::trace::v1::{
+                ExportTracePartialSuccess, ExportTraceServiceResponse,
+            };
             // The partial-success message has the same shape for traces and logs.
             ExportTraceServiceResponse {
-                partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
                     rejected_spans: rejected as i64,
                     error_message: message,
                 }),
             }
             .encode_to_vec()
         }
-        Encoding::Json if rejected > 0 => json!({"partialSuccess": {json_field: rejected.to_string(), "errorMessage": message}})
-            .to_string()
-            .into_bytes(),
+        Encoding::Json if rejected > 0 => {
+            json!({"partialSuccess": {json_field: rejected.to_string(), "errorMessage": message}})
+                .to_string()
+                .into_bytes()
+        }
         Encoding::Json => b"{}".to_vec(),
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn ingest_logs(State(state): State<Shared>, request: Request) -> Response {
@@ -205,7 +256,9 @@ async fn ingest_logs(State(state): State<Shared>, request: Request) -> Response 
                 .flat_map(|r| &r.scope_logs)
                 .map(|s| s.log_records.len())
                 .sum();
-            state.log_records.fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+            state
+                .log_records
+                .fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
             otlp_success(encoding, 0, "rejectedLogRecords", &[])
         }
         Err(err) => otlp_error(encoding, &err),
@@ -217,15 +270,25 @@ async fn ingest_metrics(State(state): State<Shared>, request: Request) -> Respon
     let encoding = header_text(request.headers(), "content-type")
         .and_then(Encoding::from_content_type)
         .unwrap_or(Encoding::Protobuf);
-    if axum::body::to_bytes(request.into_body(), state.max_body_bytes).await.is_err() {
+    if axum::body::to_bytes(request.into_body(), state.max_body_bytes)
+        .await
+        .is_err()
+    {
         return otlp_error(encoding, &Error::TooLarge("metrics body too large".into()));
     }
-    state.metrics_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let body: Bytes = match encoding {
         Encoding::Json => Bytes::from_static(b"{}"),
         Encoding::Protobuf => Bytes::new(),
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn run_store<T: Send + 'static>(
@@ -266,8 +329,16 @@ fn llm_call_row(span: &Span) -> Value {
     })
 }
 
-async fn search_llm_calls(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
-    let parsed = match params::parse(&pairs, &state.default_project, &[], llmtrace_store::now_ns()) {
+async fn search_llm_calls(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let parsed = match params::parse(
+        &pairs,
+        &state.default_project,
+        &[],
+        llmtrace_store::now_ns(),
+    ) {
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };
@@ -275,7 +346,11 @@ async fn search_llm_calls(State(state): State<Shared>, Query(pairs): Query<Vec<(
     if filter.kinds.is_empty() {
         filter.kinds = vec![SpanKind::Llm, SpanKind::Embedding];
     }
-    let query = SpanQuery { filter, limit: parsed.limit, cursor: parsed.cursor };
+    let query = SpanQuery {
+        filter,
+        limit: parsed.limit,
+        cursor: parsed.cursor,
+    };
     match run_store(&state, move |store| store.search(&query)).await {
         Ok(page) => Json(json!({
             "data": page.spans.iter().map(llm_call_row).collect::<Vec<_>>(),
@@ -286,14 +361,29 @@ async fn search_llm_calls(State(state): State<Shared>, Query(pairs): Query<Vec<(
     }
 }
 
-async fn search_spans(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
-    let parsed = match params::parse(&pairs, &state.default_project, &[], llmtrace_store::now_ns()) {
+async fn search_spans(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let parsed = match params::parse(
+        &pairs,
+        &state.default_project,
+        &[],
+        llmtrace_store::now_ns(),
+    ) {
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };
-    let query = SpanQuery { filter: parsed.filter, limit: parsed.limit, cursor: parsed.cursor };
+    let query = SpanQuery {
+        filter: parsed.filter,
+        limit: parsed.limit,
+        cursor: parsed.cursor,
+    };
     match run_store(&state, move |store| store.search(&query)).await {
-        Ok(page) => Json(json!({"data": page.spans, "next_cursor": page.next_cursor.map(|c| c.encode())})).into_response(),
+        Ok(page) => {
+            Json(json!({"data": page.spans, "next_cursor": page.next_cursor.map(|c| c.encode())}))
+                .into_response()
+        }
         Err(err) => error_response(&err),
     }
 }
@@ -303,17 +393,31 @@ fn project_param(state: &AppState, pairs: &[(String, String)]) -> Result<String,
     for (name, value) in pairs {
         match name.as_str() {
             "project" | "tenant_id" if valid_project(value) => project = value.clone(),
-            "project" | "tenant_id" => return Err(Error::BadRequest(format!("{name}={value:?} is not a valid project name"))),
-            other => return Err(Error::BadRequest(format!("unknown parameter {other:?}; known: project"))),
+            "project" | "tenant_id" => {
+                return Err(Error::BadRequest(format!(
+                    "{name}={value:?} is not a valid project name"
+                )));
+            }
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "unknown parameter {other:?}; known: project"
+                )));
+            }
         }
     }
     Ok(project)
 }
 
-async fn get_trace(State(state): State<Shared>, Path(trace_id): Path<String>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+async fn get_trace(
+    State(state): State<Shared>,
+    Path(trace_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
     let trace_id = trace_id.to_ascii_lowercase();
     if !llmtrace_model::span::is_valid_hex_id(&trace_id, 32) {
-        return error_response(&Error::BadRequest(format!("{trace_id:?} is not a 32-character hex trace id")));
+        return error_response(&Error::BadRequest(format!(
+            "{trace_id:?} is not a 32-character hex trace id"
+        )));
     }
     let project = match project_param(&state, &pairs) {
         Ok(project) => project,
@@ -321,27 +425,43 @@ async fn get_trace(State(state): State<Shared>, Path(trace_id): Path<String>, Qu
     };
     let id = trace_id.clone();
     match run_store(&state, move |store| store.trace(&project, &id)).await {
-        Ok(spans) if spans.is_empty() => error_response(&Error::NotFound(format!("trace {trace_id} not found"))),
+        Ok(spans) if spans.is_empty() => {
+            error_response(&Error::NotFound(format!("trace {trace_id} not found")))
+        }
         Ok(spans) => Json(json!({"trace_id": trace_id, "spans": spans})).into_response(),
         Err(err) => error_response(&err),
     }
 }
 
-async fn get_session(State(state): State<Shared>, Path(session_id): Path<String>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+async fn get_session(
+    State(state): State<Shared>,
+    Path(session_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
     let project = match project_param(&state, &pairs) {
         Ok(project) => project,
         Err(err) => return error_response(&err),
     };
     let id = session_id.clone();
     match run_store(&state, move |store| store.session(&project, &id)).await {
-        Ok(traces) if traces.is_empty() => error_response(&Error::NotFound(format!("session {session_id:?} not found"))),
+        Ok(traces) if traces.is_empty() => error_response(&Error::NotFound(format!(
+            "session {session_id:?} not found"
+        ))),
         Ok(traces) => Json(json!({"session_id": session_id, "traces": traces})).into_response(),
         Err(err) => error_response(&err),
     }
 }
 
-async fn aggregate(State(state): State<Shared>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
-    let parsed = match params::parse(&pairs, &state.default_project, &["group_by", "bucket"], llmtrace_store::now_ns()) {
+async fn aggregate(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let parsed = match params::parse(
+        &pairs,
+        &state.default_project,
+        &["group_by", "bucket"],
+        llmtrace_store::now_ns(),
+    ) {
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };

@@ -24,7 +24,11 @@ use tonic::codec::CompressionEncoding;
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "llmtrace", version, about = "Record every LLM call; search, trace and aggregate them")]
+#[command(
+    name = "llmtrace",
+    version,
+    about = "Record every LLM call; search, trace and aggregate them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +85,10 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = Config::load(args.config.as_deref(), &env)?;
     let flags = [
-        ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())),
+        (
+            "data_dir",
+            args.data_dir.as_ref().map(|p| p.display().to_string()),
+        ),
         ("listen", args.listen.clone()),
         ("otlp_http_listen", args.otlp_http_listen.clone()),
         ("otlp_grpc_listen", args.otlp_grpc_listen.clone()),
@@ -89,7 +96,9 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     ];
     for (name, value) in flags {
         if let Some(value) = value {
-            config.set(name, &value).with_context(|| format!("flag --{}", name.replace('_', "-")))?;
+            config
+                .set(name, &value)
+                .with_context(|| format!("flag --{}", name.replace('_', "-")))?;
         }
     }
     config.validate()?;
@@ -110,7 +119,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         EmbeddedStore::open(store_config)
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(config, store.clone()))?;
     tracing::info!("flushing the store");
     store.close().context("final flush failed")?;
@@ -156,29 +167,49 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     if let Some(address) = &config.listen {
-        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
         bound.push(format!("http={}", listener.local_addr()?));
         let app = http::router(state.clone());
         let signal = wait_for(stop.clone());
-        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     if let Some(address) = &config.otlp_http_listen {
-        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
         bound.push(format!("otlp_http={}", listener.local_addr()?));
         let app = http::otlp_only(state.clone());
         let signal = wait_for(stop.clone());
-        tasks.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     if let Some(address) = &config.otlp_grpc_listen {
-        let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
         bound.push(format!("otlp_grpc={}", listener.local_addr()?));
         let limit = config.max_body_bytes;
-        let traces = TraceServiceServer::new(grpc::Otlp { state: state.clone() })
-            .max_decoding_message_size(limit)
-            .accept_compressed(CompressionEncoding::Gzip);
-        let logs = LogsServiceServer::new(grpc::Otlp { state: state.clone() })
-            .max_decoding_message_size(limit)
-            .accept_compressed(CompressionEncoding::Gzip);
+        let traces = TraceServiceServer::new(grpc::Otlp {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip);
+        let logs = LogsServiceServer::new(grpc::Otlp {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip);
         let signal = wait_for(stop.clone());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tasks.spawn(async move {

@@ -2,13 +2,34 @@
 //! refused with a message naming them.
 
 use llmtrace_model::query::MAX_PAGE_LIMIT;
-use llmtrace_model::{Cursor, Dimension, Error, Result, SpanFilter, SpanKind, SpanSource, SpanStatus};
+use llmtrace_model::{
+    Cursor, Dimension, Error, Result, SpanFilter, SpanKind, SpanSource, SpanStatus,
+};
 
 /// Parameters both search routes accept.
 pub const FILTER_PARAMS: [&str; 22] = [
-    "project", "tenant_id", "since", "until", "trace_id", "span_id", "session_id", "user_id",
-    "model", "provider", "routing_alias", "status", "kind", "service", "source", "q",
-    "min_duration_ms", "max_duration_ms", "min_cost_usd", "max_cost_usd", "limit", "cursor",
+    "project",
+    "tenant_id",
+    "since",
+    "until",
+    "trace_id",
+    "span_id",
+    "session_id",
+    "user_id",
+    "model",
+    "provider",
+    "routing_alias",
+    "status",
+    "kind",
+    "service",
+    "source",
+    "q",
+    "min_duration_ms",
+    "max_duration_ms",
+    "min_cost_usd",
+    "max_cost_usd",
+    "limit",
+    "cursor",
 ];
 
 pub struct Parsed {
@@ -33,7 +54,9 @@ pub fn parse_time(name: &str, value: &str, now_ns: i64) -> Result<i64> {
         return Ok((seconds * 1e9) as i64);
     }
     if let Ok(time) = humantime::parse_rfc3339_weak(value) {
-        let since_epoch = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| bad())?;
+        let since_epoch = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| bad())?;
         return i64::try_from(since_epoch.as_nanos()).map_err(|_| bad());
     }
     if let Ok(ago) = humantime::parse_duration(value) {
@@ -59,7 +82,12 @@ fn hex_id(name: &str, value: &str, len: usize) -> Result<String> {
 }
 
 /// Parses `pairs` into filters. `extra` lists route-specific names that are allowed.
-pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], now_ns: i64) -> Result<Parsed> {
+pub fn parse(
+    pairs: &[(String, String)],
+    default_project: &str,
+    extra: &[&str],
+    now_ns: i64,
+) -> Result<Parsed> {
     let mut filter = SpanFilter::for_project(default_project);
     let mut parsed_limit = llmtrace_model::query::DEFAULT_PAGE_LIMIT;
     let mut cursor = None;
@@ -86,7 +114,9 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
         match name {
             "project" | "tenant_id" => {
                 if !llmtrace_ingest::valid_project(value) {
-                    return Err(Error::BadRequest(format!("{name}={value:?} is not a valid project name")));
+                    return Err(Error::BadRequest(format!(
+                        "{name}={value:?} is not a valid project name"
+                    )));
                 }
                 filter.project = value.clone();
             }
@@ -103,7 +133,9 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
             "q" => filter.text = text(),
             "status" => {
                 filter.status = Some(SpanStatus::parse(value).ok_or_else(|| {
-                    Error::BadRequest(format!("status={value:?} is not one of ok, error, timeout, cancelled"))
+                    Error::BadRequest(format!(
+                        "status={value:?} is not one of ok, error, timeout, cancelled"
+                    ))
                 })?)
             }
             "kind" => {
@@ -117,7 +149,9 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
             }
             "source" => {
                 filter.source = Some(SpanSource::parse(value).ok_or_else(|| {
-                    Error::BadRequest(format!("source={value:?} is not one of gateway, otlp, agents_sdk, log, import"))
+                    Error::BadRequest(format!(
+                        "source={value:?} is not one of gateway, otlp, agents_sdk, log, import"
+                    ))
                 })?)
             }
             "min_duration_ms" => filter.min_duration_ms = Some(number(name, value)?),
@@ -127,7 +161,9 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
             "limit" => {
                 let limit: usize = number(name, value)?;
                 if limit == 0 || limit > MAX_PAGE_LIMIT {
-                    return Err(Error::BadRequest(format!("limit must be between 1 and {MAX_PAGE_LIMIT}")));
+                    return Err(Error::BadRequest(format!(
+                        "limit must be between 1 and {MAX_PAGE_LIMIT}"
+                    )));
                 }
                 parsed_limit = limit;
             }
@@ -141,7 +177,11 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
                 let seconds = match value.parse::<i64>() {
                     Ok(seconds) => seconds,
                     Err(_) => humantime::parse_duration(value)
-                        .map_err(|_| Error::BadRequest(format!("bucket={value:?} is not a duration (3600, 1h, 1d)")))?
+                        .map_err(|_| {
+                            Error::BadRequest(format!(
+                                "bucket={value:?} is not a duration (3600, 1h, 1d)"
+                            ))
+                        })?
                         .as_secs() as i64,
                 };
                 if seconds <= 0 {
@@ -152,10 +192,10 @@ pub fn parse(pairs: &[(String, String)], default_project: &str, extra: &[&str], 
             _ => {}
         }
     }
-    if let (Some(since), Some(until)) = (filter.since, filter.until) {
-        if since >= until {
-            return Err(Error::BadRequest("since must be before until".into()));
-        }
+    if let (Some(since), Some(until)) = (filter.since, filter.until)
+        && since >= until
+    {
+        return Err(Error::BadRequest("since must be before until".into()));
     }
     Ok(Parsed {
         filter,
@@ -171,13 +211,21 @@ mod tests {
     use super::*;
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn filters_parse_and_bad_values_are_named() {
         let parsed = parse(
-            &pairs(&[("model", "gpt-4o"), ("metadata.tier", "gold"), ("since", "2026-11-22T00:00:00Z"), ("status", "error")]),
+            &pairs(&[
+                ("model", "gpt-4o"),
+                ("metadata.tier", "gold"),
+                ("since", "2026-11-22T00:00:00Z"),
+                ("status", "error"),
+            ]),
             "default",
             &[],
             0,
@@ -193,7 +241,9 @@ mod tests {
             ("since", "yesterday-ish", "not a time"),
             ("bogus", "1", "unknown parameter \"bogus\""),
         ] {
-            let err = parse(&pairs(&[(name, value)]), "default", &[], 0).err().unwrap();
+            let err = parse(&pairs(&[(name, value)]), "default", &[], 0)
+                .err()
+                .unwrap();
             assert!(err.to_string().contains(needle), "{name}: {err}");
         }
     }
@@ -201,7 +251,13 @@ mod tests {
     #[test]
     fn relative_times_count_back_from_now() {
         let now = 10_000_000_000_000;
-        assert_eq!(parse_time("since", "15m", now).unwrap(), now - 900_000_000_000);
-        assert_eq!(parse_time("since", "1795305600", now).unwrap(), 1_795_305_600_000_000_000);
+        assert_eq!(
+            parse_time("since", "15m", now).unwrap(),
+            now - 900_000_000_000
+        );
+        assert_eq!(
+            parse_time("since", "1795305600", now).unwrap(),
+            1_795_305_600_000_000_000
+        );
     }
 }

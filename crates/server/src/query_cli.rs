@@ -22,8 +22,17 @@ pub struct QueryArgs {
 }
 
 pub fn run(args: QueryArgs) -> Result<()> {
-    let path = if args.spans { "/api/v1/spans" } else { "/v1/traces" };
-    let mut url = format!("{}{}?limit={}", args.server.trim_end_matches('/'), path, args.limit);
+    let path = if args.spans {
+        "/api/v1/spans"
+    } else {
+        "/v1/traces"
+    };
+    let mut url = format!(
+        "{}{}?limit={}",
+        args.server.trim_end_matches('/'),
+        path,
+        args.limit
+    );
     for filter in &args.filters {
         let Some((name, value)) = filter.split_once('=') else {
             bail!("filter {filter:?} is not name=value");
@@ -37,30 +46,65 @@ pub fn run(args: QueryArgs) -> Result<()> {
         .call()
         .with_context(|| format!("cannot reach {}", args.server))?;
     let status = response.status();
-    let body: Value = response.body_mut().read_json().context("the server's answer is not JSON")?;
+    let body: Value = response
+        .body_mut()
+        .read_json()
+        .context("the server's answer is not JSON")?;
     if !status.is_success() {
-        bail!("{}: {}", status, body.pointer("/error/message").and_then(Value::as_str).unwrap_or("error"));
+        bail!(
+            "{}: {}",
+            status,
+            body.pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+        );
     }
-    let rows = body.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows = body
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if args.json {
         for row in &rows {
             println!("{row}");
         }
         return Ok(());
     }
-    println!("{:<30} {:<24} {:<10} {:>7} {:>7} {:>9} {:<7} INPUT", "TIME", "MODEL", "USER", "IN", "OUT", "MS", "STATUS");
+    println!(
+        "{:<30} {:<24} {:<10} {:>7} {:>7} {:>9} {:<7} INPUT",
+        "TIME", "MODEL", "USER", "IN", "OUT", "MS", "STATUS"
+    );
     for row in &rows {
         let field = |name: &str| match row.get(name) {
             Some(Value::String(text)) => text.clone(),
             Some(Value::Null) | None => "-".into(),
             Some(other) => other.to_string(),
         };
-        let time = if args.spans { field("start_time") } else { field("timestamp") };
-        let latency = row.get("latency_ms").or_else(|| row.get("duration_ms")).and_then(Value::as_f64).unwrap_or(0.0);
-        let input: String = field("input_text").chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let time = if args.spans {
+            field("start_time")
+        } else {
+            field("timestamp")
+        };
+        let latency = row
+            .get("latency_ms")
+            .or_else(|| row.get("duration_ms"))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let input: String = field("input_text")
+            .chars()
+            .take(60)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         println!(
             "{:<30} {:<24} {:<10} {:>7} {:>7} {:>9.1} {:<7} {}",
-            time, field("model"), field("user_id"), field("input_tokens"), field("output_tokens"), latency, field("status"), input
+            time,
+            field("model"),
+            field("user_id"),
+            field("input_tokens"),
+            field("output_tokens"),
+            latency,
+            field("status"),
+            input
         );
     }
     if let Some(cursor) = body.get("next_cursor").and_then(Value::as_str) {
@@ -73,7 +117,9 @@ fn encode(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
             other => out.push_str(&format!("%{other:02X}")),
         }
     }

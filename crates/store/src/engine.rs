@@ -95,8 +95,10 @@ pub(crate) struct SegmentHandle {
 
 impl Drop for SegmentHandle {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::SeqCst) {
-            if let Err(err) = fs::remove_file(&self.path) {
+        if self.obsolete.load(Ordering::SeqCst)
+            && let Err(err) = fs::remove_file(&self.path)
+        {
+            {
                 tracing::warn!(path = %self.path.display(), error = %err, "could not remove obsolete segment");
             }
         }
@@ -464,7 +466,7 @@ fn collect(shared: &Shared, filter: &SpanFilter) -> Result<Vec<Span>> {
     }
     Ok(latest
         .into_values()
-        .filter_map(|(_, span)| span.map(|span| Arc::unwrap_or_clone(span)))
+        .filter_map(|(_, span)| span.map(Arc::unwrap_or_clone))
         .collect())
 }
 

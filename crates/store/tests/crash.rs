@@ -4,6 +4,7 @@
 //! The test binary plays both roles: with `LLMTRACE_CRASH_CHILD_DIR` set, `crash_child`
 //! appends batches forever (flushing now and then) and prints `ack N` after each append
 //! returns; the parent kills it with SIGKILL and checks the store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,6 @@
 //! Random sequences of append / flush / compact / delete / reopen, checked against a plain
 //! in-memory model: every query must answer the same.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,7 +47,7 @@ fn make_span(key: u8, version: u8) -> Span {
         trace_id: format!("{:032x}", k / 3 + 1),
         span_id: format!("{:016x}", k + 1),
         name: format!("span {key}"),
-        kind: if key % 4 == 0 {
+        kind: if key.is_multiple_of(4) {
             SpanKind::Tool
         } else {
             SpanKind::Llm
@@ -54,7 +55,7 @@ fn make_span(key: u8, version: u8) -> Span {
         start_time: BASE + (k % 5) * DAY_NS + k * 1_000_000,
         end_time: BASE + (k % 5) * DAY_NS + k * 1_000_000 + 5_000_000,
         duration_ms: f64::from(key) * 1.5 + f64::from(version),
-        status: if (key + version) % 5 == 0 {
+        status: if (key + version).is_multiple_of(5) {
             SpanStatus::Error
         } else {
             SpanStatus::Ok

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `llmtrace` binary on loopback, driven over HTTP and gRPC.
+//! One test binary (see STYLE.md); modules group the capabilities.
+//! Helpers outside `#[test]` functions unwrap too: a test helper should fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod fixtures;
+mod lifecycle;
+mod otlp;
+mod python;
+mod support;

@@ -1,0 +1,99 @@
+//! Unmodified Python clients from PyPI (the venv `.ci/run` builds from
+//! tests/python/requirements.txt) export to the real binary. Skipped, with the reason
+//! printed, when the venv is missing, unless LLMTRACE_TEST_REQUIRE_ALL=1.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{TestServer, skip};
+
+fn python() -> Option<PathBuf> {
+    let venv = std::env::var("LLMTRACE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    let python = venv.join("bin/python");
+    python.exists().then_some(python)
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python")
+        .join(name)
+}
+
+/// Runs a client script with the server's addresses in its environment.
+fn run_client(server: &TestServer, name: &str, args: &[&str]) -> bool {
+    let Some(python) = python() else {
+        skip("no Python venv with the client packages (.venv; .ci/run builds it)");
+        return false;
+    };
+    let output = Command::new(python)
+        .arg(script(name))
+        .args(args)
+        .env("LLMTRACE_HTTP", &server.http)
+        .env("LLMTRACE_OTLP_HTTP", &server.otlp_http)
+        .env(
+            "LLMTRACE_OTLP_GRPC",
+            server.otlp_grpc.trim_start_matches("http://"),
+        )
+        .env("OTEL_SDK_DISABLED", "false")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    true
+}
+
+fn llm_rows(server: &TestServer, query: &str) -> Vec<Value> {
+    let reply = server.get(&format!("/v1/traces?limit=100&{query}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn otel_sdk_exporters_in_three_encodings() {
+    for protocol in ["http/protobuf", "http/json", "grpc"] {
+        let server = TestServer::start();
+        if !run_client(&server, "otel_exporter.py", &[protocol]) {
+            return;
+        }
+        let rows = llm_rows(&server, "session_id=conv-7");
+        assert_eq!(rows.len(), 1, "{protocol}: {rows:?}");
+        let row = &rows[0];
+        assert_eq!(row["model"], "gpt-4o-mini-2024-07-18", "{protocol}");
+        assert_eq!(row["provider"], "openai");
+        assert_eq!(row["input_tokens"], 19);
+        assert_eq!(row["output_tokens"], 10);
+        assert_eq!(row["user_id"], "user-42");
+        assert_eq!(row["metadata"]["tier"], "gold");
+        assert!(
+            row["input_text"]
+                .as_str()
+                .unwrap()
+                .contains("What is the weather in Paris?")
+        );
+        assert!(
+            row["output_text"]
+                .as_str()
+                .unwrap()
+                .contains("Rainy, 12 degrees.")
+        );
+        let tree = server
+            .get(&format!(
+                "/api/v1/traces/{}",
+                row["trace_id"].as_str().unwrap()
+            ))
+            .json();
+        assert_eq!(
+            tree["spans"].as_array().unwrap().len(),
+            2,
+            "{protocol}: agent and chat spans"
+        );
+    }
+}
