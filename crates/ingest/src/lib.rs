@@ -1,7 +1,8 @@
 //! Ways in: OTLP (HTTP protobuf/JSON, gzip; gRPC uses the same conversion) decoded,
-//! bounded and normalized into `Span` batches.
+//! bounded and normalized into `Span` batches; GenAI log events joined to their spans.
 
 pub mod convert;
+pub mod logs;
 pub mod messages;
 pub mod otlp;
 

@@ -6,7 +6,7 @@ use llmtrace_ingest::convert_traces;
 use llmtrace_model::{Error, ErrorCode, SpanSource};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService;
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -56,14 +56,9 @@ impl TraceService for Otlp {
             ));
         };
         let converted = convert_traces(request.get_ref(), &project, SpanSource::Otlp);
-        if !converted.spans.is_empty() {
-            let store = self.state.store.clone();
-            let spans = converted.spans;
-            tokio::task::spawn_blocking(move || store.append(spans))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| status(&e))?;
-        }
+        crate::join::store_spans(&self.state, converted.spans)
+            .await
+            .map_err(|e| status(&e))?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: (converted.rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: converted.rejected as i64,
@@ -79,18 +74,23 @@ impl LogsService for Otlp {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let records: usize = request
-            .get_ref()
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum();
-        self.state
-            .log_records
-            .fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+        let project = project_of(&self.state, request.metadata())?;
+        let converted = llmtrace_ingest::logs::convert_logs(request.get_ref(), &project);
+        self.state.log_records.fetch_add(
+            converted.events.len() as u64 + converted.unattached,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        crate::join::store_log_events(&self.state, converted.events)
+            .await
+            .map_err(|e| status(&e))?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: None,
+            partial_success: (converted.unattached > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: 0,
+                error_message: format!(
+                    "{} log records name no span and were not stored",
+                    converted.unattached
+                ),
+            }),
         }))
     }
 }

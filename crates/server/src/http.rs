@@ -27,6 +27,7 @@ pub struct AppState {
     pub ingest_slots: Semaphore,
     pub metrics_requests: std::sync::atomic::AtomicU64,
     pub log_records: std::sync::atomic::AtomicU64,
+    pub join: tokio::sync::Mutex<crate::join::Pending>,
 }
 
 type Shared = Arc<AppState>;
@@ -191,13 +192,7 @@ async fn ingest_traces(State(state): State<Shared>, request: Request) -> Respons
         let project = project_of(&state, &headers)?;
         let request = otlp::decode_traces(encoding, &body)?;
         let converted = convert_traces(&request, &project, SpanSource::Otlp);
-        let store = state.store.clone();
-        let spans = converted.spans;
-        if !spans.is_empty() {
-            tokio::task::spawn_blocking(move || store.append(spans))
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))??;
-        }
+        crate::join::store_spans(&state, converted.spans).await?;
         Ok::<_, Error>((converted.rejected, converted.errors))
     }
     .await;
@@ -244,25 +239,65 @@ fn otlp_success(
 }
 
 async fn ingest_logs(State(state): State<Shared>, request: Request) -> Response {
-    let (encoding, _headers, body) = match read_otlp_body(&state, request).await {
+    let (encoding, headers, body) = match read_otlp_body(&state, request).await {
         Ok(parts) => parts,
         Err((encoding, err)) => return otlp_error(encoding, &err),
     };
-    match otlp::decode_logs(encoding, &body) {
-        Ok(request) => {
-            let records: usize = request
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .map(|s| s.log_records.len())
-                .sum();
-            state
-                .log_records
-                .fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
-            otlp_success(encoding, 0, "rejectedLogRecords", &[])
-        }
+    let Ok(_slot) = state.ingest_slots.try_acquire() else {
+        return otlp_error(
+            encoding,
+            &Error::Unavailable("too many ingest requests in flight; retry shortly".into()),
+        );
+    };
+    let result = async {
+        let project = project_of(&state, &headers)?;
+        let request = otlp::decode_logs(encoding, &body)?;
+        let converted = llmtrace_ingest::logs::convert_logs(&request, &project);
+        let stored = converted.events.len() as u64;
+        state.log_records.fetch_add(
+            stored + converted.unattached,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        crate::join::store_log_events(&state, converted.events).await?;
+        Ok::<_, Error>(converted.unattached)
+    }
+    .await;
+    match result {
+        // Records naming no span are accepted but not kept: say so on the warning channel.
+        Ok(0) => otlp_success(encoding, 0, "rejectedLogRecords", &[]),
+        Ok(unattached) => otlp_warning(
+            encoding,
+            &format!("{unattached} log records name no span and were not stored"),
+        ),
         Err(err) => otlp_error(encoding, &err),
     }
+}
+
+/// A success whose partial_success carries a message and no rejections (the OTLP warning channel).
+fn otlp_warning(encoding: Encoding, message: &str) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => {
+            use opentelemetry_proto::tonic::collector::logs::v1::{
+                ExportLogsPartialSuccess, ExportLogsServiceResponse,
+            };
+            ExportLogsServiceResponse {
+                partial_success: Some(ExportLogsPartialSuccess {
+                    rejected_log_records: 0,
+                    error_message: message.to_string(),
+                }),
+            }
+            .encode_to_vec()
+        }
+        Encoding::Json => json!({"partialSuccess": {"errorMessage": message}})
+            .to_string()
+            .into_bytes(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 /// Metrics are accepted (Traceloop sends them) and counted, not stored.

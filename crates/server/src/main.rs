@@ -3,6 +3,7 @@
 mod config;
 mod grpc;
 mod http;
+mod join;
 mod openapi;
 mod params;
 mod query_cli;
@@ -158,6 +159,7 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
         ingest_slots: tokio::sync::Semaphore::new(config.max_inflight_ingest),
         metrics_requests: Default::default(),
         log_records: Default::default(),
+        join: Default::default(),
     });
     let (stop_sender, stop) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

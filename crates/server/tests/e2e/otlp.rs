@@ -223,3 +223,83 @@ fn grpc_export_is_stored_like_http() {
             .any(|s| s["name"] == "chat gpt-4o-mini" && s["kind"] == "llm")
     );
 }
+
+fn details_log(trace_id: &str, span_id: &str) -> Vec<u8> {
+    let text_part = |text: &str| {
+        json!({"kvlistValue": {"values": [
+        {"key": "type", "value": {"stringValue": "text"}},
+        {"key": "content", "value": {"stringValue": text}}]}})
+    };
+    let message = |role: &str, text: &str| {
+        json!({"kvlistValue": {"values": [
+        {"key": "role", "value": {"stringValue": role}},
+        {"key": "parts", "value": {"arrayValue": {"values": [text_part(text)]}}}]}})
+    };
+    serde_json::to_vec(&json!({"resourceLogs": [{"scopeLogs": [{"logRecords": [{
+        "timeUnixNano": "1795314670500000000", "traceId": trace_id, "spanId": span_id,
+        "eventName": "gen_ai.client.inference.operation.details",
+        "attributes": [
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "23"}},
+            {"key": "gen_ai.input.messages", "value": {"arrayValue": {"values": [message("user", "Where is my parcel?")]}}},
+            {"key": "gen_ai.output.messages", "value": {"arrayValue": {"values": [message("assistant", "It ships tomorrow.")]}}}
+        ]}, {"timeUnixNano": "1795314670500000000", "body": {"stringValue": "no span here"}}]}]}]}))
+    .unwrap()
+}
+
+fn bare_chat_span(trace_id: &str, span_id: &str) -> Vec<u8> {
+    export(vec![span_json(trace_id, span_id, "chat m1")])
+}
+
+#[test]
+fn genai_log_events_join_their_span_in_either_order() {
+    let server = TestServer::start();
+    let json_type = [("content-type", "application/json")];
+    let orders = [
+        ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", true),
+        (
+            "1af7651916cd43dd8448eb211c80319c",
+            "c7ad6b7169203331",
+            false,
+        ),
+    ];
+    for (trace_id, span_id, log_first) in orders {
+        let log = details_log(trace_id, span_id);
+        let span = bare_chat_span(trace_id, span_id);
+        let (first, second) = if log_first {
+            (&log, &span)
+        } else {
+            (&span, &log)
+        };
+        let first_path = if log_first { "/v1/logs" } else { "/v1/traces" };
+        let second_path = if log_first { "/v1/traces" } else { "/v1/logs" };
+        let reply = server.post(first_path, &json_type, first);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let reply = server.post(second_path, &json_type, second);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if second_path == "/v1/logs" {
+            assert!(
+                reply.text().contains("1 log records name no span"),
+                "{}",
+                reply.text()
+            );
+        }
+        let rows = server
+            .get(&format!("/v1/traces?trace_id={trace_id}"))
+            .json()["data"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(rows.len(), 1, "log_first={log_first}: {rows:?}");
+        assert_eq!(
+            rows[0]["input_text"], "Where is my parcel?",
+            "log_first={log_first}"
+        );
+        assert_eq!(rows[0]["output_text"], "It ships tomorrow.");
+        assert_eq!(rows[0]["input_tokens"], 23);
+        let tree = server.get(&format!("/api/v1/traces/{trace_id}")).json();
+        let spans = tree["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 2, "the span and its event row");
+        let event_row = spans.iter().find(|s| s["source"] == "log").unwrap();
+        assert_eq!(event_row["parent_span_id"], span_id);
+    }
+}
