@@ -97,3 +97,82 @@ fn otel_sdk_exporters_in_three_encodings() {
         );
     }
 }
+
+/// The LLM call row an instrumentation recorded for `instrumented.py`'s chat call.
+fn instrumented_call(which: &str) -> Option<(TestServer, Value)> {
+    let server = TestServer::start();
+    if !run_client(&server, "instrumented.py", &[which]) {
+        return None;
+    }
+    let rows = llm_rows(&server, "q=parcel");
+    assert_eq!(rows.len(), 1, "{which}: {rows:#?}");
+    let row = rows[0].clone();
+    assert_eq!(row["model"], "gpt-4o-mini-2024-07-18", "{which}");
+    assert_eq!(row["provider"], "openai", "{which}");
+    assert_eq!(row["input_tokens"], 21, "{which}");
+    assert_eq!(row["output_tokens"], 6, "{which}");
+    let input = row["input_text"].as_str().unwrap();
+    assert!(
+        input.contains("You are a shipping assistant.")
+            && input.contains("Where is my parcel number 4417?"),
+        "{which}: {input:?}"
+    );
+    assert_eq!(row["output_text"], "Your parcel ships tomorrow.", "{which}");
+    Some((server, row))
+}
+
+#[test]
+fn openinference_instrumentation_of_the_openai_sdk() {
+    let Some((_server, row)) = instrumented_call("openinference") else {
+        return;
+    };
+    assert_eq!(row["session_id"], "sess-7");
+    assert_eq!(row["user_id"], "user-7");
+    assert_eq!(row["metadata"]["tier"], "gold");
+}
+
+#[test]
+fn otel_v2_instrumentation_with_content_in_log_events_only() {
+    // otel-v2 records no session, user or metadata of its own; the content arrives only as
+    // a log event that llmtrace joins to the span.
+    let Some((server, row)) = instrumented_call("otel-v2") else {
+        return;
+    };
+    let tree = server
+        .get(&format!(
+            "/api/v1/traces/{}",
+            row["trace_id"].as_str().unwrap()
+        ))
+        .json();
+    assert!(
+        tree["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["source"] == "log"),
+        "{tree:#}"
+    );
+}
+
+#[test]
+fn traceloop_sdk_with_association_properties() {
+    let Some((server, row)) = instrumented_call("traceloop") else {
+        return;
+    };
+    assert_eq!(row["session_id"], "sess-7");
+    assert_eq!(row["user_id"], "user-7");
+    assert_eq!(row["metadata"]["tier"], "gold");
+    let tree = server
+        .get(&format!(
+            "/api/v1/traces/{}",
+            row["trace_id"].as_str().unwrap()
+        ))
+        .json();
+    let spans = tree["spans"].as_array().unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "parcel_flow.workflow" && s["kind"] == "chain"),
+        "{tree:#}"
+    );
+}
