@@ -62,10 +62,11 @@ pub fn convert_logs(request: &ExportLogsServiceRequest, project: &str) -> Conver
                 } else {
                     record.event_name.clone()
                 };
-                if let Some(body) = record.body.as_ref().map(|b| any_value_to_json(b, 0)) {
-                    if !body.is_null() && body != json!({}) {
-                        attributes.insert("body".into(), body);
-                    }
+                if let Some(body) = record.body.as_ref().map(|b| any_value_to_json(b, 0))
+                    && !body.is_null()
+                    && body != json!({})
+                {
+                    attributes.insert("body".into(), body);
                 }
                 if !record.severity_text.is_empty() {
                     attributes.insert(
