@@ -234,7 +234,7 @@ mod tests {
                 "gen_ai.output.messages": [{"role": "assistant", "parts": [{"type": "text", "content": "Hello!"}]}]
             }),
         );
-        merge_events(&mut span, &[details.clone()]);
+        merge_events(&mut span, std::slice::from_ref(&details));
         merge_events(&mut span, &[details]);
         assert_eq!(span.events.len(), 1, "merging twice adds the event once");
         assert_eq!(span.kind, SpanKind::Llm);
