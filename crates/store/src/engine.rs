@@ -353,7 +353,7 @@ impl EmbeddedStore {
 
     /// Every live span matching `filter`, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        collect(&self.shared, filter)
+        collect(&self.shared, filter, None)
     }
 }
 
@@ -422,26 +422,69 @@ fn overlaps(meta: &SegmentMeta, filter: &SpanFilter) -> bool {
     meta.project == filter.project && meta.max_time >= since && meta.min_time < until
 }
 
-fn collect(shared: &Shared, filter: &SpanFilter) -> Result<Vec<Span>> {
-    // Latest version per key, and whether that version matches.
-    let mut latest: HashMap<SpanKey, (u64, Option<Arc<Span>>)> = HashMap::new();
-    let mut consider = |row: &StoredSpan| {
-        let matched = filter.matches(&row.span).then(|| row.span.clone());
-        match latest.get_mut(&row.span.key()) {
-            Some(existing) if existing.0 >= row.seq => {}
-            Some(existing) => *existing = (row.seq, matched),
+/// The latest version of each span seen so far, and whether that version matched.
+#[derive(Default)]
+struct Latest {
+    by_key: HashMap<SpanKey, (u64, Option<Arc<Span>>)>,
+    matched_keys: std::collections::HashSet<SpanKey>,
+}
+
+impl Latest {
+    fn consider(&mut self, row: &StoredSpan, matched: bool) {
+        let key = row.span.key();
+        let value = (row.seq, matched.then(|| row.span.clone()));
+        match self.by_key.get_mut(&key) {
+            Some(existing) if existing.0 >= row.seq => return,
+            Some(existing) => *existing = value,
             None => {
-                latest.insert(row.span.key(), (row.seq, matched));
+                self.by_key.insert(key.clone(), value);
             }
         }
+        if matched {
+            self.matched_keys.insert(key);
+        }
+    }
+
+    /// How many current matches start after `time`.
+    fn matches_after(&self, time: i64) -> usize {
+        self.matched_keys
+            .iter()
+            .filter(|key| {
+                self.by_key.get(*key).is_some_and(|(_, span)| {
+                    span.as_ref().is_some_and(|span| span.start_time > time)
+                })
+            })
+            .count()
+    }
+
+    fn into_matches(self) -> Vec<Span> {
+        self.by_key
+            .into_values()
+            .filter_map(|(_, span)| span.map(Arc::unwrap_or_clone))
+            .collect()
+    }
+}
+
+/// Every live span matching `filter`. With `page_size`, only the newest `page_size` of
+/// them are guaranteed: segments are visited newest first and the scan stops once that many
+/// matches are newer than anything left. (Versions of one span share its start time, so a
+/// newer version of a returned span can only sit in a segment already visited.)
+fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Result<Vec<Span>> {
+    let page_size = page.map(|query| query.limit.saturating_add(1));
+    // A row tied with the cursor's start time may still lie before it: match on both.
+    let wanted = |span: &Span| {
+        filter.matches(span) && page.is_none_or(|query| query.after_cursor(&span.order_key()))
     };
-    let (frozen, segments, deletions) = {
+    let mut latest = Latest::default();
+    let (frozen, mut segments, deletions) = {
         let state = shared.read_state();
-        state
+        for row in state
             .active
             .rows()
             .filter(|row| row.span.project == filter.project)
-            .for_each(&mut consider);
+        {
+            latest.consider(row, wanted(&row.span));
+        }
         let segments: Vec<Arc<SegmentHandle>> = state
             .segments
             .iter()
@@ -451,23 +494,26 @@ fn collect(shared: &Shared, filter: &SpanFilter) -> Result<Vec<Span>> {
         (state.frozen.clone(), segments, state.deletions.clone())
     };
     for memtable in &frozen {
-        memtable
-            .rows()
-            .filter(|row| row.span.project == filter.project)
-            .filter(|row| !hidden(row, memtable.max_seq, &deletions))
-            .for_each(&mut consider);
-    }
-    for handle in &segments {
-        for row in segment::read(&handle.path)? {
-            if !hidden(&row, handle.meta.deletions_applied_through, &deletions) {
-                consider(&row);
+        for row in memtable.rows() {
+            if row.span.project == filter.project && !hidden(row, memtable.max_seq, &deletions) {
+                latest.consider(row, wanted(&row.span));
             }
         }
     }
-    Ok(latest
-        .into_values()
-        .filter_map(|(_, span)| span.map(Arc::unwrap_or_clone))
-        .collect())
+    segments.sort_by_key(|handle| std::cmp::Reverse(handle.meta.max_time));
+    let needs_attributes = !filter.attributes.is_empty();
+    for handle in &segments {
+        if page_size.is_some_and(|wanted| latest.matches_after(handle.meta.max_time) >= wanted) {
+            break;
+        }
+        let rows = segment::read_where(&handle.path, &wanted, needs_attributes)?;
+        for (row, matched) in rows {
+            if !hidden(&row, handle.meta.deletions_applied_through, &deletions) {
+                latest.consider(&row, matched);
+            }
+        }
+    }
+    Ok(latest.into_matches())
 }
 
 /// Rotates the WAL, writes the frozen memtables as segments, swaps the manifest, then
@@ -736,7 +782,8 @@ impl Store for EmbeddedStore {
             let bound = cursor.0.start_time.saturating_add(1);
             filter.until = Some(filter.until.map_or(bound, |until| until.min(bound)));
         }
-        Ok(Page::from_candidates(query, self.collect(&filter)?))
+        let newest = collect(&self.shared, &filter, Some(query))?;
+        Ok(Page::from_candidates(query, newest))
     }
 
     fn trace(&self, project: &str, trace_id: &str) -> llmtrace_model::Result<Vec<Span>> {

@@ -20,7 +20,7 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
     UInt64Type,
 };
-use llmtrace_model::{Span, SpanEvent, SpanKind, SpanSource, SpanStatus};
+use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -244,6 +244,20 @@ pub fn validate(path: &Path) -> Result<()> {
 
 /// Reads every row of a segment.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
+    Ok(read_where(path, &|_| true, true)?
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect())
+}
+
+/// Reads every row, fully decoding only those `keep` accepts (the others come back without
+/// their JSON-valued fields, which are the costly part). `keep` sees `attributes` only
+/// when `keep_needs_attributes`. Each row is returned with whether it was kept.
+pub fn read_where(
+    path: &Path,
+    keep: &dyn Fn(&Span) -> bool,
+    keep_needs_attributes: bool,
+) -> Result<Vec<(StoredSpan, bool)>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|builder| builder.with_batch_size(8192).build())
@@ -251,7 +265,8 @@ pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, &mut rows).map_err(|message| Error::segment(path, message))?;
+        from_batch(&batch, keep, keep_needs_attributes, &mut rows)
+            .map_err(|message| Error::segment(path, message))?;
     }
     Ok(rows)
 }
@@ -310,7 +325,12 @@ impl Columns<'_> {
     }
 }
 
-fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredSpan>) -> Result<(), String> {
+fn from_batch(
+    batch: &RecordBatch,
+    keep: &dyn Fn(&Span) -> bool,
+    keep_needs_attributes: bool,
+    out: &mut Vec<(StoredSpan, bool)>,
+) -> Result<(), String> {
     let columns = Columns(batch);
     let seqs = columns
         .column("_seq")?
@@ -329,11 +349,7 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredSpan>) -> Result<(), Stri
         let metadata_text = enum_text("metadata")?;
         let metadata: BTreeMap<String, String> =
             serde_json::from_str(&metadata_text).map_err(|e| format!("column metadata: {e}"))?;
-        let events: Vec<SpanEvent> = match columns.text("events", row)? {
-            None => Vec::new(),
-            Some(text) => serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?,
-        };
-        let span = Span {
+        let mut span = Span {
             project: columns.required_text("project", row)?,
             trace_id: columns.required_text("trace_id", row)?,
             span_id: columns.required_text("span_id", row)?,
@@ -376,19 +392,38 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredSpan>) -> Result<(), Stri
             output_cost_usd: columns.float("output_cost_usd", row)?,
             total_cost_usd: columns.float("total_cost_usd", row)?,
             pricing_version: columns.text("pricing_version", row)?,
-            input: columns.json("input", row)?,
-            output: columns.json("output", row)?,
+            input: Value::Null,
+            output: Value::Null,
             input_text: columns.required_text("input_text", row)?,
             output_text: columns.required_text("output_text", row)?,
-            tools: columns.json("tools", row)?,
+            tools: Value::Null,
             metadata,
-            attributes: columns.json("attributes", row)?,
-            events,
+            attributes: Value::Null,
+            events: Vec::new(),
         };
-        out.push(StoredSpan {
-            seq: seqs.value(row),
-            span: Arc::new(span),
-        });
+        if keep_needs_attributes {
+            span.attributes = columns.json("attributes", row)?;
+        }
+        let kept = keep(&span);
+        if kept {
+            if !keep_needs_attributes {
+                span.attributes = columns.json("attributes", row)?;
+            }
+            span.input = columns.json("input", row)?;
+            span.output = columns.json("output", row)?;
+            span.tools = columns.json("tools", row)?;
+            if let Some(text) = columns.text("events", row)? {
+                span.events =
+                    serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
+            }
+        }
+        out.push((
+            StoredSpan {
+                seq: seqs.value(row),
+                span: Arc::new(span),
+            },
+            kept,
+        ));
     }
     Ok(())
 }
@@ -412,6 +447,7 @@ pub fn day_of(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llmtrace_model::SpanEvent;
     use serde_json::json;
 
     #[test]
