@@ -1,5 +1,6 @@
 //! `llmtrace`: one binary that takes LLM traces in and answers questions about them.
 
+mod bench;
 mod config;
 mod grpc;
 mod http;
@@ -41,6 +42,9 @@ enum Command {
     Serve(ServeArgs),
     /// Search a running server and print the matching LLM calls.
     Query(query_cli::QueryArgs),
+    /// Benchmarks (figures in docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +83,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Query(args) => query_cli::run(args),
+        Command::Bench(command) => bench::run(command),
     }
 }
 

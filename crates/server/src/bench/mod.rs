@@ -1,0 +1,296 @@
+//! `llmtrace bench`: measured, reproducible figures (docs/BENCHMARKS.md).
+//!
+//! - `bench ingest`: OTLP/HTTP protobuf ingest over loopback against any OTLP endpoint
+//!   (llmtrace or a peer), then the time until every span is queryable;
+//! - `bench store`: the embedded store directly: durable ingest at several batch sizes, query
+//!   latencies and bytes on disk.
+
+pub mod corpus;
+mod otlp;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use llmtrace_model::{AggregateQuery, Dimension, SpanFilter, SpanQuery, Store};
+use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
+
+use corpus::Corpus;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// OTLP/HTTP ingest over loopback, then time until every span is queryable.
+    Ingest(IngestArgs),
+    /// The embedded store directly: durable ingest, queries, bytes on disk.
+    Store(StoreArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// OTLP/HTTP traces endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4318/v1/traces")]
+    endpoint: String,
+    #[arg(long, default_value_t = 200_000)]
+    spans: u64,
+    /// Spans per request.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// New message text per span, bytes.
+    #[arg(long, default_value_t = 2000)]
+    text_bytes: usize,
+    /// Project (resource attributes `llmtrace.project` and `openinference.project.name`).
+    #[arg(long, default_value = "bench")]
+    project: String,
+    /// llmtrace API base URL to poll until every span is queryable (omit for peers).
+    #[arg(long)]
+    count_url: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Data directory (created; must not hold another store's data).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Spans on disk for the query measurements.
+    #[arg(long, default_value_t = 1_000_000)]
+    spans: u64,
+    /// New message text per call, bytes (0: spans without content).
+    #[arg(long, default_value_t = 2000)]
+    text_bytes: usize,
+    /// Days the spans are spread over.
+    #[arg(long, default_value_t = 30)]
+    days: i64,
+    /// Spans appended per batch for the durable ingest measurements.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    batches: Vec<usize>,
+    /// Repetitions of each query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest(args),
+        BenchCommand::Store(args) => store(args),
+    }
+}
+
+fn now_ns() -> i64 {
+    llmtrace_store::now_ns()
+}
+
+fn ingest(args: IngestArgs) -> Result<()> {
+    let mut corpus = Corpus::new(args.seed, args.spans, 1, now_ns(), args.text_bytes);
+    corpus.max_history = 0;
+    eprintln!("generating {} spans…", args.spans);
+    let mut bodies = Vec::new();
+    let mut remaining = args.spans;
+    let mut raw_bytes = 0usize;
+    while remaining > 0 {
+        let n = remaining.min(args.batch as u64);
+        let spans: Vec<_> = (0..n).map(|_| corpus.next_span(&args.project)).collect();
+        let body = otlp::encode(&spans, &args.project);
+        raw_bytes += body.len();
+        bodies.push((n, body));
+        remaining -= n;
+    }
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    eprintln!("sending {} requests ({} MB) with {} in flight…", bodies.len(), raw_bytes >> 20, args.concurrency);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (bodies, next, acked, refused) = (bodies.clone(), next.clone(), acked.clone(), refused.clone());
+            let endpoint = args.endpoint.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(120)))
+                    .build()
+                    .into();
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((count, body)) = bodies.get(index) else { return };
+                    // Retry refused requests (503/429) as an exporter would, after a pause.
+                    for attempt in 0..50 {
+                        let response = agent
+                            .post(&endpoint)
+                            .header("content-type", "application/x-protobuf")
+                            .send(&body[..]);
+                        match response {
+                            Ok(response) if response.status().is_success() => {
+                                acked.fetch_add(*count, Ordering::Relaxed);
+                                break;
+                            }
+                            _ => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(50 << attempt.min(4)));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let send_time = started.elapsed();
+    let acked = acked.load(Ordering::Relaxed);
+    println!("endpoint {}", args.endpoint);
+    println!(
+        "acknowledged {acked} of {} spans in {:.2} s: {:.0} spans/s ({} refused attempts, retried)",
+        args.spans,
+        send_time.as_secs_f64(),
+        acked as f64 / send_time.as_secs_f64(),
+        refused.load(Ordering::Relaxed)
+    );
+    if let Some(count_url) = &args.count_url {
+        let after_ack = Instant::now();
+        let url = format!("{}/api/v1/aggregate?project={}", count_url.trim_end_matches('/'), args.project);
+        let stored = loop {
+            let count = ureq::get(&url)
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                .and_then(|v| v["data"][0]["count"].as_u64())
+                .unwrap_or(0);
+            if count >= args.spans || after_ack.elapsed() > Duration::from_secs(120) {
+                break count;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let visible_after = after_ack.elapsed();
+        println!(
+            "stored and queryable: {stored} spans, all visible {:.0} ms after the last acknowledgement; end to end {:.0} spans/s",
+            visible_after.as_secs_f64() * 1000.0,
+            stored as f64 / (send_time + visible_after).as_secs_f64()
+        );
+        if stored < args.spans {
+            bail!("only {stored} of {} spans became queryable", args.spans);
+        }
+    }
+    Ok(())
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn time<T>(repeat: usize, mut work: impl FnMut() -> Result<T>) -> Result<(Duration, T)> {
+    let mut samples = Vec::new();
+    let mut last = None;
+    for _ in 0..repeat.max(1) {
+        let started = Instant::now();
+        last = Some(work()?);
+        samples.push(started.elapsed());
+    }
+    Ok((median(samples), last.context("no run")?))
+}
+
+fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> {
+    let mut config = StoreConfig::new(dir);
+    config.durability = durability;
+    config.default_retention_days = 0;
+    config.flush_interval = Duration::from_secs(3600);
+    Ok(EmbeddedStore::open(config)?)
+}
+
+fn store(args: StoreArgs) -> Result<()> {
+    if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
+        bail!("{} is not empty", args.dir.display());
+    }
+    let end = now_ns();
+    println!("| measurement | result |");
+    println!("|---|---|");
+    // Durable ingest at each batch size, fsync per group commit, one appender thread.
+    for &batch in &args.batches {
+        let dir = args.dir.join(format!("ingest-batch-{batch}"));
+        let store = open(&dir, Durability::Fsync)?;
+        let count = (batch * 2000).clamp(2000, 200_000);
+        let mut corpus = Corpus::new(batch as u64, count as u64, 1, end, args.text_bytes);
+        corpus.max_history = 0;
+        let mut batches: Vec<Vec<_>> = Vec::new();
+        for _ in 0..count / batch {
+            batches.push((0..batch).map(|_| corpus.next_span("bench")).collect());
+        }
+        let written = (batches.len() * batch) as u64;
+        let started = Instant::now();
+        for spans in batches {
+            store.append(spans)?;
+        }
+        let rate = written as f64 / started.elapsed().as_secs_f64();
+        println!("| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans | {rate:.0} spans/s |", args.text_bytes);
+        store.close()?;
+        std::fs::remove_dir_all(&dir)?;
+    }
+
+    // A corpus of `spans` on disk.
+    let dir = args.dir.join("corpus");
+    let store = open(&dir, Durability::None)?;
+    let mut corpus = Corpus::new(42, args.spans, args.days, end, args.text_bytes);
+    let mut raw_json_bytes = 0u64;
+    let started = Instant::now();
+    let mut probe = None;
+    for chunk_start in (0..args.spans).step_by(1000) {
+        let n = (args.spans - chunk_start).min(1000);
+        let spans: Vec<_> = (0..n).map(|_| corpus.next_span("bench")).collect();
+        raw_json_bytes += spans.iter().map(|s| serde_json::to_vec(s).map(|v| v.len() as u64).unwrap_or(0)).sum::<u64>();
+        if chunk_start == args.spans / 2 {
+            probe = spans.first().cloned();
+        }
+        store.append(spans)?;
+    }
+    store.flush()?;
+    let load_time = started.elapsed();
+    let probe = probe.context("corpus too small")?;
+    let stats = store.stats()?;
+    println!("| corpus load (no fsync) + flush, {} spans | {:.1} s |", args.spans, load_time.as_secs_f64());
+    println!(
+        "| on disk: {} segments, {} MB | {:.0} bytes/span, {:.1}% of the raw JSON ({} MB) |",
+        stats.segments,
+        stats.segment_bytes >> 20,
+        stats.segment_bytes as f64 / args.spans as f64,
+        100.0 * stats.segment_bytes as f64 / raw_json_bytes as f64,
+        raw_json_bytes >> 20
+    );
+    let project = SpanFilter::for_project("bench");
+    let queries: Vec<(&str, Box<dyn Fn() -> Result<usize>>)> = vec![
+        ("newest page (50)", Box::new(|| Ok(store.search(&SpanQuery::new(project.clone()))?.spans.len()))),
+        ("trace by id", Box::new(|| Ok(store.trace("bench", &probe.trace_id)?.len()))),
+        ("session by id", Box::new(|| Ok(store.session("bench", probe.session_id.as_deref().unwrap_or(""))?.len()))),
+        ("metadata filter page (tier=pro, feature=agent)", Box::new(|| {
+            let filter = SpanFilter { metadata: vec![("tier".into(), "pro".into()), ("feature".into(), "agent".into())], ..project.clone() };
+            Ok(store.search(&SpanQuery::new(filter))?.spans.len())
+        })),
+        ("full-text term page", Box::new(|| {
+            let term = probe.output_text.split_whitespace().max_by_key(|w| w.len()).unwrap_or("x").trim_matches('.').to_string();
+            let filter = SpanFilter { text: Some(term), ..project.clone() };
+            Ok(store.search(&SpanQuery::new(filter))?.spans.len())
+        })),
+        ("cost per model per day (all days)", Box::new(|| {
+            let query = AggregateQuery { filter: project.clone(), bucket_seconds: Some(86_400), group_by: vec![Dimension::Model] };
+            Ok(store.aggregate(&query)?.len())
+        })),
+        ("p99 latency per model", Box::new(|| {
+            let query = AggregateQuery { filter: project.clone(), bucket_seconds: None, group_by: vec![Dimension::Model] };
+            Ok(store.aggregate(&query)?.len())
+        })),
+    ];
+    for (name, query) in &queries {
+        let (took, rows) = time(args.repeat, query)?;
+        println!("| {name} at {} spans | {:.1} ms ({rows} rows) |", args.spans, took.as_secs_f64() * 1000.0);
+    }
+    store.close()?;
+    Ok(())
+}
