@@ -506,7 +506,12 @@ fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Re
         if page_size.is_some_and(|wanted| latest.matches_after(handle.meta.max_time) >= wanted) {
             break;
         }
-        let rows = segment::read_where(&handle.path, &wanted, needs_attributes)?;
+        let rows = segment::read_where(
+            &handle.path,
+            &wanted,
+            needs_attributes,
+            filter.trace_id.as_deref(),
+        )?;
         for (row, matched) in rows {
             if !hidden(&row, handle.meta.deletions_applied_through, &deletions) {
                 latest.consider(&row, matched);

@@ -244,7 +244,7 @@ pub fn validate(path: &Path) -> Result<()> {
 
 /// Reads every row of a segment.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
-    Ok(read_where(path, &|_| true, true)?
+    Ok(read_where(path, &|_| true, true, None)?
         .into_iter()
         .map(|(row, _)| row)
         .collect())
@@ -253,14 +253,28 @@ pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
 /// Reads every row, fully decoding only those `keep` accepts (the others come back without
 /// their JSON-valued fields, which are the costly part). `keep` sees `attributes` only
 /// when `keep_needs_attributes`. Each row is returned with whether it was kept.
+///
+/// With `trace_id`, row groups whose bloom filter rules that trace out are skipped. That is
+/// safe for version resolution: every version of a span carries its trace id.
 pub fn read_where(
     path: &Path,
     keep: &dyn Fn(&Span) -> bool,
     keep_needs_attributes: bool,
+    trace_id: Option<&str>,
 ) -> Result<Vec<(StoredSpan, bool)>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.with_batch_size(8192).build())
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))?;
+    if let Some(trace_id) = trace_id {
+        let groups = row_groups_with(&mut builder, "trace_id", trace_id);
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        builder = builder.with_row_groups(groups);
+    }
+    let reader = builder
+        .with_batch_size(8192)
+        .build()
         .map_err(|e| Error::segment(path, e))?;
     let mut rows = Vec::new();
     for batch in reader {
@@ -269,6 +283,31 @@ pub fn read_where(
             .map_err(|message| Error::segment(path, message))?;
     }
     Ok(rows)
+}
+
+/// Row groups whose bloom filter on `column` may contain `value` (all, without a filter).
+fn row_groups_with(
+    builder: &mut ParquetRecordBatchReaderBuilder<File>,
+    column: &str,
+    value: &str,
+) -> Vec<usize> {
+    let row_groups = builder.metadata().num_row_groups();
+    let Some(column_index) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == column)
+    else {
+        return (0..row_groups).collect();
+    };
+    (0..row_groups)
+        .filter(
+            |&group| match builder.get_row_group_column_bloom_filter(group, column_index) {
+                Ok(Some(filter)) => filter.check(&value),
+                _ => true,
+            },
+        )
+        .collect()
 }
 
 struct Columns<'a>(&'a RecordBatch);
@@ -449,6 +488,32 @@ mod tests {
     use super::*;
     use llmtrace_model::SpanEvent;
     use serde_json::json;
+
+    #[test]
+    fn trace_lookup_skips_segments_whose_bloom_filter_rules_the_trace_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let mut rows: Vec<StoredSpan> = (0..1000u64)
+            .map(|n| StoredSpan {
+                seq: n,
+                span: Arc::new(Span {
+                    trace_id: format!("{n:032x}"),
+                    span_id: format!("{n:016x}"),
+                    ..Span::default()
+                }),
+            })
+            .collect();
+        write(&path, &mut rows).unwrap();
+        let present = format!("{:032x}", 500);
+        let found = read_where(&path, &|s| s.trace_id == present, false, Some(&present)).unwrap();
+        assert_eq!(found.iter().filter(|(_, kept)| *kept).count(), 1);
+        let absent = "abcdefabcdefabcdefabcdefabcdef01";
+        assert!(
+            read_where(&path, &|_| true, false, Some(absent))
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn day_of_known_dates() {

@@ -140,8 +140,18 @@ impl Corpus {
             let id = format!("sess-{:x}", self.id());
             let user = format!("user-{}", self.rng.below(500));
             let model = self.rng.below(MODELS.len() as u64) as usize;
-            let system = if self.text_bytes > 0 { self.words.sentence(&mut self.rng, 200) } else { String::new() };
-            let session = Session { id, user, model, system, history: Vec::new() };
+            let system = if self.text_bytes > 0 {
+                self.words.sentence(&mut self.rng, 200)
+            } else {
+                String::new()
+            };
+            let session = Session {
+                id,
+                user,
+                model,
+                system,
+                history: Vec::new(),
+            };
             if self.sessions.len() < 200 {
                 self.sessions.push(session);
             } else {
@@ -152,26 +162,42 @@ impl Corpus {
         let slot = self.rng.below(self.sessions.len() as u64) as usize;
         let question_bytes = self.text_bytes * 2 / 3;
         let answer_bytes = self.text_bytes - question_bytes;
-        let question = if question_bytes > 0 { self.words.sentence(&mut self.rng, question_bytes) } else { String::new() };
-        let answer = if answer_bytes > 0 { self.words.sentence(&mut self.rng, answer_bytes) } else { String::new() };
+        let question = if question_bytes > 0 {
+            self.words.sentence(&mut self.rng, question_bytes)
+        } else {
+            String::new()
+        };
+        let answer = if answer_bytes > 0 {
+            self.words.sentence(&mut self.rng, answer_bytes)
+        } else {
+            String::new()
+        };
         let trace = self.id();
         let span = self.id();
-        let start = self.start_ns + (self.emitted as i128 * self.span_ns as i128 / self.total as i128) as i64;
+        let start = self.start_ns
+            + (self.emitted as i128 * self.span_ns as i128 / self.total as i128) as i64;
         self.emitted += 1;
-        let latency_ms = 200 + self.rng.below(3000) as i64 + if self.rng.below(100) == 0 { 20_000 } else { 0 };
+        let latency_ms =
+            200 + self.rng.below(3000) as i64 + if self.rng.below(100) == 0 { 20_000 } else { 0 };
         let error = self.rng.below(50) == 0;
         let tier = ["free", "pro", "enterprise"][self.rng.below(3) as usize];
         let feature = ["chat", "search", "summarize", "agent"][self.rng.below(4) as usize];
         let session = &mut self.sessions[slot];
         let (provider, model) = MODELS[session.model];
-        let mut input = vec![json!({"role": "system", "content": [{"type": "text", "text": session.system}]})];
+        let mut input =
+            vec![json!({"role": "system", "content": [{"type": "text", "text": session.system}]})];
         for (q, a) in &session.history {
             input.push(json!({"role": "user", "content": [{"type": "text", "text": q}]}));
             input.push(json!({"role": "assistant", "content": [{"type": "text", "text": a}]}));
         }
         input.push(json!({"role": "user", "content": [{"type": "text", "text": question}]}));
         let input_text = std::iter::once(session.system.as_str())
-            .chain(session.history.iter().flat_map(|(q, a)| [q.as_str(), a.as_str()]))
+            .chain(
+                session
+                    .history
+                    .iter()
+                    .flat_map(|(q, a)| [q.as_str(), a.as_str()]),
+            )
             .chain(std::iter::once(question.as_str()))
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
@@ -195,7 +221,11 @@ impl Corpus {
             end_time: start + latency_ms * 1_000_000,
             duration_ms: latency_ms as f64,
             time_to_first_token_ms: Some((latency_ms / 5) as f64),
-            status: if error { SpanStatus::Error } else { SpanStatus::Ok },
+            status: if error {
+                SpanStatus::Error
+            } else {
+                SpanStatus::Ok
+            },
             error_type: error.then(|| "rate_limit".to_string()),
             session_id: Some(session.id.clone()),
             user_id: Some(session.user.clone()),
@@ -207,11 +237,22 @@ impl Corpus {
             output_tokens: Some(output_tokens),
             total_tokens: Some(input_tokens + output_tokens),
             usage_source: Some("reported".into()),
-            input: if content { Value::Array(input) } else { Value::Null },
-            output: if content { json!([{"role": "assistant", "content": [{"type": "text", "text": answer}]}]) } else { Value::Null },
+            input: if content {
+                Value::Array(input)
+            } else {
+                Value::Null
+            },
+            output: if content {
+                json!([{"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+            } else {
+                Value::Null
+            },
             input_text: if content { input_text } else { String::new() },
             output_text: answer,
-            metadata: BTreeMap::from([("tier".to_string(), tier.to_string()), ("feature".to_string(), feature.to_string())]),
+            metadata: BTreeMap::from([
+                ("tier".to_string(), tier.to_string()),
+                ("feature".to_string(), feature.to_string()),
+            ]),
             ..Span::default()
         }
     }

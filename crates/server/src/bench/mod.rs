@@ -105,11 +105,17 @@ fn ingest(args: IngestArgs) -> Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    eprintln!("sending {} requests ({} MB) with {} in flight…", bodies.len(), raw_bytes >> 20, args.concurrency);
+    eprintln!(
+        "sending {} requests ({} MB) with {} in flight…",
+        bodies.len(),
+        raw_bytes >> 20,
+        args.concurrency
+    );
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (bodies, next, acked, refused) = (bodies.clone(), next.clone(), acked.clone(), refused.clone());
+            let (bodies, next, acked, refused) =
+                (bodies.clone(), next.clone(), acked.clone(), refused.clone());
             let endpoint = args.endpoint.clone();
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -119,7 +125,9 @@ fn ingest(args: IngestArgs) -> Result<()> {
                     .into();
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((count, body)) = bodies.get(index) else { return };
+                    let Some((count, body)) = bodies.get(index) else {
+                        return;
+                    };
                     // Retry refused requests (503/429) as an exporter would, after a pause.
                     for attempt in 0..50 {
                         let response = agent
@@ -156,7 +164,11 @@ fn ingest(args: IngestArgs) -> Result<()> {
     );
     if let Some(count_url) = &args.count_url {
         let after_ack = Instant::now();
-        let url = format!("{}/api/v1/aggregate?project={}", count_url.trim_end_matches('/'), args.project);
+        let url = format!(
+            "{}/api/v1/aggregate?project={}",
+            count_url.trim_end_matches('/'),
+            args.project
+        );
         let stored = loop {
             let count = ureq::get(&url)
                 .call()
@@ -230,7 +242,10 @@ fn store(args: StoreArgs) -> Result<()> {
             store.append(spans)?;
         }
         let rate = written as f64 / started.elapsed().as_secs_f64();
-        println!("| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans | {rate:.0} spans/s |", args.text_bytes);
+        println!(
+            "| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans | {rate:.0} spans/s |",
+            args.text_bytes
+        );
         store.close()?;
         std::fs::remove_dir_all(&dir)?;
     }
@@ -245,7 +260,10 @@ fn store(args: StoreArgs) -> Result<()> {
     for chunk_start in (0..args.spans).step_by(1000) {
         let n = (args.spans - chunk_start).min(1000);
         let spans: Vec<_> = (0..n).map(|_| corpus.next_span("bench")).collect();
-        raw_json_bytes += spans.iter().map(|s| serde_json::to_vec(s).map(|v| v.len() as u64).unwrap_or(0)).sum::<u64>();
+        raw_json_bytes += spans
+            .iter()
+            .map(|s| serde_json::to_vec(s).map(|v| v.len() as u64).unwrap_or(0))
+            .sum::<u64>();
         if chunk_start == args.spans / 2 {
             probe = spans.first().cloned();
         }
@@ -255,7 +273,11 @@ fn store(args: StoreArgs) -> Result<()> {
     let load_time = started.elapsed();
     let probe = probe.context("corpus too small")?;
     let stats = store.stats()?;
-    println!("| corpus load (no fsync) + flush, {} spans | {:.1} s |", args.spans, load_time.as_secs_f64());
+    println!(
+        "| corpus load (no fsync) + flush, {} spans | {:.1} s |",
+        args.spans,
+        load_time.as_secs_f64()
+    );
     println!(
         "| on disk: {} segments, {} MB | {:.0} bytes/span, {:.1}% of the raw JSON ({} MB) |",
         stats.segments,
@@ -266,30 +288,82 @@ fn store(args: StoreArgs) -> Result<()> {
     );
     let project = SpanFilter::for_project("bench");
     let queries: Vec<(&str, Box<dyn Fn() -> Result<usize>>)> = vec![
-        ("newest page (50)", Box::new(|| Ok(store.search(&SpanQuery::new(project.clone()))?.spans.len()))),
-        ("trace by id", Box::new(|| Ok(store.trace("bench", &probe.trace_id)?.len()))),
-        ("session by id", Box::new(|| Ok(store.session("bench", probe.session_id.as_deref().unwrap_or(""))?.len()))),
-        ("metadata filter page (tier=pro, feature=agent)", Box::new(|| {
-            let filter = SpanFilter { metadata: vec![("tier".into(), "pro".into()), ("feature".into(), "agent".into())], ..project.clone() };
-            Ok(store.search(&SpanQuery::new(filter))?.spans.len())
-        })),
-        ("full-text term page", Box::new(|| {
-            let term = probe.output_text.split_whitespace().max_by_key(|w| w.len()).unwrap_or("x").trim_matches('.').to_string();
-            let filter = SpanFilter { text: Some(term), ..project.clone() };
-            Ok(store.search(&SpanQuery::new(filter))?.spans.len())
-        })),
-        ("cost per model per day (all days)", Box::new(|| {
-            let query = AggregateQuery { filter: project.clone(), bucket_seconds: Some(86_400), group_by: vec![Dimension::Model] };
-            Ok(store.aggregate(&query)?.len())
-        })),
-        ("p99 latency per model", Box::new(|| {
-            let query = AggregateQuery { filter: project.clone(), bucket_seconds: None, group_by: vec![Dimension::Model] };
-            Ok(store.aggregate(&query)?.len())
-        })),
+        (
+            "newest page (50)",
+            Box::new(|| Ok(store.search(&SpanQuery::new(project.clone()))?.spans.len())),
+        ),
+        (
+            "trace by id",
+            Box::new(|| Ok(store.trace("bench", &probe.trace_id)?.len())),
+        ),
+        (
+            "session by id",
+            Box::new(|| {
+                Ok(store
+                    .session("bench", probe.session_id.as_deref().unwrap_or(""))?
+                    .len())
+            }),
+        ),
+        (
+            "metadata filter page (tier=pro, feature=agent)",
+            Box::new(|| {
+                let filter = SpanFilter {
+                    metadata: vec![
+                        ("tier".into(), "pro".into()),
+                        ("feature".into(), "agent".into()),
+                    ],
+                    ..project.clone()
+                };
+                Ok(store.search(&SpanQuery::new(filter))?.spans.len())
+            }),
+        ),
+        (
+            "full-text term page",
+            Box::new(|| {
+                let term = probe
+                    .output_text
+                    .split_whitespace()
+                    .max_by_key(|w| w.len())
+                    .unwrap_or("x")
+                    .trim_matches('.')
+                    .to_string();
+                let filter = SpanFilter {
+                    text: Some(term),
+                    ..project.clone()
+                };
+                Ok(store.search(&SpanQuery::new(filter))?.spans.len())
+            }),
+        ),
+        (
+            "cost per model per day (all days)",
+            Box::new(|| {
+                let query = AggregateQuery {
+                    filter: project.clone(),
+                    bucket_seconds: Some(86_400),
+                    group_by: vec![Dimension::Model],
+                };
+                Ok(store.aggregate(&query)?.len())
+            }),
+        ),
+        (
+            "p99 latency per model",
+            Box::new(|| {
+                let query = AggregateQuery {
+                    filter: project.clone(),
+                    bucket_seconds: None,
+                    group_by: vec![Dimension::Model],
+                };
+                Ok(store.aggregate(&query)?.len())
+            }),
+        ),
     ];
     for (name, query) in &queries {
         let (took, rows) = time(args.repeat, query)?;
-        println!("| {name} at {} spans | {:.1} ms ({rows} rows) |", args.spans, took.as_secs_f64() * 1000.0);
+        println!(
+            "| {name} at {} spans | {:.1} ms ({rows} rows) |",
+            args.spans,
+            took.as_secs_f64() * 1000.0
+        );
     }
     store.close()?;
     Ok(())

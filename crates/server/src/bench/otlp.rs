@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 fn text(key: &str, value: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
         ..KeyValue::default()
     }
 }
@@ -20,7 +22,9 @@ fn text(key: &str, value: impl Into<String>) -> KeyValue {
 fn int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
         ..KeyValue::default()
     }
 }
@@ -54,14 +58,32 @@ pub fn encode(spans: &[Span], project: &str) -> Vec<u8> {
         .map(|span| {
             let mut attributes = vec![
                 text("gen_ai.operation.name", "chat"),
-                text("gen_ai.provider.name", span.provider.clone().unwrap_or_default()),
-                text("gen_ai.request.model", span.request_model.clone().unwrap_or_default()),
-                text("gen_ai.response.model", span.model.clone().unwrap_or_default()),
+                text(
+                    "gen_ai.provider.name",
+                    span.provider.clone().unwrap_or_default(),
+                ),
+                text(
+                    "gen_ai.request.model",
+                    span.request_model.clone().unwrap_or_default(),
+                ),
+                text(
+                    "gen_ai.response.model",
+                    span.model.clone().unwrap_or_default(),
+                ),
                 int("gen_ai.usage.input_tokens", span.input_tokens.unwrap_or(0)),
-                int("gen_ai.usage.output_tokens", span.output_tokens.unwrap_or(0)),
-                text("gen_ai.conversation.id", span.session_id.clone().unwrap_or_default()),
+                int(
+                    "gen_ai.usage.output_tokens",
+                    span.output_tokens.unwrap_or(0),
+                ),
+                text(
+                    "gen_ai.conversation.id",
+                    span.session_id.clone().unwrap_or_default(),
+                ),
                 text("user.id", span.user_id.clone().unwrap_or_default()),
-                text("metadata", serde_json::to_string(&span.metadata).unwrap_or_default()),
+                text(
+                    "metadata",
+                    serde_json::to_string(&span.metadata).unwrap_or_default(),
+                ),
             ];
             if !span.input.is_null() {
                 attributes.push(text("gen_ai.input.messages", genai_messages(&span.input)));
@@ -78,7 +100,10 @@ pub fn encode(spans: &[Span], project: &str) -> Vec<u8> {
                 start_time_unix_nano: span.start_time as u64,
                 end_time_unix_nano: span.end_time as u64,
                 attributes,
-                status: Some(Status { code: if span.status.is_error() { 2 } else { 0 }, ..Status::default() }),
+                status: Some(Status {
+                    code: if span.status.is_error() { 2 } else { 0 },
+                    ..Status::default()
+                }),
                 ..OtlpSpan::default()
             }
         })
@@ -94,7 +119,10 @@ pub fn encode(spans: &[Span], project: &str) -> Vec<u8> {
                 ..Resource::default()
             }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "llmtrace.bench".into(), ..InstrumentationScope::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "llmtrace.bench".into(),
+                    ..InstrumentationScope::default()
+                }),
                 spans: otlp_spans,
                 ..ScopeSpans::default()
             }],
