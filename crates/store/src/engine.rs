@@ -353,7 +353,7 @@ impl EmbeddedStore {
 
     /// Every live span matching `filter`, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        collect(&self.shared, filter, None)
+        collect(&self.shared, filter, None, true)
     }
 }
 
@@ -469,7 +469,15 @@ impl Latest {
 /// them are guaranteed: segments are visited newest first and the scan stops once that many
 /// matches are newer than anything left. (Versions of one span share its start time, so a
 /// newer version of a returned span can only sit in a segment already visited.)
-fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Result<Vec<Span>> {
+///
+/// Without `whole_rows`, segment rows come back without their JSON-valued fields (enough for
+/// aggregates, and much cheaper).
+fn collect(
+    shared: &Shared,
+    filter: &SpanFilter,
+    page: Option<&SpanQuery>,
+    whole_rows: bool,
+) -> Result<Vec<Span>> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // A row tied with the cursor's start time may still lie before it: match on both.
     let wanted = |span: &Span| {
@@ -511,6 +519,8 @@ fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Re
             &wanted,
             needs_attributes,
             filter.trace_id.as_deref(),
+            whole_rows,
+            filter.text.is_some(),
         )?;
         for (row, matched) in rows {
             if !hidden(&row, handle.meta.deletions_applied_through, &deletions) {
@@ -787,7 +797,7 @@ impl Store for EmbeddedStore {
             let bound = cursor.0.start_time.saturating_add(1);
             filter.until = Some(filter.until.map_or(bound, |until| until.min(bound)));
         }
-        let newest = collect(&self.shared, &filter, Some(query))?;
+        let newest = collect(&self.shared, &filter, Some(query), true)?;
         Ok(Page::from_candidates(query, newest))
     }
 
@@ -810,7 +820,7 @@ impl Store for EmbeddedStore {
     }
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        let spans = self.collect(&query.filter)?;
+        let spans = collect(&self.shared, &query.filter, None, false)?;
         Ok(aggregate(query, &spans))
     }
 
@@ -825,7 +835,7 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let removed = self.collect(&filter)?.len() as u64;
+        let removed = collect(&self.shared, &filter, None, false)?.len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),

@@ -21,8 +21,8 @@ use arrow::datatypes::{
     UInt64Type,
 };
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -244,14 +244,17 @@ pub fn validate(path: &Path) -> Result<()> {
 
 /// Reads every row of a segment.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
-    Ok(read_where(path, &|_| true, true, None)?
+    Ok(read_where(path, &|_| true, true, None, true, true)?
         .into_iter()
         .map(|(row, _)| row)
         .collect())
 }
 
-/// Reads every row, fully decoding only those `keep` accepts (the others come back without
-/// their JSON-valued fields, which are the costly part). `keep` sees `attributes` only
+/// Reads every row, fully decoding only those `keep` accepts, and those only when
+/// `decode_kept_json` (the others come back without their JSON-valued fields — `input`,
+/// `output`, `tools`, `attributes`, `events` — which are the costly part). Without
+/// `decode_kept_json` those columns are not even read, nor `input_text`/`output_text`
+/// unless `keep_needs_text`. `keep` sees `attributes` only
 /// when `keep_needs_attributes`. Each row is returned with whether it was kept.
 ///
 /// With `trace_id`, row groups whose bloom filter rules that trace out are skipped. That is
@@ -261,6 +264,8 @@ pub fn read_where(
     keep: &dyn Fn(&Span) -> bool,
     keep_needs_attributes: bool,
     trace_id: Option<&str>,
+    decode_kept_json: bool,
+    keep_needs_text: bool,
 ) -> Result<Vec<(StoredSpan, bool)>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut builder =
@@ -272,6 +277,25 @@ pub fn read_where(
         }
         builder = builder.with_row_groups(groups);
     }
+    if !decode_kept_json {
+        // Leave out the heavy columns nobody will look at.
+        let mut skipped = vec!["input", "output", "tools", "events"];
+        if !keep_needs_attributes {
+            skipped.push("attributes");
+        }
+        if !keep_needs_text {
+            skipped.extend(["input_text", "output_text"]);
+        }
+        let full_schema = schema();
+        let wanted: Vec<&str> = full_schema
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .filter(|name| !skipped.contains(name))
+            .collect();
+        let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
+        builder = builder.with_projection(mask);
+    }
     let reader = builder
         .with_batch_size(8192)
         .build()
@@ -279,8 +303,14 @@ pub fn read_where(
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, keep, keep_needs_attributes, &mut rows)
-            .map_err(|message| Error::segment(path, message))?;
+        from_batch(
+            &batch,
+            keep,
+            keep_needs_attributes,
+            decode_kept_json,
+            &mut rows,
+        )
+        .map_err(|message| Error::segment(path, message))?;
     }
     Ok(rows)
 }
@@ -332,6 +362,14 @@ impl Columns<'_> {
             .ok_or_else(|| format!("column {name} is null in row {row}"))
     }
 
+    /// Text of a column the read may have left out (then empty).
+    fn optional_column_text(&self, name: &str, row: usize) -> Result<String, String> {
+        if self.0.column_by_name(name).is_none() {
+            return Ok(String::new());
+        }
+        Ok(self.text(name, row)?.unwrap_or_default())
+    }
+
     fn int(&self, name: &str, row: usize) -> Result<Option<i64>, String> {
         let column = self.column(name)?;
         let array = column
@@ -368,6 +406,7 @@ fn from_batch(
     batch: &RecordBatch,
     keep: &dyn Fn(&Span) -> bool,
     keep_needs_attributes: bool,
+    decode_kept_json: bool,
     out: &mut Vec<(StoredSpan, bool)>,
 ) -> Result<(), String> {
     let columns = Columns(batch);
@@ -433,8 +472,9 @@ fn from_batch(
             pricing_version: columns.text("pricing_version", row)?,
             input: Value::Null,
             output: Value::Null,
-            input_text: columns.required_text("input_text", row)?,
-            output_text: columns.required_text("output_text", row)?,
+            // Absent when the read left the text columns out.
+            input_text: columns.optional_column_text("input_text", row)?,
+            output_text: columns.optional_column_text("output_text", row)?,
             tools: Value::Null,
             metadata,
             attributes: Value::Null,
@@ -444,7 +484,7 @@ fn from_batch(
             span.attributes = columns.json("attributes", row)?;
         }
         let kept = keep(&span);
-        if kept {
+        if kept && decode_kept_json {
             if !keep_needs_attributes {
                 span.attributes = columns.json("attributes", row)?;
             }
@@ -505,11 +545,19 @@ mod tests {
             .collect();
         write(&path, &mut rows).unwrap();
         let present = format!("{:032x}", 500);
-        let found = read_where(&path, &|s| s.trace_id == present, false, Some(&present)).unwrap();
+        let found = read_where(
+            &path,
+            &|s| s.trace_id == present,
+            false,
+            Some(&present),
+            true,
+            true,
+        )
+        .unwrap();
         assert_eq!(found.iter().filter(|(_, kept)| *kept).count(), 1);
         let absent = "abcdefabcdefabcdefabcdefabcdef01";
         assert!(
-            read_where(&path, &|_| true, false, Some(absent))
+            read_where(&path, &|_| true, false, Some(absent), true, true)
                 .unwrap()
                 .is_empty()
         );

@@ -46,9 +46,13 @@ pub struct IngestArgs {
     /// Project (resource attributes `llmtrace.project` and `openinference.project.name`).
     #[arg(long, default_value = "bench")]
     project: String,
-    /// llmtrace API base URL to poll until every span is queryable (omit for peers).
+    /// llmtrace API base URL to poll until every span is queryable.
     #[arg(long)]
     count_url: Option<String>,
+    /// Arize Phoenix GraphQL URL (e.g. http://127.0.0.1:6006/graphql) to poll instead: the
+    /// project's `recordCount`, since Phoenix acknowledges before it stores.
+    #[arg(long)]
+    count_phoenix_graphql: Option<String>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -162,33 +166,67 @@ fn ingest(args: IngestArgs) -> Result<()> {
         acked as f64 / send_time.as_secs_f64(),
         refused.load(Ordering::Relaxed)
     );
-    if let Some(count_url) = &args.count_url {
+    let counter: Option<Box<dyn Fn() -> u64>> = match (&args.count_url, &args.count_phoenix_graphql)
+    {
+        (Some(url), _) => {
+            let url = format!(
+                "{}/api/v1/aggregate?project={}",
+                url.trim_end_matches('/'),
+                args.project
+            );
+            Some(Box::new(move || {
+                ureq::get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                    .and_then(|v| v["data"][0]["count"].as_u64())
+                    .unwrap_or(0)
+            }))
+        }
+        (None, Some(graphql)) => {
+            let graphql = graphql.clone();
+            let project = args.project.clone();
+            Some(Box::new(move || {
+                let query = serde_json::json!({"query": "{ projects { edges { node { name recordCount } } } }"});
+                ureq::post(&graphql)
+                    .send_json(&query)
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                    .and_then(|v| {
+                        v["data"]["projects"]["edges"]
+                            .as_array()?
+                            .iter()
+                            .find_map(|edge| {
+                                (edge["node"]["name"] == project.as_str())
+                                    .then(|| edge["node"]["recordCount"].as_u64())?
+                            })
+                    })
+                    .unwrap_or(0)
+            }))
+        }
+        (None, None) => None,
+    };
+    if let Some(count) = counter {
         let after_ack = Instant::now();
-        let url = format!(
-            "{}/api/v1/aggregate?project={}",
-            count_url.trim_end_matches('/'),
-            args.project
-        );
-        let stored = loop {
-            let count = ureq::get(&url)
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
-                .and_then(|v| v["data"][0]["count"].as_u64())
-                .unwrap_or(0);
-            if count >= args.spans || after_ack.elapsed() > Duration::from_secs(120) {
-                break count;
+        let (stored, visible_after) = loop {
+            let stored = count();
+            let waited = after_ack.elapsed();
+            if stored >= args.spans || waited > Duration::from_secs(300) {
+                break (stored, waited);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         };
-        let visible_after = after_ack.elapsed();
         println!(
-            "stored and queryable: {stored} spans, all visible {:.0} ms after the last acknowledgement; end to end {:.0} spans/s",
+            "stored and queryable: {stored} of {} spans, all visible {:.0} ms after the last acknowledgement; end to end {:.0} spans/s stored",
+            args.spans,
             visible_after.as_secs_f64() * 1000.0,
             stored as f64 / (send_time + visible_after).as_secs_f64()
         );
         if stored < args.spans {
-            bail!("only {stored} of {} spans became queryable", args.spans);
+            bail!(
+                "only {stored} of {} spans became queryable within 300 s",
+                args.spans
+            );
         }
     }
     Ok(())
