@@ -353,7 +353,10 @@ impl EmbeddedStore {
 
     /// Every live span matching `filter`, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        collect(&self.shared, filter, None, true)
+        Ok(collect(&self.shared, filter, None, true)?
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect())
     }
 }
 
@@ -457,10 +460,10 @@ impl Latest {
             .count()
     }
 
-    fn into_matches(self) -> Vec<Span> {
+    fn into_matches(self) -> Vec<Arc<Span>> {
         self.by_key
             .into_values()
-            .filter_map(|(_, span)| span.map(Arc::unwrap_or_clone))
+            .filter_map(|(_, span)| span)
             .collect()
     }
 }
@@ -477,7 +480,7 @@ fn collect(
     filter: &SpanFilter,
     page: Option<&SpanQuery>,
     whole_rows: bool,
-) -> Result<Vec<Span>> {
+) -> Result<Vec<Arc<Span>>> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // A row tied with the cursor's start time may still lie before it: match on both.
     let wanted = |span: &Span| {
@@ -797,7 +800,11 @@ impl Store for EmbeddedStore {
             let bound = cursor.0.start_time.saturating_add(1);
             filter.until = Some(filter.until.map_or(bound, |until| until.min(bound)));
         }
-        let newest = collect(&self.shared, &filter, Some(query), true)?;
+        let mut newest = collect(&self.shared, &filter, Some(query), true)?;
+        // Only the page (and one more, to know there is more) is copied out.
+        newest.sort_by_key(|span| std::cmp::Reverse(span.order_key()));
+        newest.truncate(query.limit.saturating_add(1));
+        let newest = newest.into_iter().map(Arc::unwrap_or_clone).collect();
         Ok(Page::from_candidates(query, newest))
     }
 
@@ -821,7 +828,7 @@ impl Store for EmbeddedStore {
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
         let spans = collect(&self.shared, &query.filter, None, false)?;
-        Ok(aggregate(query, &spans))
+        Ok(aggregate(query, spans.iter().map(Arc::as_ref)))
     }
 
     fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
