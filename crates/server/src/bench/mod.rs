@@ -248,6 +248,9 @@ fn time<T>(repeat: usize, mut work: impl FnMut() -> Result<T>) -> Result<(Durati
     Ok((median(samples), last.context("no run")?))
 }
 
+/// A query run for timing; answers how many rows it returned.
+type TimedQuery<'a> = Box<dyn Fn() -> Result<usize> + 'a>;
+
 fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> {
     let mut config = StoreConfig::new(dir);
     config.durability = durability;
@@ -325,7 +328,7 @@ fn store(args: StoreArgs) -> Result<()> {
         raw_json_bytes >> 20
     );
     let project = SpanFilter::for_project("bench");
-    let queries: Vec<(&str, Box<dyn Fn() -> Result<usize>>)> = vec![
+    let queries: Vec<(&str, TimedQuery)> = vec![
         (
             "newest page (50)",
             Box::new(|| Ok(store.search(&SpanQuery::new(project.clone()))?.spans.len())),
