@@ -34,7 +34,7 @@ type Shared = Arc<AppState>;
 
 /// Routes served on the main port.
 pub fn router(state: Shared) -> Router {
-    otlp_router(state.clone())
+    otlp_router()
         .route("/health", get(health))
         .route("/v1/traces", get(search_llm_calls))
         .route("/api/v1/spans", get(search_spans))
@@ -46,8 +46,7 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// OTLP/HTTP routes only (served on 4318 as well).
-pub fn otlp_router(state: Shared) -> Router<Shared> {
-    let _ = state;
+fn otlp_router() -> Router<Shared> {
     Router::new()
         .route("/v1/traces", post(ingest_traces))
         .route("/api/public/otel/v1/traces", post(ingest_traces))
@@ -56,7 +55,7 @@ pub fn otlp_router(state: Shared) -> Router<Shared> {
 }
 
 pub fn otlp_only(state: Shared) -> Router {
-    otlp_router(state.clone())
+    otlp_router()
         .route("/health", get(health))
         .with_state(state)
 }

@@ -56,14 +56,6 @@ impl EncodedEntry {
             payload: serde_json::to_vec(deletion).map_err(Error::encode)?,
         })
     }
-
-    pub fn len(&self) -> usize {
-        self.payload.len() + 9
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 fn frame(seq: u64, entry: &EncodedEntry, out: &mut Vec<u8>) {

@@ -245,3 +245,55 @@ fn openapi_document_matches_the_server() {
     // …and an undocumented route is not served.
     assert_eq!(server.get("/api/v1/nothing").status, 404);
 }
+
+#[test]
+fn query_cli_prints_matching_calls() {
+    let server = TestServer::start();
+    seed(&server, 12);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["query", "--server", &server.http, "q=refunds", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "calls 0 and 7 mention refunds");
+    assert!(
+        lines
+            .iter()
+            .all(|row| row["input_text"].as_str().unwrap().contains("refunds"))
+    );
+
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args([
+            "query",
+            "--server",
+            &server.http,
+            "model=model-2",
+            "--limit",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("TIME"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("model-2")).count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("(more: cursor="), "{text}");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["query", "--server", &server.http, "status=sideways"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("status"));
+}
