@@ -553,6 +553,47 @@ fn event_attr<'a>(events: &'a [SpanEvent], event_name: &str, key: &str) -> Optio
         .and_then(|event| event.attributes.get(key))
 }
 
+/// Messages flattened into attributes: OpenInference (`llm.input_messages.N.message.*`)
+/// or OpenLLMetry legacy (`gen_ai.prompt.N.*`).
+fn flattened_messages(
+    attrs: &Map<String, Value>,
+    openinference_prefix: &str,
+    legacy_prefix: &str,
+) -> Option<Value> {
+    let openinference_tool_call = [
+        "tool_call.id",
+        "tool_call.function.name",
+        "tool_call.function.arguments",
+    ];
+    regrouped_messages(
+        attrs,
+        openinference_prefix,
+        &|name| format!("message.{name}"),
+        openinference_tool_call,
+    )
+    .or_else(|| {
+        regrouped_messages(
+            attrs,
+            legacy_prefix,
+            &|name| name.to_string(),
+            ["id", "name", "arguments"],
+        )
+    })
+}
+
+fn regrouped_messages(
+    attrs: &Map<String, Value>,
+    prefix: &str,
+    field: &dyn Fn(&str) -> String,
+    tool_call_fields: [&str; 3],
+) -> Option<Value> {
+    let messages: Vec<Value> = regroup(attrs.iter(), prefix)
+        .iter()
+        .map(|fields| from_flat(fields, field, tool_call_fields))
+        .collect();
+    (!messages.is_empty()).then_some(Value::Array(messages))
+}
+
 fn input_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<Value> {
     if let Some(raw) = attrs.get("gen_ai.input.messages") {
         let mut messages = from_genai_messages(&json_tree(raw))?;
@@ -566,35 +607,8 @@ fn input_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<Va
         }
         return non_empty(messages);
     }
-    let openinference: Vec<Value> = regroup(attrs.iter(), "llm.input_messages.")
-        .iter()
-        .map(|fields| {
-            from_flat(
-                fields,
-                &|name| format!("message.{name}"),
-                [
-                    "tool_call.id",
-                    "tool_call.function.name",
-                    "tool_call.function.arguments",
-                ],
-            )
-        })
-        .collect();
-    if !openinference.is_empty() {
-        return Some(Value::Array(openinference));
-    }
-    let legacy: Vec<Value> = regroup(attrs.iter(), "gen_ai.prompt.")
-        .iter()
-        .map(|fields| {
-            from_flat(
-                fields,
-                &|name| name.to_string(),
-                ["id", "name", "arguments"],
-            )
-        })
-        .collect();
-    if !legacy.is_empty() {
-        return Some(Value::Array(legacy));
+    if let Some(messages) = flattened_messages(attrs, "llm.input_messages.", "gen_ai.prompt.") {
+        return Some(messages);
     }
     if let Some(raw) = attrs
         .get("gen_ai.prompt")
@@ -620,35 +634,9 @@ fn output_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<V
     if let Some(raw) = attrs.get("gen_ai.output.messages") {
         return from_genai_messages(&json_tree(raw)).and_then(non_empty);
     }
-    let openinference: Vec<Value> = regroup(attrs.iter(), "llm.output_messages.")
-        .iter()
-        .map(|fields| {
-            from_flat(
-                fields,
-                &|name| format!("message.{name}"),
-                [
-                    "tool_call.id",
-                    "tool_call.function.name",
-                    "tool_call.function.arguments",
-                ],
-            )
-        })
-        .collect();
-    if !openinference.is_empty() {
-        return Some(Value::Array(openinference));
-    }
-    let legacy: Vec<Value> = regroup(attrs.iter(), "gen_ai.completion.")
-        .iter()
-        .map(|fields| {
-            from_flat(
-                fields,
-                &|name| name.to_string(),
-                ["id", "name", "arguments"],
-            )
-        })
-        .collect();
-    if !legacy.is_empty() {
-        return Some(Value::Array(legacy));
+    if let Some(messages) = flattened_messages(attrs, "llm.output_messages.", "gen_ai.completion.")
+    {
+        return Some(messages);
     }
     if let Some(raw) = attrs
         .get("gen_ai.completion")

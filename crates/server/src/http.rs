@@ -176,16 +176,33 @@ async fn read_otlp_body(
     Ok((encoding, headers, body))
 }
 
-async fn ingest_traces(State(state): State<Shared>, request: Request) -> Response {
-    let (encoding, headers, body) = match read_otlp_body(&state, request).await {
-        Ok(parts) => parts,
-        Err((encoding, err)) => return otlp_error(encoding, &err),
-    };
-    let Ok(_slot) = state.ingest_slots.try_acquire() else {
-        return otlp_error(
+/// Reads an OTLP request and takes an ingest slot; refuses with 503 when none is free.
+async fn admit_otlp(
+    state: &AppState,
+    request: Request,
+) -> Result<
+    (
+        Encoding,
+        HeaderMap,
+        Vec<u8>,
+        tokio::sync::SemaphorePermit<'_>,
+    ),
+    (Encoding, Error),
+> {
+    let (encoding, headers, body) = read_otlp_body(state, request).await?;
+    let slot = state.ingest_slots.try_acquire().map_err(|_| {
+        (
             encoding,
-            &Error::Unavailable("too many ingest requests in flight; retry shortly".into()),
-        );
+            Error::Unavailable("too many ingest requests in flight; retry shortly".into()),
+        )
+    })?;
+    Ok((encoding, headers, body, slot))
+}
+
+async fn ingest_traces(State(state): State<Shared>, request: Request) -> Response {
+    let (encoding, headers, body, _slot) = match admit_otlp(&state, request).await {
+        Ok(admitted) => admitted,
+        Err((encoding, err)) => return otlp_error(encoding, &err),
     };
     let result = async {
         let project = project_of(&state, &headers)?;
@@ -238,15 +255,9 @@ fn otlp_success(
 }
 
 async fn ingest_logs(State(state): State<Shared>, request: Request) -> Response {
-    let (encoding, headers, body) = match read_otlp_body(&state, request).await {
-        Ok(parts) => parts,
+    let (encoding, headers, body, _slot) = match admit_otlp(&state, request).await {
+        Ok(admitted) => admitted,
         Err((encoding, err)) => return otlp_error(encoding, &err),
-    };
-    let Ok(_slot) = state.ingest_slots.try_acquire() else {
-        return otlp_error(
-            encoding,
-            &Error::Unavailable("too many ingest requests in flight; retry shortly".into()),
-        );
     };
     let result = async {
         let project = project_of(&state, &headers)?;
@@ -325,8 +336,9 @@ async fn ingest_metrics(State(state): State<Shared>, request: Request) -> Respon
         .into_response()
 }
 
-async fn run_store<T: Send + 'static>(
-    state: &Shared,
+/// Runs store work on the blocking pool (appends wait for fsync; reads scan files).
+pub async fn run_store<T: Send + 'static>(
+    state: &AppState,
     work: impl FnOnce(&dyn Store) -> llmtrace_model::Result<T> + Send + 'static,
 ) -> Result<T, Error> {
     let store = state.store.clone();

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use llmtrace_ingest::logs::{LogEvent, event_row, merge_events};
 use llmtrace_model::{Error, Span, SpanFilter, SpanKey, SpanQuery, SpanSource, Store};
 
-use crate::http::AppState;
+use crate::http::{AppState, run_store};
 
 /// Keys of spans that have event rows but were not stored when the events came.
 #[derive(Default)]
@@ -29,16 +29,6 @@ pub struct Pending {
 /// Upper bound on remembered keys: beyond it the oldest knowledge is dropped (the event
 /// rows themselves are kept).
 const MAX_PENDING: usize = 100_000;
-
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    work: impl FnOnce(&dyn Store) -> llmtrace_model::Result<T> + Send + 'static,
-) -> Result<T, Error> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || work(store.as_ref()))
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?
-}
 
 fn find_span(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Option<Span>> {
     let mut filter = SpanFilter::for_project(&key.project);
@@ -70,7 +60,7 @@ pub async fn store_spans(state: &AppState, spans: Vec<Span>) -> Result<(), Error
         return Ok(());
     }
     let keys: Vec<SpanKey> = spans.iter().map(Span::key).collect();
-    blocking(state, move |store| store.append(spans)).await?;
+    run_store(state, move |store| store.append(spans)).await?;
     let mut pending = state.join.lock().await;
     let hits: Vec<SpanKey> = keys
         .into_iter()
@@ -79,7 +69,7 @@ pub async fn store_spans(state: &AppState, spans: Vec<Span>) -> Result<(), Error
     if hits.is_empty() {
         return Ok(());
     }
-    let merged = blocking(state, move |store| {
+    let merged = run_store(state, move |store| {
         let mut merged = Vec::new();
         for key in &hits {
             let Some(mut span) = find_span(store, key)? else {
@@ -98,7 +88,7 @@ pub async fn store_spans(state: &AppState, spans: Vec<Span>) -> Result<(), Error
     for span in &merged {
         pending.keys.remove(&span.key());
     }
-    blocking(state, move |store| store.append(merged)).await
+    run_store(state, move |store| store.append(merged)).await
 }
 
 /// Stores log events as event rows and merges them into spans already stored.
@@ -108,7 +98,7 @@ pub async fn store_log_events(state: &AppState, events: Vec<LogEvent>) -> Result
     }
     let mut pending = state.join.lock().await;
     let rows: Vec<Span> = events.iter().map(event_row).collect();
-    blocking(state, move |store| store.append(rows)).await?;
+    run_store(state, move |store| store.append(rows)).await?;
     let mut by_span: BTreeMap<SpanKey, Vec<llmtrace_model::SpanEvent>> = BTreeMap::new();
     for log in events {
         let key = SpanKey {
@@ -118,7 +108,7 @@ pub async fn store_log_events(state: &AppState, events: Vec<LogEvent>) -> Result
         };
         by_span.entry(key).or_default().push(log.event);
     }
-    let (merged, missing) = blocking(state, move |store| {
+    let (merged, missing) = run_store(state, move |store| {
         let mut merged = Vec::new();
         let mut missing = Vec::new();
         for (key, events) in by_span {
@@ -134,7 +124,7 @@ pub async fn store_log_events(state: &AppState, events: Vec<LogEvent>) -> Result
     })
     .await?;
     if !merged.is_empty() {
-        blocking(state, move |store| store.append(merged)).await?;
+        run_store(state, move |store| store.append(merged)).await?;
     }
     if pending.keys.len() + missing.len() > MAX_PENDING {
         tracing::warn!(

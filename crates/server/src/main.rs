@@ -173,26 +173,20 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
     let wait_for = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    if let Some(address) = &config.listen {
+    let http_listeners = [
+        ("http", &config.listen, http::router(state.clone())),
+        (
+            "otlp_http",
+            &config.otlp_http_listen,
+            http::otlp_only(state.clone()),
+        ),
+    ];
+    for (name, address, app) in http_listeners {
+        let Some(address) = address else { continue };
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
-        bound.push(format!("http={}", listener.local_addr()?));
-        let app = http::router(state.clone());
-        let signal = wait_for(stop.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if let Some(address) = &config.otlp_http_listen {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        bound.push(format!("otlp_http={}", listener.local_addr()?));
-        let app = http::otlp_only(state.clone());
+        bound.push(format!("{name}={}", listener.local_addr()?));
         let signal = wait_for(stop.clone());
         tasks.spawn(async move {
             axum::serve(listener, app)

@@ -192,10 +192,16 @@ fn logs_and_metrics_are_accepted_on_both_http_ports() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/x-protobuf");
     }
+    let spans = server.all_spans("");
+    let event_rows = spans.iter().filter(|s| s["source"] == "log").count();
     assert_eq!(
-        server.all_spans("").len(),
+        spans.len() - event_rows,
         3,
         "the same spans twice are stored once"
+    );
+    assert_eq!(
+        event_rows, 1,
+        "the same GenAI log event twice is one event row"
     );
 }
 
