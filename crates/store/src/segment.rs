@@ -21,7 +21,7 @@ use arrow::datatypes::{
     UInt64Type,
 };
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -193,12 +193,15 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     RecordBatch::try_new(schema(), columns).map_err(Error::encode)
 }
 
-fn writer_properties() -> Result<WriterProperties> {
+/// Rows per row group: the unit that statistics and bloom filters prune.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
     let zstd = ZstdLevel::try_new(3).map_err(Error::encode)?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(128 * 1024));
+        .set_max_row_group_row_count(Some(row_group_rows));
     for column in ["trace_id", "session_id", "user_id"] {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
     }
@@ -207,6 +210,10 @@ fn writer_properties() -> Result<WriterProperties> {
 
 /// Writes rows (any order) as one segment file, sorted by start time, fsync'd.
 pub fn write(path: &Path, rows: &mut [StoredSpan]) -> Result<u64> {
+    write_grouped(path, rows, ROW_GROUP_ROWS)
+}
+
+fn write_grouped(path: &Path, rows: &mut [StoredSpan], row_group_rows: usize) -> Result<u64> {
     rows.sort_by(|a, b| {
         (a.span.start_time, &a.span.trace_id, &a.span.span_id).cmp(&(
             b.span.start_time,
@@ -218,7 +225,7 @@ pub fn write(path: &Path, rows: &mut [StoredSpan]) -> Result<u64> {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut writer = ArrowWriter::try_new(file, schema(), Some(writer_properties()?))
+    let mut writer = ArrowWriter::try_new(file, schema(), Some(writer_properties(row_group_rows)?))
         .map_err(|e| Error::segment(path, e))?;
     for chunk in rows.chunks(16 * 1024) {
         writer
@@ -242,20 +249,26 @@ pub fn validate(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads every row of a segment.
+/// Reads every row of a segment, whole.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
-    Ok(read_where(path, &|_| true, true, None, true, true)?
-        .into_iter()
-        .map(|(row, _)| row)
-        .collect())
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(8192).build())
+        .map_err(|e| Error::segment(path, e))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::segment(path, e))?;
+        from_batch(&batch, &|_| true, true, true, &mut rows)
+            .map_err(|message| Error::segment(path, message))?;
+    }
+    Ok(rows.into_iter().map(|(row, _)| row).collect())
 }
 
-/// Reads every row, fully decoding only those `keep` accepts, and those only when
-/// `decode_kept_json` (the others come back without their JSON-valued fields — `input`,
-/// `output`, `tools`, `attributes`, `events` — which are the costly part). Without
-/// `decode_kept_json` those columns are not even read, nor `input_text`/`output_text`
-/// unless `keep_needs_text`. `keep` sees `attributes` only
-/// when `keep_needs_attributes`. Each row is returned with whether it was kept.
+/// Reads every row and says which `keep` accepts. Rows come back without their heavy
+/// fields (`input`, `output`, `tools`, `events`; `attributes` unless `keep_needs_attributes`;
+/// `input_text`/`output_text` unless `keep_needs_text`), except kept rows when
+/// `decode_kept_json`: those are read whole in a second pass that selects only them, so a
+/// selective query never decompresses the text of rows it does not return.
 ///
 /// With `trace_id`, row groups whose bloom filter rules that trace out are skipped. That is
 /// safe for version resolution: every version of a span carries its trace id.
@@ -267,52 +280,101 @@ pub fn read_where(
     decode_kept_json: bool,
     keep_needs_text: bool,
 ) -> Result<Vec<(StoredSpan, bool)>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))?;
-    if let Some(trace_id) = trace_id {
-        let groups = row_groups_with(&mut builder, "trace_id", trace_id);
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        builder = builder.with_row_groups(groups);
+    let open = || -> Result<ParquetRecordBatchReaderBuilder<File>> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))
+    };
+    let mut builder = open()?;
+    let groups: Vec<usize> = match trace_id {
+        Some(trace_id) => row_groups_with(&mut builder, "trace_id", trace_id),
+        None => (0..builder.metadata().num_row_groups()).collect(),
+    };
+    if groups.is_empty() {
+        return Ok(Vec::new());
     }
-    if !decode_kept_json {
-        // Leave out the heavy columns nobody will look at.
-        let mut skipped = vec!["input", "output", "tools", "events"];
-        if !keep_needs_attributes {
-            skipped.push("attributes");
-        }
-        if !keep_needs_text {
-            skipped.extend(["input_text", "output_text"]);
-        }
-        let full_schema = schema();
-        let wanted: Vec<&str> = full_schema
-            .fields()
-            .iter()
-            .map(|field| field.name().as_str())
-            .filter(|name| !skipped.contains(name))
-            .collect();
-        let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
-        builder = builder.with_projection(mask);
+    // Pass 1: the light columns of every row.
+    let mut skipped = vec!["input", "output", "tools", "events"];
+    if !keep_needs_attributes {
+        skipped.push("attributes");
     }
+    if !keep_needs_text {
+        skipped.extend(["input_text", "output_text"]);
+    }
+    let full_schema = schema();
+    let wanted: Vec<&str> = full_schema
+        .fields()
+        .iter()
+        .map(|field| field.name().as_str())
+        .filter(|name| !skipped.contains(name))
+        .collect();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
     let reader = builder
+        .with_row_groups(groups.clone())
+        .with_projection(mask)
         .with_batch_size(8192)
         .build()
         .map_err(|e| Error::segment(path, e))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(
-            &batch,
-            keep,
-            keep_needs_attributes,
-            decode_kept_json,
-            &mut rows,
-        )
-        .map_err(|message| Error::segment(path, message))?;
+        from_batch(&batch, keep, keep_needs_attributes, false, &mut rows)
+            .map_err(|message| Error::segment(path, message))?;
+    }
+    if !decode_kept_json {
+        return Ok(rows);
+    }
+    // Pass 2: whole rows, for the kept ones only.
+    let kept: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].1).collect();
+    if kept.is_empty() {
+        return Ok(rows);
+    }
+    let reader = open()?
+        .with_row_groups(groups)
+        .with_row_selection(select_rows(&kept, rows.len()))
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| Error::segment(path, e))?;
+    let mut whole = Vec::with_capacity(kept.len());
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::segment(path, e))?;
+        from_batch(&batch, &|_| true, true, true, &mut whole)
+            .map_err(|message| Error::segment(path, message))?;
+    }
+    if whole.len() != kept.len() {
+        return Err(Error::segment(
+            path,
+            "second pass returned a different number of rows",
+        ));
+    }
+    for (index, (row, _)) in kept.into_iter().zip(whole) {
+        rows[index].0 = row;
     }
     Ok(rows)
+}
+
+/// A selection of the rows at `indexes` (ascending) out of `total`.
+fn select_rows(indexes: &[usize], total: usize) -> RowSelection {
+    let mut selectors = Vec::new();
+    let mut position = 0;
+    let mut i = 0;
+    while i < indexes.len() {
+        let start = indexes[i];
+        let mut end = start + 1;
+        while i + 1 < indexes.len() && indexes[i + 1] == end {
+            end += 1;
+            i += 1;
+        }
+        if start > position {
+            selectors.push(RowSelector::skip(start - position));
+        }
+        selectors.push(RowSelector::select(end - start));
+        position = end;
+        i += 1;
+    }
+    if total > position {
+        selectors.push(RowSelector::skip(total - position));
+    }
+    RowSelection::from(selectors)
 }
 
 /// Row groups whose bloom filter on `column` may contain `value` (all, without a filter).
@@ -561,6 +623,61 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn row_selection_covers_exactly_the_given_rows() {
+        let selection = select_rows(&[0, 1, 5, 7, 8, 9], 12);
+        let selected: Vec<usize> = (0..12)
+            .scan(
+                selection
+                    .iter()
+                    .flat_map(|s| std::iter::repeat_n(!s.skip, s.row_count)),
+                |it, _| it.next(),
+            )
+            .enumerate()
+            .filter(|(_, keep)| *keep)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(selected, vec![0, 1, 5, 7, 8, 9]);
+        assert_eq!(selection.row_count(), 6);
+    }
+
+    #[test]
+    fn selective_reads_return_whole_kept_rows_and_light_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let mut rows: Vec<StoredSpan> = (0..50u64)
+            .map(|n| StoredSpan {
+                seq: n,
+                span: Arc::new(Span {
+                    trace_id: format!("{:032x}", n + 1),
+                    span_id: format!("{:016x}", n + 1),
+                    start_time: n as i64,
+                    input_text: format!("text {n}"),
+                    input: json!([{"role": "user", "content": [{"type": "text", "text": format!("text {n}")}]}]),
+                    ..Span::default()
+                }),
+            })
+            .collect();
+        // Row groups of 8 rows: the second pass must select across them.
+        write_grouped(&path, &mut rows, 8).unwrap();
+        let groups = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .metadata()
+            .num_row_groups();
+        assert_eq!(groups, 7);
+        let read = read_where(&path, &|s| s.start_time % 7 == 0, false, None, true, false).unwrap();
+        assert_eq!(read.len(), 50);
+        for (row, kept) in &read {
+            let n = row.span.start_time;
+            assert_eq!(*kept, n % 7 == 0);
+            if *kept {
+                assert_eq!(*row.span, *rows[n as usize].span, "kept rows are whole");
+            } else {
+                assert!(row.span.input.is_null() && row.span.input_text.is_empty());
+            }
+        }
     }
 
     #[test]
