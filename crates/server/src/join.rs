@@ -26,8 +26,8 @@ pub struct Pending {
     keys: HashSet<SpanKey>,
 }
 
-/// Upper bound on remembered keys: beyond it the oldest knowledge is dropped (the event
-/// rows themselves are kept).
+/// Upper bound on remembered keys: past it the set is cleared (the event rows themselves are
+/// kept, as children of their spans; only the automatic merge is lost for those keys).
 const MAX_PENDING: usize = 100_000;
 
 fn find_span(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Option<Span>> {
@@ -129,7 +129,7 @@ pub async fn store_log_events(state: &AppState, events: Vec<LogEvent>) -> Result
     if pending.keys.len() + missing.len() > MAX_PENDING {
         tracing::warn!(
             pending = pending.keys.len(),
-            "too many spans awaiting their log events; forgetting the oldest knowledge"
+            "too many spans awaiting their log events; forgetting which ones"
         );
         pending.keys.clear();
     }
