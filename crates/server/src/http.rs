@@ -375,31 +375,30 @@ fn llm_call_row(span: &Span) -> Value {
     })
 }
 
-async fn search_llm_calls(
-    State(state): State<Shared>,
-    Query(pairs): Query<Vec<(String, String)>>,
+/// One search page: filters from the query string, `default_kinds` when none is given,
+/// each row shaped by `row`.
+async fn search_page(
+    state: &AppState,
+    pairs: &[(String, String)],
+    default_kinds: &[SpanKind],
+    row: fn(&Span) -> Value,
 ) -> Response {
-    let parsed = match params::parse(
-        &pairs,
-        &state.default_project,
-        &[],
-        llmtrace_store::now_ns(),
-    ) {
+    let parsed = match params::parse(pairs, &state.default_project, &[], llmtrace_store::now_ns()) {
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };
     let mut filter = parsed.filter;
     if filter.kinds.is_empty() {
-        filter.kinds = vec![SpanKind::Llm, SpanKind::Embedding];
+        filter.kinds = default_kinds.to_vec();
     }
     let query = SpanQuery {
         filter,
         limit: parsed.limit,
         cursor: parsed.cursor,
     };
-    match run_store(&state, move |store| store.search(&query)).await {
+    match run_store(state, move |store| store.search(&query)).await {
         Ok(page) => Json(json!({
-            "data": page.spans.iter().map(llm_call_row).collect::<Vec<_>>(),
+            "data": page.spans.iter().map(row).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor.map(|c| c.encode()),
         }))
         .into_response(),
@@ -407,31 +406,26 @@ async fn search_llm_calls(
     }
 }
 
+/// `GET /v1/traces`: one row per LLM call.
+async fn search_llm_calls(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    search_page(
+        &state,
+        &pairs,
+        &[SpanKind::Llm, SpanKind::Embedding],
+        llm_call_row,
+    )
+    .await
+}
+
+/// `GET /api/v1/spans`: whole spans of every kind.
 async fn search_spans(
     State(state): State<Shared>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let parsed = match params::parse(
-        &pairs,
-        &state.default_project,
-        &[],
-        llmtrace_store::now_ns(),
-    ) {
-        Ok(parsed) => parsed,
-        Err(err) => return error_response(&err),
-    };
-    let query = SpanQuery {
-        filter: parsed.filter,
-        limit: parsed.limit,
-        cursor: parsed.cursor,
-    };
-    match run_store(&state, move |store| store.search(&query)).await {
-        Ok(page) => {
-            Json(json!({"data": page.spans, "next_cursor": page.next_cursor.map(|c| c.encode())}))
-                .into_response()
-        }
-        Err(err) => error_response(&err),
-    }
+    search_page(&state, &pairs, &[], |span| json!(span)).await
 }
 
 fn project_param(state: &AppState, pairs: &[(String, String)]) -> Result<String, Error> {

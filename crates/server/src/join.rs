@@ -42,14 +42,12 @@ fn find_span(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Option<
 }
 
 fn event_rows_of(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Vec<Span>> {
-    let mut filter = SpanFilter::for_project(&key.project);
-    filter.trace_id = Some(key.trace_id.clone());
-    filter.source = Some(SpanSource::Log);
     Ok(store
         .trace(&key.project, &key.trace_id)?
         .into_iter()
         .filter(|span| {
-            filter.matches(span) && span.parent_span_id.as_deref() == Some(key.span_id.as_str())
+            span.source == SpanSource::Log
+                && span.parent_span_id.as_deref() == Some(key.span_id.as_str())
         })
         .collect())
 }

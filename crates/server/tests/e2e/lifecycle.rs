@@ -1,27 +1,13 @@
 //! Process lifecycle: SIGTERM flushes and exits 0; SIGKILL loses nothing acknowledged.
 
-use crate::support::{TestServer, shared_fixtures};
-
-fn fixture_pb() -> Vec<u8> {
-    std::fs::read(shared_fixtures().join("a_otlp_exporters/raw/001_a1_otlp_http_protobuf.pb"))
-        .unwrap()
-}
+use crate::support::{TestServer, exporter_fixture_pb};
 
 #[test]
 fn sigterm_flushes_to_segments_and_exits_zero() {
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
     let mut server = TestServer::start_in(&data_dir, &["--durability", "fsync"]);
-    assert_eq!(
-        server
-            .post(
-                "/v1/traces",
-                &[("content-type", "application/x-protobuf")],
-                &fixture_pb()
-            )
-            .status,
-        200
-    );
+    assert_eq!(server.post_traces_pb(&exporter_fixture_pb()), 200);
     assert_eq!(server.terminate(), Some(0));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data_dir.join("manifest.json")).unwrap()).unwrap();
@@ -39,16 +25,7 @@ fn sigkill_after_acknowledgement_loses_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
     let mut server = TestServer::start_in(&data_dir, &["--durability", "fsync"]);
-    assert_eq!(
-        server
-            .post(
-                "/v1/traces",
-                &[("content-type", "application/x-protobuf")],
-                &fixture_pb()
-            )
-            .status,
-        200
-    );
+    assert_eq!(server.post_traces_pb(&exporter_fixture_pb()), 200);
     server.kill9();
     let server = TestServer::start_in(&data_dir, &[]);
     let spans = server.all_spans("");

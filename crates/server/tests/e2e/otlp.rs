@@ -7,12 +7,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use prost::Message;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, shared_fixtures};
-
-fn fixture_pb() -> Vec<u8> {
-    std::fs::read(shared_fixtures().join("a_otlp_exporters/raw/001_a1_otlp_http_protobuf.pb"))
-        .unwrap()
-}
+use crate::support::{TestServer, exporter_fixture_pb, shared_fixtures};
 
 fn span_json(trace_id: &str, span_id: &str, name: &str) -> Value {
     json!({"traceId": trace_id, "spanId": span_id, "name": name, "kind": 3,
@@ -58,7 +53,7 @@ fn partial_success_names_rejected_spans_and_keeps_the_rest() {
 #[test]
 fn bad_input_gets_a_4xx_naming_the_problem_and_loses_nothing() {
     let server = TestServer::start();
-    let good = fixture_pb();
+    let good = exporter_fixture_pb();
     assert_eq!(
         server
             .post(
@@ -187,7 +182,7 @@ fn logs_and_metrics_are_accepted_on_both_http_ports() {
             base,
             "/v1/traces",
             &[("content-type", "application/x-protobuf")],
-            &fixture_pb(),
+            &exporter_fixture_pb(),
         );
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/x-protobuf");
@@ -208,7 +203,7 @@ fn logs_and_metrics_are_accepted_on_both_http_ports() {
 #[test]
 fn grpc_export_is_stored_like_http() {
     let server = TestServer::start();
-    let request = ExportTraceServiceRequest::decode(fixture_pb().as_slice()).unwrap();
+    let request = ExportTraceServiceRequest::decode(exporter_fixture_pb().as_slice()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -33,6 +33,12 @@ impl Reply {
     }
 }
 
+/// The OTel exporter's protobuf capture: an agent span with a chat and a tool child.
+pub fn exporter_fixture_pb() -> Vec<u8> {
+    std::fs::read(shared_fixtures().join("a_otlp_exporters/raw/001_a1_otlp_http_protobuf.pb"))
+        .unwrap()
+}
+
 pub fn shared_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
 }
@@ -128,6 +134,16 @@ impl TestServer {
 
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         self.post_to(&self.http, path, headers, body)
+    }
+
+    /// POSTs an OTLP protobuf export to `/v1/traces` on the main port; returns the status.
+    pub fn post_traces_pb(&self, body: &[u8]) -> u16 {
+        self.post(
+            "/v1/traces",
+            &[("content-type", "application/x-protobuf")],
+            body,
+        )
+        .status
     }
 
     pub fn post_to(&self, base: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
