@@ -127,15 +127,37 @@ pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Whether every term of `query` occurs as a term of the span's input or output text.
 pub fn text_matches(query: &str, span: &Span) -> bool {
-    let wanted: Vec<String> = terms(query).collect();
-    if wanted.is_empty() {
+    let mut wanted: Vec<String> = terms(query).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut found = vec![false; wanted.len()];
+    let mut left = wanted.len();
+    if left == 0 {
         return true;
     }
-    let mut present = std::collections::HashSet::new();
-    for term in terms(&span.input_text).chain(terms(&span.output_text)) {
-        present.insert(term);
+    // Same terms as `terms`, compared without allocating a lower-case copy of ASCII ones.
+    let tokens = span
+        .input_text
+        .split(|c: char| !c.is_alphanumeric())
+        .chain(span.output_text.split(|c: char| !c.is_alphanumeric()))
+        .filter(|token| !token.is_empty());
+    for token in tokens {
+        let lower = (!token.is_ascii()).then(|| token.to_lowercase());
+        for (term, seen) in wanted.iter().zip(found.iter_mut()) {
+            let equal = match &lower {
+                Some(lower) => lower == term,
+                None => token.eq_ignore_ascii_case(term),
+            };
+            if equal && !*seen {
+                *seen = true;
+                left -= 1;
+                if left == 0 {
+                    return true;
+                }
+            }
+        }
     }
-    wanted.iter().all(|term| present.contains(term))
+    false
 }
 
 /// Position after which the next page starts (exclusive), newest first.
@@ -192,10 +214,10 @@ impl SpanQuery {
     }
 
     /// Whether a span (already matching the filter) lies after the cursor.
-    pub fn after_cursor(&self, span_order: &OrderKey) -> bool {
-        self.cursor
-            .as_ref()
-            .is_none_or(|cursor| span_order < &cursor.0)
+    pub fn after_cursor(&self, span: &Span) -> bool {
+        self.cursor.as_ref().is_none_or(|cursor| {
+            span.order() < (cursor.0.start_time, &cursor.0.trace_id, &cursor.0.span_id)
+        })
     }
 }
 
@@ -209,8 +231,8 @@ pub struct Page {
 impl Page {
     /// Builds a page from every candidate that matched, applying order, cursor and limit.
     pub fn from_candidates(query: &SpanQuery, mut candidates: Vec<Span>) -> Page {
-        candidates.retain(|span| query.after_cursor(&span.order_key()));
-        candidates.sort_by_key(|span| std::cmp::Reverse(span.order_key()));
+        candidates.retain(|span| query.after_cursor(span));
+        candidates.sort_by(|a, b| b.order().cmp(&a.order()));
         let has_more = candidates.len() > query.limit;
         candidates.truncate(query.limit);
         let next_cursor = if has_more {
@@ -236,7 +258,7 @@ pub struct SessionTrace {
 
 /// Groups spans of one session into traces ordered by their first span's start.
 pub fn session_traces(mut spans: Vec<Span>) -> Vec<SessionTrace> {
-    spans.sort_by_key(|span| span.order_key());
+    spans.sort_by(|a, b| a.order().cmp(&b.order()));
     let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for span in spans {
         by_trace
@@ -385,14 +407,23 @@ pub fn aggregate<'a>(
     query: &AggregateQuery,
     spans: impl IntoIterator<Item = &'a Span>,
 ) -> Vec<AggregateRow> {
+    aggregate_matching(
+        query,
+        spans.into_iter().filter(|span| query.filter.matches(span)),
+    )
+}
+
+/// `aggregate` over spans the caller already knows match `query.filter` (a backend that
+/// filtered them, perhaps from rows read without the columns only the filter needs).
+pub fn aggregate_matching<'a>(
+    query: &AggregateQuery,
+    spans: impl IntoIterator<Item = &'a Span>,
+) -> Vec<AggregateRow> {
     let bucket_ns = query
         .bucket_seconds
         .map(|seconds| seconds.max(1) * 1_000_000_000);
     let mut groups: BTreeMap<(Option<i64>, Vec<Option<String>>), Accumulator> = BTreeMap::new();
     for span in spans {
-        if !query.filter.matches(span) {
-            continue;
-        }
         let bucket = bucket_ns.map(|width| span.start_time.div_euclid(width) * width);
         let group = query
             .group_by
@@ -508,6 +539,24 @@ mod tests {
         assert!(text_matches("paris weather", &s));
         assert!(!text_matches("pari", &s));
         assert!(!text_matches("paris london", &s));
+        assert!(text_matches("PARIS paris", &s), "repeated terms count once");
+    }
+
+    #[test]
+    fn text_search_lower_cases_every_script_the_same_way() {
+        let kelvin = span(1, "\u{212A}elvin scale"); // KELVIN SIGN lower-cases to `k`
+        assert!(text_matches("kelvin", &kelvin));
+        assert!(text_matches("KELVIN", &kelvin));
+        let greek = span(2, "ΟΔΟΣ road");
+        assert!(text_matches("οδος", &greek));
+        assert!(text_matches("Οδος ROAD", &greek));
+        let german = span(3, "Straße");
+        assert!(
+            !text_matches("strasse", &german),
+            "no case folding beyond lower-casing"
+        );
+        assert!(text_matches("straße", &german));
+        assert!(!text_matches("stra", &german));
     }
 
     #[test]

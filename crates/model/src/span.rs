@@ -223,6 +223,11 @@ impl Span {
     }
 
     /// The position of this span in the newest-first order that pages use.
+    /// The order key, borrowed: compares exactly as `order_key()` does, without copying.
+    pub fn order(&self) -> (i64, &str, &str) {
+        (self.start_time, &self.trace_id, &self.span_id)
+    }
+
     pub fn order_key(&self) -> OrderKey {
         OrderKey {
             start_time: self.start_time,

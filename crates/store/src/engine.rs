@@ -19,17 +19,19 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use llmtrace_model::query::{aggregate, session_traces};
+use llmtrace_model::query::{aggregate_matching, session_traces};
 use llmtrace_model::{
     AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanFilter, SpanKey,
     SpanQuery, Store, StoreStats,
 };
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{dir_bytes, fsync_dir, rename_to_quarantine};
+use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
 use crate::memtable::Memtable;
-use crate::segment::{self, StoredSpan};
+use crate::segment::{self, Projection, StoredSpan};
 use crate::wal::{self, EncodedEntry, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
 
@@ -51,6 +53,12 @@ pub struct StoreConfig {
     pub retention_days: HashMap<String, u32>,
     /// Run flush, compaction and retention on a background thread.
     pub background: bool,
+    /// With background flushing, appends wait while the memtables (active and being
+    /// flushed) hold more than this many bytes (approximate): ingest slows to the pace of
+    /// flushing instead of growing memory without bound…
+    pub max_memtable_bytes: usize,
+    /// …and fail as unavailable after waiting this long.
+    pub max_append_wait: Duration,
 }
 
 impl StoreConfig {
@@ -65,6 +73,8 @@ impl StoreConfig {
             default_retention_days: 30,
             retention_days: HashMap::new(),
             background: true,
+            max_memtable_bytes: 1 << 30,
+            max_append_wait: Duration::from_secs(30),
         }
     }
 
@@ -85,22 +95,66 @@ pub struct RecoveryReport {
     pub segments_quarantined: Vec<PathBuf>,
 }
 
-/// A live segment file. Unlinked on drop once marked obsolete, so a reader holding it
-/// never loses the file under its feet.
+/// A live segment: its Parquet file, cached footer and term index. Unlinked on drop once
+/// marked obsolete, so a reader holding it never loses the files under its feet.
 pub(crate) struct SegmentHandle {
     pub meta: SegmentMeta,
     pub path: PathBuf,
+    parquet: ArrowReaderMetadata,
+    index: SegmentIndex,
     obsolete: AtomicBool,
+}
+
+impl SegmentHandle {
+    /// Opens a listed segment. Its index is derived data: rebuilt when missing or unreadable.
+    fn open(data_dir: &Path, meta: SegmentMeta) -> Result<SegmentHandle> {
+        let path = data_dir.join(&meta.path);
+        let parquet = segment::open_metadata(&path)?;
+        let index_dir = index::dir_for(&path);
+        let index = match SegmentIndex::open(&index_dir) {
+            Ok(index) if index.rows() == meta.rows => index,
+            outcome => {
+                let problem = match outcome {
+                    Ok(index) => format!("it has {} rows, the segment {}", index.rows(), meta.rows),
+                    Err(err) => err.to_string(),
+                };
+                tracing::warn!(segment = %path.display(), problem, "rebuilding the segment's index");
+                index::build(&index_dir, &segment::read(&path)?)?;
+                SegmentIndex::open(&index_dir)?
+            }
+        };
+        Ok(SegmentHandle {
+            meta,
+            path,
+            parquet,
+            index,
+            obsolete: AtomicBool::new(false),
+        })
+    }
+
+    fn read(&self, rows: &[u32], projection: Projection) -> Result<Vec<StoredSpan>> {
+        segment::read_rows(&self.path, &self.parquet, rows, projection)
+    }
+
+    /// Whether this segment may hold `span` itself (versions share their start time).
+    fn may_hold(&self, span: &Span) -> bool {
+        self.meta.project == span.project
+            && self.meta.min_time <= span.start_time
+            && span.start_time <= self.meta.max_time
+    }
 }
 
 impl Drop for SegmentHandle {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::SeqCst)
-            && let Err(err) = fs::remove_file(&self.path)
-        {
-            {
-                tracing::warn!(path = %self.path.display(), error = %err, "could not remove obsolete segment");
-            }
+        if !self.obsolete.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(err) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %err, "could not remove obsolete segment");
+        }
+        let index_dir = index::dir_for(&self.path);
+        if let Err(err) = fs::remove_dir_all(&index_dir) {
+            tracing::warn!(path = %index_dir.display(), error = %err, "could not remove obsolete index");
         }
     }
 }
@@ -170,18 +224,20 @@ impl EmbeddedStore {
         let mut segments = Vec::new();
         let mut kept = Vec::new();
         for meta in manifest.segments.drain(..) {
-            let path = data_dir.join(&meta.path);
-            match segment::validate(&path) {
-                Ok(()) => {
-                    segments.push(Arc::new(SegmentHandle {
-                        path,
-                        meta: meta.clone(),
-                        obsolete: AtomicBool::new(false),
-                    }));
+            match SegmentHandle::open(&data_dir, meta.clone()) {
+                Ok(handle) => {
+                    segments.push(Arc::new(handle));
                     kept.push(meta);
                 }
+                // The disk itself failing (e.g. full while rebuilding an index) is not the
+                // segment's fault: refuse to open rather than set good data aside.
+                Err(err @ Error::Io { .. }) if data_dir.join(&meta.path).exists() => {
+                    return Err(err);
+                }
                 Err(err) => {
+                    let path = data_dir.join(&meta.path);
                     tracing::error!(segment = %path.display(), error = %err, "segment is unreadable: quarantining it");
+                    let _ = fs::remove_dir_all(index::dir_for(&path));
                     if path.exists() {
                         let target = rename_to_quarantine(&quarantine_dir, &path)?;
                         report.segments_quarantined.push(target);
@@ -318,6 +374,29 @@ impl EmbeddedStore {
         lock(&self.commands).clone().ok_or(Error::Closed)
     }
 
+    /// Waits while the memtables are over their limit (background flushing drains them).
+    fn wait_for_room(&self) -> Result<()> {
+        let config = &self.shared.config;
+        if !config.background {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            let held = {
+                let state = self.shared.read_state();
+                state.active.approx_bytes()
+                    + state.frozen.iter().map(|m| m.approx_bytes()).sum::<usize>()
+            };
+            if held < config.max_memtable_bytes || self.shared.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if started.elapsed() >= config.max_append_wait {
+                return Err(Error::Backlog(held));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn submit(&self, entry: EncodedEntry, mutation: Mutation) -> Result<u64> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.sender()?
@@ -351,12 +430,10 @@ impl EmbeddedStore {
         flushed
     }
 
-    /// Every live span matching `filter`, in no particular order.
+    /// Every live span matching `filter`, whole, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        Ok(collect(&self.shared, filter, None, true)?
-            .into_iter()
-            .map(Arc::unwrap_or_clone)
-            .collect())
+        let collected = collect(&self.shared, filter, None)?;
+        Collected::whole(&collected.segments, collected.found)
     }
 }
 
@@ -402,7 +479,14 @@ fn remove_orphan_segments(data_dir: &Path, manifest: &Manifest) {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            let extension = path.extension().and_then(|ext| ext.to_str());
+            if path.is_dir() && matches!(extension, Some("idx" | "tmp")) {
+                // An index belongs to the segment of the same name; a temporary one to nothing.
+                if extension == Some("tmp") || !named.contains(&path.with_extension("parquet")) {
+                    tracing::info!(path = %path.display(), "removing index left by an interrupted flush");
+                    let _ = fs::remove_dir_all(&path);
+                }
+            } else if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|ext| ext == "parquet") && !named.contains(&path)
             {
@@ -425,113 +509,339 @@ fn overlaps(meta: &SegmentMeta, filter: &SpanFilter) -> bool {
     meta.project == filter.project && meta.max_time >= since && meta.min_time < until
 }
 
-/// The latest version of each span seen so far, and whether that version matched.
-#[derive(Default)]
-struct Latest {
-    by_key: HashMap<SpanKey, (u64, Option<Arc<Span>>)>,
-    matched_keys: std::collections::HashSet<SpanKey>,
+/// A live match and, for a segment row, where to read the rest of it.
+struct Found {
+    span: Arc<Span>,
+    origin: Option<(usize, u32)>,
 }
 
-impl Latest {
-    fn consider(&mut self, row: &StoredSpan, matched: bool) {
-        let key = row.span.key();
-        let value = (row.seq, matched.then(|| row.span.clone()));
-        match self.by_key.get_mut(&key) {
-            Some(existing) if existing.0 >= row.seq => return,
-            Some(existing) => *existing = value,
-            None => {
-                self.by_key.insert(key.clone(), value);
+/// Keys of the active memtable at the time of a query, so segment rows can be checked
+/// against it after its lock is released. Sorted by hash; compared exactly.
+struct ActiveKeys(Vec<(u64, Arc<Span>)>);
+
+impl ActiveKeys {
+    fn hash(span: &Span) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one((
+            &span.project,
+            &span.trace_id,
+            &span.span_id,
+        ))
+    }
+
+    fn contains(&self, span: &Span) -> bool {
+        let hash = ActiveKeys::hash(span);
+        let first = self.0.partition_point(|(h, _)| *h < hash);
+        self.0[first..]
+            .iter()
+            .take_while(|(h, _)| *h == hash)
+            .any(|(_, other)| {
+                other.project == span.project
+                    && other.trace_id == span.trace_id
+                    && other.span_id == span.span_id
+            })
+    }
+}
+
+/// Memtable rows `keep` accepts, into `found`: with a page size only the newest that many
+/// (each memtable's newest matches are the only ones that can make the page).
+fn newest_kept(
+    mut rows: Vec<Arc<Span>>,
+    page_size: Option<usize>,
+    found: &mut Vec<Found>,
+    mut keep: impl FnMut(&Span) -> bool,
+) {
+    if page_size.is_some() {
+        rows.sort_unstable_by(|a, b| b.order().cmp(&a.order()));
+    }
+    let mut kept = 0;
+    for span in rows {
+        if page_size.is_some_and(|size| kept >= size) {
+            break;
+        }
+        if keep(&span) {
+            kept += 1;
+            found.push(Found { span, origin: None });
+        }
+    }
+}
+
+/// A fast necessary condition for a full-text match, for scanning memtables: every ASCII
+/// query term occurs in the text as a case-insensitive substring. Applied to ASCII text only:
+/// elsewhere a non-ASCII letter may lower-case to an ASCII one (the Kelvin sign to `k`).
+struct TextPrefilter(Vec<aho_corasick::AhoCorasick>);
+
+impl TextPrefilter {
+    fn new(text: Option<&str>) -> TextPrefilter {
+        let terms = text.map(|text| llmtrace_model::query::terms(text).collect::<Vec<_>>());
+        TextPrefilter(
+            terms
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|term| term.is_ascii())
+                .filter_map(|term| {
+                    aho_corasick::AhoCorasick::builder()
+                        .ascii_case_insensitive(true)
+                        .build([term])
+                        .ok()
+                })
+                .collect(),
+        )
+    }
+
+    fn may_match(&self, span: &Span) -> bool {
+        if self.0.is_empty() || !span.input_text.is_ascii() || !span.output_text.is_ascii() {
+            return true;
+        }
+        self.0.iter().all(|automaton| {
+            automaton.is_match(&span.input_text) || automaton.is_match(&span.output_text)
+        })
+    }
+}
+
+/// Candidates of one query across segments, newest first. Segments are opened in order of
+/// their newest row, only once the frontier reaches them, so a page of recent rows never
+/// touches old segments.
+struct Frontier<'a> {
+    segments: &'a [Arc<SegmentHandle>],
+    next: usize,
+    heap: std::collections::BinaryHeap<(i64, usize, u32, u64)>,
+}
+
+impl Frontier<'_> {
+    /// Moves the newest candidates that no unopened segment can beat into `chunk`.
+    fn next_chunk(
+        &mut self,
+        filter: &SpanFilter,
+        size: usize,
+        chunk: &mut Vec<(usize, Candidate)>,
+    ) -> Result<()> {
+        // Open segments until none left unopened could hold a newer candidate than the queue.
+        while let Some(segment) = self.segments.get(self.next) {
+            if self
+                .heap
+                .peek()
+                .is_some_and(|top| top.0 > segment.meta.max_time)
+            {
+                break;
+            }
+            for candidate in segment.index.candidates(filter)? {
+                self.heap
+                    .push((candidate.start, self.next, candidate.row, candidate.seq));
+            }
+            self.next += 1;
+        }
+        let boundary = self.segments.get(self.next).map(|s| s.meta.max_time);
+        while chunk.len() < size {
+            match self.heap.peek() {
+                Some(top) if boundary.is_none_or(|b| top.0 > b) => {
+                    if let Some((start, segment, row, seq)) = self.heap.pop() {
+                        chunk.push((segment, Candidate { row, start, seq }));
+                    }
+                }
+                _ => break,
             }
         }
-        if matched {
-            self.matched_keys.insert(key);
-        }
+        Ok(())
     }
 
-    /// How many current matches start after `time`.
-    fn matches_after(&self, time: i64) -> usize {
-        self.matched_keys
-            .iter()
-            .filter(|key| {
-                self.by_key.get(*key).is_some_and(|(_, span)| {
-                    span.as_ref().is_some_and(|span| span.start_time > time)
-                })
-            })
-            .count()
-    }
-
-    fn into_matches(self) -> Vec<Arc<Span>> {
-        self.by_key
-            .into_values()
-            .filter_map(|(_, span)| span)
-            .collect()
+    /// The newest start time any candidate not yet taken can have.
+    fn newest_remaining(&self) -> Option<i64> {
+        let unopened = self.segments.get(self.next).map(|s| s.meta.max_time);
+        let queued = self.heap.peek().map(|top| top.0);
+        queued.max(unopened)
     }
 }
 
-/// Every live span matching `filter`. With `page_size`, only the newest `page_size` of
-/// them are guaranteed: segments are visited newest first and the scan stops once that many
-/// matches are newer than anything left. (Versions of one span share its start time, so a
-/// newer version of a returned span can only sit in a segment already visited.)
+/// Every live span matching `filter`. With `page`, only the newest `limit + 1` of them are
+/// guaranteed (candidates are taken newest first and the scan stops once that many matches
+/// are newer than every candidate left).
 ///
-/// Without `whole_rows`, segment rows come back without their JSON-valued fields (enough for
-/// aggregates, and much cheaper).
-fn collect(
-    shared: &Shared,
-    filter: &SpanFilter,
-    page: Option<&SpanQuery>,
-    whole_rows: bool,
-) -> Result<Vec<Arc<Span>>> {
+/// Segment rows come back light (see `Projection`); `fetch_whole` completes the ones kept.
+fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Result<Collected> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
+    // Cheap conditions first; the text, the costly one, only for rows that pass them.
+    let prefilter = TextPrefilter::new(filter.text.as_deref());
+    let without_text = SpanFilter {
+        text: None,
+        ..filter.clone()
+    };
     // A row tied with the cursor's start time may still lie before it: match on both.
     let wanted = |span: &Span| {
-        filter.matches(span) && page.is_none_or(|query| query.after_cursor(&span.order_key()))
+        page.is_none_or(|query| query.after_cursor(span))
+            && without_text.matches(span)
+            && filter.text.as_ref().is_none_or(|text| {
+                prefilter.may_match(span) && llmtrace_model::query::text_matches(text, span)
+            })
     };
-    let mut latest = Latest::default();
-    let (frozen, mut segments, deletions) = {
+    let mut found = Vec::new();
+    // Under the lock only the active memtable's rows are referenced; matching happens after.
+    let (frozen, segments, deletions, active_rows) = {
         let state = shared.read_state();
-        for row in state
+        let active_rows: Vec<Arc<Span>> = state
             .active
             .rows()
             .filter(|row| row.span.project == filter.project)
-        {
-            latest.consider(row, wanted(&row.span));
-        }
-        let segments: Vec<Arc<SegmentHandle>> = state
+            .map(|row| row.span.clone())
+            .collect();
+        let mut segments: Vec<Arc<SegmentHandle>> = state
             .segments
             .iter()
             .filter(|handle| overlaps(&handle.meta, filter))
             .cloned()
             .collect();
-        (state.frozen.clone(), segments, state.deletions.clone())
+        segments.sort_by_key(|handle| std::cmp::Reverse(handle.meta.max_time));
+        (
+            state.frozen.clone(),
+            segments,
+            state.deletions.clone(),
+            active_rows,
+        )
     };
-    for memtable in &frozen {
-        for row in memtable.rows() {
-            if row.span.project == filter.project && !hidden(row, memtable.max_seq, &deletions) {
-                latest.consider(row, wanted(&row.span));
+    let mut active = ActiveKeys(
+        active_rows
+            .iter()
+            .map(|span| (ActiveKeys::hash(span), span.clone()))
+            .collect(),
+    );
+    active.0.sort_unstable_by_key(|(hash, _)| *hash);
+    newest_kept(active_rows, page_size, &mut found, |span| wanted(span));
+    // Memtables hold one version per span and are newer than every segment; a newer
+    // memtable supersedes an older one.
+    let in_memtables_after = |span: &Span, frozen_from: usize| {
+        active.contains(span)
+            || frozen[frozen_from..]
+                .iter()
+                .any(|memtable| memtable.get(&span.key()).is_some())
+    };
+    for (position, memtable) in frozen.iter().enumerate() {
+        let rows: Vec<Arc<Span>> = memtable
+            .rows()
+            .filter(|row| {
+                row.span.project == filter.project && !hidden(row, memtable.max_seq, &deletions)
+            })
+            .map(|row| row.span.clone())
+            .collect();
+        newest_kept(rows, page_size, &mut found, |span| {
+            wanted(span) && !in_memtables_after(span, position + 1)
+        });
+    }
+    let superseded = |row: &StoredSpan, own: usize| -> Result<bool> {
+        if in_memtables_after(&row.span, 0) {
+            return Ok(true);
+        }
+        for (position, handle) in segments.iter().enumerate() {
+            if position != own
+                && handle.meta.supersedes
+                && handle.meta.max_seq > row.seq
+                && handle.may_hold(&row.span)
+                && handle
+                    .index
+                    .newest_seq(&row.span.trace_id, &row.span.span_id)?
+                    .is_some_and(|seq| seq > row.seq)
+            {
+                return Ok(true);
             }
         }
-    }
-    segments.sort_by_key(|handle| std::cmp::Reverse(handle.meta.max_time));
-    let needs_attributes = !filter.attributes.is_empty();
-    for handle in &segments {
-        if page_size.is_some_and(|wanted| latest.matches_after(handle.meta.max_time) >= wanted) {
+        Ok(false)
+    };
+    // Segment candidates already meet every term of the filter; the full-text terms, which
+    // would cost reading the text, are not checked again when the index answered them.
+    let segment_check = SpanFilter {
+        text: filter
+            .text
+            .clone()
+            .filter(|text| !index::answers_text(text)),
+        ..filter.clone()
+    };
+    let wanted_in_segment = |span: &Span| {
+        segment_check.matches(span) && page.is_none_or(|query| query.after_cursor(span))
+    };
+    let projection = Projection {
+        whole: false,
+        attributes: !filter.attributes.is_empty(),
+        text: segment_check.text.is_some(),
+    };
+    let mut frontier = Frontier {
+        segments: &segments,
+        next: 0,
+        heap: std::collections::BinaryHeap::new(),
+    };
+    let mut chunk_size = page_size.map_or(usize::MAX, |size| size.saturating_add(16));
+    let mut chunk = Vec::new();
+    loop {
+        chunk.clear();
+        frontier.next_chunk(filter, chunk_size, &mut chunk)?;
+        if chunk.is_empty() {
             break;
         }
-        let rows = segment::read_where(
-            &handle.path,
-            &wanted,
-            needs_attributes,
-            filter.trace_id.as_deref(),
-            whole_rows,
-            filter.text.is_some(),
-        )?;
-        for (row, matched) in rows {
-            if !hidden(&row, handle.meta.deletions_applied_through, &deletions) {
-                latest.consider(&row, matched);
+        chunk.sort_unstable_by_key(|(segment, candidate)| (*segment, candidate.row));
+        for group in chunk.chunk_by(|a, b| a.0 == b.0) {
+            let position = group[0].0;
+            let handle = &segments[position];
+            let rows: Vec<u32> = group.iter().map(|(_, candidate)| candidate.row).collect();
+            for (row, number) in handle.read(&rows, projection)?.into_iter().zip(rows) {
+                if wanted_in_segment(&row.span)
+                    && !hidden(&row, handle.meta.deletions_applied_through, &deletions)
+                    && !superseded(&row, position)?
+                {
+                    found.push(Found {
+                        span: row.span,
+                        origin: Some((position, number)),
+                    });
+                }
             }
         }
+        if let (Some(size), Some(remaining)) = (page_size, frontier.newest_remaining()) {
+            // Ties with the newest remaining candidate may still sort either way: keep going.
+            let newer = found
+                .iter()
+                .filter(|found| found.span.start_time > remaining)
+                .count();
+            if newer >= size {
+                break;
+            }
+        }
+        chunk_size = chunk_size.saturating_mul(2);
     }
-    Ok(latest.into_matches())
+    Ok(Collected { found, segments })
+}
+
+/// What `collect` found, with the segments its rows came from.
+struct Collected {
+    found: Vec<Found>,
+    segments: Vec<Arc<SegmentHandle>>,
+}
+
+impl Collected {
+    /// The spans as found (segment rows light).
+    fn light(self) -> Vec<Arc<Span>> {
+        self.found.into_iter().map(|found| found.span).collect()
+    }
+
+    /// Reads the segment rows among `found` whole.
+    fn whole(segments: &[Arc<SegmentHandle>], found: Vec<Found>) -> Result<Vec<Span>> {
+        let mut wanted: Vec<(usize, u32)> = found.iter().filter_map(|f| f.origin).collect();
+        wanted.sort_unstable();
+        let mut whole: HashMap<(usize, u32), Arc<Span>> = HashMap::with_capacity(wanted.len());
+        for group in wanted.chunk_by(|a, b| a.0 == b.0) {
+            let rows: Vec<u32> = group.iter().map(|(_, row)| *row).collect();
+            let read = segments[group[0].0].read(&rows, Projection::WHOLE)?;
+            for (row, stored) in rows.into_iter().zip(read) {
+                whole.insert((group[0].0, row), stored.span);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|found| {
+                let span = found
+                    .origin
+                    .and_then(|origin| whole.remove(&origin))
+                    .unwrap_or(found.span);
+                Arc::unwrap_or_clone(span)
+            })
+            .collect())
+    }
 }
 
 /// Rotates the WAL, writes the frozen memtables as segments, swaps the manifest, then
@@ -543,12 +853,13 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
         .send(Command::Rotate { reply })
         .map_err(|_| Error::Closed)?;
     answer.recv().map_err(|_| Error::Closed)??;
-    let (frozen, mut manifest, deletions) = {
+    let (frozen, mut manifest, deletions, existing) = {
         let state = shared.read_state();
         (
             state.frozen.clone(),
             state.manifest.clone(),
             state.deletions.clone(),
+            state.segments.clone(),
         )
     };
     let Some(through) = frozen.iter().map(|memtable| memtable.max_seq).max() else {
@@ -571,13 +882,17 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
         for ((project, day), mut rows) in partitions {
             let id = manifest.next_segment_id;
             manifest.next_segment_id += 1;
-            let meta = write_segment(data_dir, id, &project, &day, &mut rows, through)?;
-            manifest.segments.push(meta.clone());
-            new_handles.push(Arc::new(SegmentHandle {
-                path: data_dir.join(&meta.path),
-                meta,
-                obsolete: AtomicBool::new(false),
-            }));
+            let supersedes = rewrites_older(&rows, existing.iter().chain(&new_handles))?;
+            let written = NewSegment {
+                id,
+                project: &project,
+                day: &day,
+                deletions_applied_through: through,
+                supersedes,
+            };
+            let handle = write_segment(data_dir, written, &mut rows)?;
+            manifest.segments.push(handle.meta.clone());
+            new_handles.push(Arc::new(handle));
         }
     }
     manifest.flushed_seq = manifest.flushed_seq.max(through);
@@ -605,21 +920,46 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
     fsync_dir(&wal_dir)
 }
 
+struct NewSegment<'a> {
+    id: u64,
+    project: &'a str,
+    day: &'a str,
+    deletions_applied_through: u64,
+    supersedes: bool,
+}
+
+/// Writes rows as a segment file and its index, both durable, and opens them.
 fn write_segment(
     data_dir: &Path,
-    id: u64,
-    project: &str,
-    day: &str,
+    new: NewSegment<'_>,
     rows: &mut [StoredSpan],
-    deletions_applied_through: u64,
-) -> Result<SegmentMeta> {
+) -> Result<SegmentHandle> {
+    let NewSegment {
+        id,
+        project,
+        day,
+        deletions_applied_through,
+        supersedes,
+    } = new;
     let relative = format!("segments/project={project}/day={day}/{id:016}.parquet");
     let path = data_dir.join(&relative);
+    let started = Instant::now();
     let bytes = segment::write(&path, rows)?;
+    let written = started.elapsed();
+    // `write` sorted the rows into file order: the index numbers them the same way.
+    index::build(&index::dir_for(&path), rows)?;
+    tracing::debug!(
+        segment = relative,
+        rows = rows.len(),
+        bytes,
+        parquet_ms = written.as_millis(),
+        index_ms = (started.elapsed() - written).as_millis(),
+        "segment written"
+    );
     if let Some(parent) = path.parent() {
         fsync_dir(parent)?;
     }
-    Ok(SegmentMeta {
+    let meta = SegmentMeta {
         id,
         project: project.to_string(),
         day: day.to_string(),
@@ -631,7 +971,29 @@ fn write_segment(
         min_seq: rows.iter().map(|r| r.seq).min().unwrap_or(0),
         max_seq: rows.iter().map(|r| r.seq).max().unwrap_or(0),
         deletions_applied_through,
-    })
+        supersedes,
+    };
+    SegmentHandle::open(data_dir, meta)
+}
+
+/// Whether any of `rows` is a newer version of a span some older segment holds.
+fn rewrites_older<'a>(
+    rows: &[StoredSpan],
+    older: impl Iterator<Item = &'a Arc<SegmentHandle>> + Clone,
+) -> Result<bool> {
+    for row in rows {
+        for handle in older.clone() {
+            if handle.may_hold(&row.span)
+                && handle
+                    .index
+                    .newest_seq(&row.span.trace_id, &row.span.span_id)?
+                    .is_some()
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Merges the segments of crowded partitions (and, when `force`, of partitions with
@@ -691,12 +1053,15 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         let id = manifest.next_segment_id;
         manifest.next_segment_id += 1;
         if !rows.is_empty() {
-            let meta = write_segment(data_dir, id, &project, &day, &mut rows, newest_deletion)?;
-            added.push(Arc::new(SegmentHandle {
-                path: data_dir.join(&meta.path),
-                meta,
-                obsolete: AtomicBool::new(false),
-            }));
+            // Every version of a span lives in its partition, and only the newest survives.
+            let merged = NewSegment {
+                id,
+                project: &project,
+                day: &day,
+                deletions_applied_through: newest_deletion,
+                supersedes: false,
+            };
+            added.push(Arc::new(write_segment(data_dir, merged, &mut rows)?));
         }
         replaced.extend(handles);
     }
@@ -788,6 +1153,7 @@ impl Store for EmbeddedStore {
         if spans.is_empty() {
             return Ok(());
         }
+        self.wait_for_room()?;
         let entry = EncodedEntry::spans(&spans)?;
         self.submit(entry, Mutation::Spans(spans))?;
         Ok(())
@@ -800,11 +1166,14 @@ impl Store for EmbeddedStore {
             let bound = cursor.0.start_time.saturating_add(1);
             filter.until = Some(filter.until.map_or(bound, |until| until.min(bound)));
         }
-        let mut newest = collect(&self.shared, &filter, Some(query), true)?;
-        // Only the page (and one more, to know there is more) is copied out.
-        newest.sort_by_key(|span| std::cmp::Reverse(span.order_key()));
-        newest.truncate(query.limit.saturating_add(1));
-        let newest = newest.into_iter().map(Arc::unwrap_or_clone).collect();
+        let Collected {
+            mut found,
+            segments,
+        } = collect(&self.shared, &filter, Some(query))?;
+        // Only the page (and one more, to know there is more) is read whole.
+        found.sort_by(|a, b| b.span.order().cmp(&a.span.order()));
+        found.truncate(query.limit.saturating_add(1));
+        let newest = Collected::whole(&segments, found)?;
         Ok(Page::from_candidates(query, newest))
     }
 
@@ -812,7 +1181,7 @@ impl Store for EmbeddedStore {
         let mut filter = SpanFilter::for_project(project);
         filter.trace_id = Some(trace_id.to_string());
         let mut spans = self.collect(&filter)?;
-        spans.sort_by_key(|span| span.order_key());
+        spans.sort_by(|a, b| a.order().cmp(&b.order()));
         Ok(spans)
     }
 
@@ -827,8 +1196,8 @@ impl Store for EmbeddedStore {
     }
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        let spans = collect(&self.shared, &query.filter, None, false)?;
-        Ok(aggregate(query, spans.iter().map(Arc::as_ref)))
+        let spans = collect(&self.shared, &query.filter, None)?.light();
+        Ok(aggregate_matching(query, spans.iter().map(Arc::as_ref)))
     }
 
     fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
@@ -842,7 +1211,7 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let removed = collect(&self.shared, &filter, None, false)?.len() as u64;
+        let removed = collect(&self.shared, &filter, None)?.found.len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),

@@ -17,6 +17,8 @@ pub enum Error {
     Manifest { path: PathBuf, message: String },
     #[error("the store is shutting down")]
     Closed,
+    #[error("the store is behind: {0} bytes wait to be flushed; retry later")]
+    Backlog(usize),
 }
 
 impl Error {
@@ -42,7 +44,9 @@ impl Error {
 impl From<Error> for llmtrace_model::Error {
     fn from(err: Error) -> llmtrace_model::Error {
         match err {
-            Error::Closed => llmtrace_model::Error::Unavailable(err.to_string()),
+            Error::Closed | Error::Backlog(_) => {
+                llmtrace_model::Error::Unavailable(err.to_string())
+            }
             other => llmtrace_model::Error::Storage(other.to_string()),
         }
     }

@@ -5,6 +5,7 @@
 mod engine;
 mod error;
 mod fsutil;
+pub mod index;
 mod manifest;
 mod memtable;
 pub mod segment;

@@ -28,6 +28,15 @@ pub struct SegmentMeta {
     pub max_seq: u64,
     /// Deletions with a sequence number at or below this were applied when it was written.
     pub deletions_applied_through: u64,
+    /// Whether some row here may be a newer version of a row in an older segment (a
+    /// rewritten or re-sent span). Queries check older segments' candidates against only
+    /// these segments. Unknown (older manifests) counts as yes.
+    #[serde(default = "unknown_counts_as_yes")]
+    pub supersedes: bool,
+}
+
+fn unknown_counts_as_yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

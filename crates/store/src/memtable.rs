@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use llmtrace_model::{Deletion, Span, SpanKey};
+use serde_json::Value;
 
 use crate::segment::StoredSpan;
 
@@ -36,6 +37,10 @@ impl Memtable {
         (before - self.rows.len()) as u64
     }
 
+    pub fn get(&self, key: &SpanKey) -> Option<&StoredSpan> {
+        self.rows.get(key)
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -53,6 +58,24 @@ impl Memtable {
     }
 }
 
+/// Roughly the memory a span holds: its text and the JSON documents beside it.
 fn approx_size(span: &Span) -> usize {
-    256 + span.input_text.len() * 2 + span.output_text.len() * 2 + span.name.len()
+    512 + span.input_text.len()
+        + span.output_text.len()
+        + span.name.len()
+        + json_size(&span.input)
+        + json_size(&span.output)
+        + json_size(&span.tools)
+        + json_size(&span.attributes)
+        + span.events.len() * 256
+}
+
+fn json_size(value: &Value) -> usize {
+    // A node costs about its enum plus allocation overhead; strings their bytes.
+    32 + match value {
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(json_size).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + json_size(v)).sum(),
+        _ => 0,
+    }
 }

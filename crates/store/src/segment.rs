@@ -2,7 +2,10 @@
 //!
 //! Layout: `segments/project=<p>/day=<YYYY-MM-DD>/<id:016>.parquet` (Hive-style, so DuckDB,
 //! Spark and pandas read the tree as it is). Rows are sorted by `start_time`; zstd
-//! compression; bloom filters on `trace_id`, `session_id` and `user_id`; page statistics on.
+//! compression; bloom filters on `trace_id`, `session_id` and `user_id`; page statistics and
+//! page index on. Heavy columns (messages, text, JSON) use small pages and no dictionary,
+//! because queries read single rows by number (see `read_rows`) and pay for every page and
+//! dictionary they touch. Row numbers are the ones the segment's index (`index.rs`) holds.
 //! JSON-valued span fields are stored as JSON text. `_seq` is the WAL sequence number of the
 //! write that produced the row: among rows with the same (project, trace_id, span_id) the
 //! highest `_seq` is the live one.
@@ -21,9 +24,13 @@ use arrow::datatypes::{
     UInt64Type,
 };
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelectionPolicy, RowSelector,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde_json::Value;
@@ -193,6 +200,21 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     RecordBatch::try_new(schema(), columns).map_err(Error::encode)
 }
 
+/// Columns holding message content, JSON documents and text.
+const HEAVY_COLUMNS: [&str; 7] = [
+    "input",
+    "output",
+    "input_text",
+    "output_text",
+    "tools",
+    "attributes",
+    "events",
+];
+const HEAVY_PAGE_BYTES: usize = 64 * 1024;
+/// Rows per page of every column: reading one row decompresses one page per column.
+const PAGE_ROWS: usize = 1024;
+const WRITE_BATCH_ROWS: usize = 16;
+
 /// Rows per row group: the unit that statistics and bloom filters prune.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
@@ -201,9 +223,25 @@ fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        // Page limits are checked between mini-batches of this many rows: with the default
+        // (1024) a page of message text grows to megabytes whatever its limit says.
+        .set_write_batch_size(WRITE_BATCH_ROWS)
         .set_max_row_group_row_count(Some(row_group_rows));
     for column in ["trace_id", "session_id", "user_id"] {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
+    }
+    // Rows are read one by one for pages and lookups: small pages of the heavy columns keep
+    // the bytes decompressed per row read close to the row itself.
+    // A dictionary page is decoded whole before any row of its column chunk: pointless for
+    // unique values, and costly for one-row reads.
+    for column in HEAVY_COLUMNS {
+        builder = builder
+            .set_column_data_page_size_limit(ColumnPath::from(column), HEAVY_PAGE_BYTES)
+            .set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in ["trace_id", "span_id", "parent_span_id"] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
     Ok(builder.build())
 }
@@ -238,17 +276,6 @@ fn write_grouped(path: &Path, rows: &mut [StoredSpan], row_group_rows: usize) ->
     Ok(bytes)
 }
 
-/// Checks that a file is a readable segment (footer and schema), without reading rows.
-pub fn validate(path: &Path) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))?;
-    if builder.schema().fields().len() != schema().fields().len() {
-        return Err(Error::segment(path, "schema does not match this version"));
-    }
-    Ok(())
-}
-
 /// Reads every row of a segment, whole.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -258,47 +285,73 @@ pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, &|_| true, true, true, &mut rows)
+        from_batch(&batch, Projection::WHOLE, &mut rows)
             .map_err(|message| Error::segment(path, message))?;
     }
-    Ok(rows.into_iter().map(|(row, _)| row).collect())
+    Ok(rows)
 }
 
-/// Reads every row and says which `keep` accepts. Rows come back without their heavy
-/// fields (`input`, `output`, `tools`, `events`; `attributes` unless `keep_needs_attributes`;
-/// `input_text`/`output_text` unless `keep_needs_text`), except kept rows when
-/// `decode_kept_json`: those are read whole in a second pass that selects only them, so a
-/// selective query never decompresses the text of rows it does not return.
-///
-/// With `trace_id`, row groups whose bloom filter rules that trace out are skipped. That is
-/// safe for version resolution: every version of a span carries its trace id.
-pub fn read_where(
+/// Which columns a read decodes. Light reads skip the heavy JSON columns (`input`,
+/// `output`, `tools`, `events`), plus `attributes` and the text columns unless asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    pub whole: bool,
+    pub attributes: bool,
+    pub text: bool,
+}
+
+impl Projection {
+    pub const WHOLE: Projection = Projection {
+        whole: true,
+        attributes: true,
+        text: true,
+    };
+}
+
+/// Loads (and checks) a segment's footer, page index included, to be reused by every read.
+pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let metadata = ArrowReaderMetadata::load(
+        &file,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .map_err(|e| Error::segment(path, e))?;
+    if metadata.schema().fields().len() != schema().fields().len() {
+        return Err(Error::segment(path, "schema does not match this version"));
+    }
+    Ok(metadata)
+}
+
+/// Reads the rows at `rows` (ascending row numbers), in that order. The page index lets
+/// the reader skip pages that hold none of them.
+pub fn read_rows(
     path: &Path,
-    keep: &dyn Fn(&Span) -> bool,
-    keep_needs_attributes: bool,
-    trace_id: Option<&str>,
-    decode_kept_json: bool,
-    keep_needs_text: bool,
-) -> Result<Vec<(StoredSpan, bool)>> {
-    let open = || -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::segment(path, e))
-    };
-    let mut builder = open()?;
-    let groups: Vec<usize> = match trace_id {
-        Some(trace_id) => row_groups_with(&mut builder, "trace_id", trace_id),
-        None => (0..builder.metadata().num_row_groups()).collect(),
-    };
-    if groups.is_empty() {
+    metadata: &ArrowReaderMetadata,
+    rows: &[u32],
+    projection: Projection,
+) -> Result<Vec<StoredSpan>> {
+    if rows.is_empty() {
         return Ok(Vec::new());
     }
-    // Pass 1: the light columns of every row.
-    let mut skipped = vec!["input", "output", "tools", "events"];
-    if !keep_needs_attributes {
-        skipped.push("attributes");
+    let total = usize::try_from(metadata.metadata().file_metadata().num_rows())
+        .map_err(|e| Error::segment(path, e))?;
+    if rows.iter().any(|&row| row as usize >= total) {
+        return Err(Error::segment(
+            path,
+            "row number past the end of the segment",
+        ));
     }
-    if !keep_needs_text {
-        skipped.extend(["input_text", "output_text"]);
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
+    let mut skipped: Vec<&str> = Vec::new();
+    if !projection.whole {
+        skipped.extend(["input", "output", "tools", "events"]);
+        if !projection.attributes {
+            skipped.push("attributes");
+        }
+        if !projection.text {
+            skipped.extend(["input_text", "output_text"]);
+        }
     }
     let full_schema = schema();
     let wanted: Vec<&str> = full_schema
@@ -308,48 +361,29 @@ pub fn read_where(
         .filter(|name| !skipped.contains(name))
         .collect();
     let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
+    let indexes: Vec<usize> = rows.iter().map(|&row| row as usize).collect();
     let reader = builder
-        .with_row_groups(groups.clone())
         .with_projection(mask)
+        .with_row_selection(select_rows(&indexes, total))
+        // Selectors skip whole pages through the page index; a mask (what the default picks
+        // for scattered rows) would decompress every page of every column.
+        .with_row_selection_policy(RowSelectionPolicy::Selectors)
         .with_batch_size(8192)
         .build()
         .map_err(|e| Error::segment(path, e))?;
-    let mut rows = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for batch in reader {
         let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, keep, keep_needs_attributes, false, &mut rows)
+        from_batch(&batch, projection, &mut out)
             .map_err(|message| Error::segment(path, message))?;
     }
-    if !decode_kept_json {
-        return Ok(rows);
-    }
-    // Pass 2: whole rows, for the kept ones only.
-    let kept: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].1).collect();
-    if kept.is_empty() {
-        return Ok(rows);
-    }
-    let reader = open()?
-        .with_row_groups(groups)
-        .with_row_selection(select_rows(&kept, rows.len()))
-        .with_batch_size(8192)
-        .build()
-        .map_err(|e| Error::segment(path, e))?;
-    let mut whole = Vec::with_capacity(kept.len());
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, &|_| true, true, true, &mut whole)
-            .map_err(|message| Error::segment(path, message))?;
-    }
-    if whole.len() != kept.len() {
+    if out.len() != rows.len() {
         return Err(Error::segment(
             path,
-            "second pass returned a different number of rows",
+            "read returned a different number of rows",
         ));
     }
-    for (index, (row, _)) in kept.into_iter().zip(whole) {
-        rows[index].0 = row;
-    }
-    Ok(rows)
+    Ok(out)
 }
 
 /// A selection of the rows at `indexes` (ascending) out of `total`.
@@ -375,31 +409,6 @@ fn select_rows(indexes: &[usize], total: usize) -> RowSelection {
         selectors.push(RowSelector::skip(total - position));
     }
     RowSelection::from(selectors)
-}
-
-/// Row groups whose bloom filter on `column` may contain `value` (all, without a filter).
-fn row_groups_with(
-    builder: &mut ParquetRecordBatchReaderBuilder<File>,
-    column: &str,
-    value: &str,
-) -> Vec<usize> {
-    let row_groups = builder.metadata().num_row_groups();
-    let Some(column_index) = builder
-        .parquet_schema()
-        .columns()
-        .iter()
-        .position(|c| c.name() == column)
-    else {
-        return (0..row_groups).collect();
-    };
-    (0..row_groups)
-        .filter(
-            |&group| match builder.get_row_group_column_bloom_filter(group, column_index) {
-                Ok(Some(filter)) => filter.check(&value),
-                _ => true,
-            },
-        )
-        .collect()
 }
 
 struct Columns<'a>(&'a RecordBatch);
@@ -466,10 +475,8 @@ impl Columns<'_> {
 
 fn from_batch(
     batch: &RecordBatch,
-    keep: &dyn Fn(&Span) -> bool,
-    keep_needs_attributes: bool,
-    decode_kept_json: bool,
-    out: &mut Vec<(StoredSpan, bool)>,
+    projection: Projection,
+    out: &mut Vec<StoredSpan>,
 ) -> Result<(), String> {
     let columns = Columns(batch);
     let seqs = columns
@@ -542,14 +549,10 @@ fn from_batch(
             attributes: Value::Null,
             events: Vec::new(),
         };
-        if keep_needs_attributes {
+        if projection.whole || projection.attributes {
             span.attributes = columns.json("attributes", row)?;
         }
-        let kept = keep(&span);
-        if kept && decode_kept_json {
-            if !keep_needs_attributes {
-                span.attributes = columns.json("attributes", row)?;
-            }
+        if projection.whole {
             span.input = columns.json("input", row)?;
             span.output = columns.json("output", row)?;
             span.tools = columns.json("tools", row)?;
@@ -558,13 +561,10 @@ fn from_batch(
                     serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
             }
         }
-        out.push((
-            StoredSpan {
-                seq: seqs.value(row),
-                span: Arc::new(span),
-            },
-            kept,
-        ));
+        out.push(StoredSpan {
+            seq: seqs.value(row),
+            span: Arc::new(span),
+        });
     }
     Ok(())
 }
@@ -592,40 +592,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn trace_lookup_skips_segments_whose_bloom_filter_rules_the_trace_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.parquet");
-        let mut rows: Vec<StoredSpan> = (0..1000u64)
-            .map(|n| StoredSpan {
-                seq: n,
-                span: Arc::new(Span {
-                    trace_id: format!("{n:032x}"),
-                    span_id: format!("{n:016x}"),
-                    ..Span::default()
-                }),
-            })
-            .collect();
-        write(&path, &mut rows).unwrap();
-        let present = format!("{:032x}", 500);
-        let found = read_where(
-            &path,
-            &|s| s.trace_id == present,
-            false,
-            Some(&present),
-            true,
-            true,
-        )
-        .unwrap();
-        assert_eq!(found.iter().filter(|(_, kept)| *kept).count(), 1);
-        let absent = "abcdefabcdefabcdefabcdefabcdef01";
-        assert!(
-            read_where(&path, &|_| true, false, Some(absent), true, true)
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[test]
     fn row_selection_covers_exactly_the_given_rows() {
         let selection = select_rows(&[0, 1, 5, 7, 8, 9], 12);
         let selected: Vec<usize> = (0..12)
@@ -644,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    fn selective_reads_return_whole_kept_rows_and_light_others() {
+    fn reads_return_exactly_the_selected_rows_across_row_groups() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.parquet");
         let mut rows: Vec<StoredSpan> = (0..50u64)
@@ -667,17 +633,31 @@ mod tests {
             .metadata()
             .num_row_groups();
         assert_eq!(groups, 7);
-        let read = read_where(&path, &|s| s.start_time % 7 == 0, false, None, true, false).unwrap();
-        assert_eq!(read.len(), 50);
-        for (row, kept) in &read {
-            let n = row.span.start_time;
-            assert_eq!(*kept, n % 7 == 0);
-            if *kept {
-                assert_eq!(*row.span, *rows[n as usize].span, "kept rows are whole");
-            } else {
-                assert!(row.span.input.is_null() && row.span.input_text.is_empty());
-            }
+        let metadata = open_metadata(&path).unwrap();
+        let wanted: Vec<u32> = (0..50).filter(|n| n % 7 == 0).collect();
+        let whole = read_rows(&path, &metadata, &wanted, Projection::WHOLE).unwrap();
+        let expected: Vec<&Span> = wanted
+            .iter()
+            .map(|&n| rows[n as usize].span.as_ref())
+            .collect();
+        assert_eq!(
+            whole
+                .iter()
+                .map(|row| row.span.as_ref())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let light = Projection {
+            whole: false,
+            attributes: false,
+            text: false,
+        };
+        let read = read_rows(&path, &metadata, &wanted, light).unwrap();
+        for (row, n) in read.iter().zip(&wanted) {
+            assert_eq!(row.span.start_time, i64::from(*n));
+            assert!(row.span.input.is_null() && row.span.input_text.is_empty());
         }
+        assert!(read_rows(&path, &metadata, &[50], light).is_err());
     }
 
     #[test]
@@ -761,7 +741,7 @@ mod tests {
             },
         ];
         write(&path, &mut rows).unwrap();
-        validate(&path).unwrap();
+        open_metadata(&path).unwrap();
         let back = read(&path).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].seq, 8, "rows are sorted by start time");

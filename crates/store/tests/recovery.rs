@@ -110,3 +110,58 @@ fn torn_wal_tail_is_cut_and_reported() {
     assert_eq!(count(&store, "p"), 5);
     assert_eq!(store.recovery_report().wal_bytes_cut, 0);
 }
+
+fn text_hits(store: &EmbeddedStore, project: &str, text: &str) -> usize {
+    let mut query = SpanQuery::new(SpanFilter {
+        text: Some(text.into()),
+        ..SpanFilter::for_project(project)
+    });
+    query.limit = 1000;
+    store.search(&query).unwrap().spans.len()
+}
+
+#[test]
+fn a_lost_or_damaged_index_is_rebuilt_and_stray_ones_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        store
+            .append((0..10).map(|n| span("a", n)).collect())
+            .unwrap();
+        store
+            .append((0..4).map(|n| span("b", n)).collect())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let manifest = Manifest::load(dir.path()).unwrap();
+    let index_of = |project: &str| {
+        let meta = manifest
+            .segments
+            .iter()
+            .find(|s| s.project == project)
+            .unwrap();
+        dir.path().join(&meta.path).with_extension("idx")
+    };
+    assert!(
+        index_of("a").is_dir(),
+        "flush writes the index beside the segment"
+    );
+    std::fs::remove_dir_all(index_of("a")).unwrap();
+    // A damaged index: every file emptied.
+    for entry in std::fs::read_dir(index_of("b")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"").unwrap();
+    }
+    // An index left by an interrupted flush, for a segment the manifest does not name.
+    let stray = index_of("a").with_file_name("9999999999999999.idx");
+    std::fs::create_dir_all(&stray).unwrap();
+    let half_built = index_of("a").with_file_name("9999999999999998.idx.tmp");
+    std::fs::create_dir_all(&half_built).unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert!(index_of("a").is_dir() && index_of("b").is_dir());
+    assert!(!stray.exists() && !half_built.exists());
+    assert_eq!(text_hits(&store, "a", "hello"), 10);
+    assert_eq!(text_hits(&store, "a", "7"), 1);
+    assert_eq!(text_hits(&store, "b", "hello 3"), 1);
+    assert_eq!(count(&store, "b"), 4);
+}

@@ -71,6 +71,10 @@ pub struct StoreArgs {
     /// Days the spans are spread over.
     #[arg(long, default_value_t = 30)]
     days: i64,
+    /// Spans appended after the segment measurements, to measure searches again while they
+    /// sit in the memtable.
+    #[arg(long, default_value_t = 20_000)]
+    memtable_spans: u64,
     /// Spans appended per batch for the durable ingest measurements.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     batches: Vec<usize>,
@@ -328,17 +332,141 @@ fn store(args: StoreArgs) -> Result<()> {
         raw_json_bytes >> 20
     );
     let project = SpanFilter::for_project("bench");
-    let queries: Vec<(&str, TimedQuery)> = vec![
+    let longest_word = probe
+        .output_text
+        .split(|c: char| !c.is_alphanumeric())
+        .max_by_key(|w| w.len())
+        .unwrap_or("x")
+        .to_string();
+    let first_word = probe
+        .output_text
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| !w.is_empty())
+        .unwrap_or("x")
+        .to_string();
+    // Every search filter of `GET /v1/traces` (and a range filter the index cannot answer),
+    // each as the first page of 50, newest first.
+    let searches: Vec<(String, SpanFilter)> = vec![
+        ("newest page".into(), project.clone()),
         (
-            "newest page (50)",
-            Box::new(|| Ok(store.search(&SpanQuery::new(project.clone()))?.spans.len())),
+            format!("model = {}", probe.request_model.as_deref().unwrap_or("")),
+            SpanFilter {
+                model: probe.request_model.clone(),
+                ..project.clone()
+            },
         ),
         (
-            "trace by id",
+            format!("provider = {}", probe.provider.as_deref().unwrap_or("")),
+            SpanFilter {
+                provider: probe.provider.clone(),
+                ..project.clone()
+            },
+        ),
+        (
+            "status = error".into(),
+            SpanFilter {
+                status: Some(llmtrace_model::SpanStatus::Error),
+                ..project.clone()
+            },
+        ),
+        (
+            "user_id".into(),
+            SpanFilter {
+                user_id: probe.user_id.clone(),
+                ..project.clone()
+            },
+        ),
+        (
+            "session_id".into(),
+            SpanFilter {
+                session_id: probe.session_id.clone(),
+                ..project.clone()
+            },
+        ),
+        (
+            "metadata tier=pro, feature=agent".into(),
+            SpanFilter {
+                metadata: vec![
+                    ("tier".into(), "pro".into()),
+                    ("feature".into(), "agent".into()),
+                ],
+                ..project.clone()
+            },
+        ),
+        (
+            "routing_alias (no match)".into(),
+            SpanFilter {
+                routing_alias: Some("smart".into()),
+                ..project.clone()
+            },
+        ),
+        (
+            format!("q = {longest_word}"),
+            SpanFilter {
+                text: Some(longest_word.clone()),
+                ..project.clone()
+            },
+        ),
+        (
+            format!("q = {first_word} {longest_word}"),
+            SpanFilter {
+                text: Some(format!("{first_word} {longest_word}")),
+                ..project.clone()
+            },
+        ),
+        (
+            "since/until: one hour, a day ago".into(),
+            SpanFilter {
+                since: Some(end - 25 * 3_600_000_000_000),
+                until: Some(end - 24 * 3_600_000_000_000),
+                ..project.clone()
+            },
+        ),
+        (
+            "model + status = error + q".into(),
+            SpanFilter {
+                model: probe.request_model.clone(),
+                status: Some(llmtrace_model::SpanStatus::Error),
+                text: Some(first_word.clone()),
+                ..project.clone()
+            },
+        ),
+        (
+            "duration ≥ 20 s (not indexed)".into(),
+            SpanFilter {
+                min_duration_ms: Some(20_000.0),
+                ..project.clone()
+            },
+        ),
+    ];
+    let mut queries: Vec<(String, TimedQuery)> = Vec::new();
+    for (name, filter) in searches {
+        let store = &store;
+        let second_page = SpanQuery::new(filter.clone());
+        queries.push((
+            format!("search, {name}"),
+            Box::new(move || Ok(store.search(&SpanQuery::new(filter.clone()))?.spans.len())),
+        ));
+        if name == "newest page" {
+            queries.push((
+                "search, newest page, pages 1 to 10 by cursor (all ten)".into(),
+                Box::new(move || {
+                    let mut query = second_page.clone();
+                    for _ in 0..9 {
+                        query.cursor = store.search(&query)?.next_cursor;
+                    }
+                    Ok(store.search(&query)?.spans.len())
+                }),
+            ));
+        }
+    }
+    let lookups: Vec<(String, TimedQuery)> = vec![
+        (
+            "trace by id".into(),
             Box::new(|| Ok(store.trace("bench", &probe.trace_id)?.len())),
         ),
         (
-            "session by id",
+            "session by id".into(),
             Box::new(|| {
                 Ok(store
                     .session("bench", probe.session_id.as_deref().unwrap_or(""))?
@@ -346,37 +474,7 @@ fn store(args: StoreArgs) -> Result<()> {
             }),
         ),
         (
-            "metadata filter page (tier=pro, feature=agent)",
-            Box::new(|| {
-                let filter = SpanFilter {
-                    metadata: vec![
-                        ("tier".into(), "pro".into()),
-                        ("feature".into(), "agent".into()),
-                    ],
-                    ..project.clone()
-                };
-                Ok(store.search(&SpanQuery::new(filter))?.spans.len())
-            }),
-        ),
-        (
-            "full-text term page",
-            Box::new(|| {
-                let term = probe
-                    .output_text
-                    .split_whitespace()
-                    .max_by_key(|w| w.len())
-                    .unwrap_or("x")
-                    .trim_matches('.')
-                    .to_string();
-                let filter = SpanFilter {
-                    text: Some(term),
-                    ..project.clone()
-                };
-                Ok(store.search(&SpanQuery::new(filter))?.spans.len())
-            }),
-        ),
-        (
-            "cost per model per day (all days)",
+            "cost per model per day (all days)".into(),
             Box::new(|| {
                 let query = AggregateQuery {
                     filter: project.clone(),
@@ -387,7 +485,7 @@ fn store(args: StoreArgs) -> Result<()> {
             }),
         ),
         (
-            "p99 latency per model",
+            "p99 latency per model".into(),
             Box::new(|| {
                 let query = AggregateQuery {
                     filter: project.clone(),
@@ -398,11 +496,29 @@ fn store(args: StoreArgs) -> Result<()> {
             }),
         ),
     ];
+    queries.extend(lookups);
     for (name, query) in &queries {
         let (took, rows) = time(args.repeat, query)?;
         println!(
             "| {name} at {} spans | {:.1} ms ({rows} rows) |",
             args.spans,
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    // The same searches while recent rows are still in the memtable (scanned, not indexed).
+    let mut fresh = Corpus::new(7, args.memtable_spans, 1, now_ns(), args.text_bytes);
+    for chunk_start in (0..args.memtable_spans).step_by(1000) {
+        let n = (args.memtable_spans - chunk_start).min(1000);
+        store.append((0..n).map(|_| fresh.next_span("bench")).collect())?;
+    }
+    let in_memtable = store.stats()?.memtable_rows;
+    for (name, query) in queries
+        .iter()
+        .filter(|(name, _)| name.starts_with("search"))
+    {
+        let (took, rows) = time(args.repeat, query)?;
+        println!(
+            "| {name}, {in_memtable} of them in the memtable | {:.1} ms ({rows} rows) |",
             took.as_secs_f64() * 1000.0
         );
     }

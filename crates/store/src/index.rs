@@ -1,0 +1,725 @@
+//! The term index of one segment (tantivy): which rows may match a filter, without reading
+//! the segment.
+//!
+//! Every equality filter of `SpanFilter` and every full-text term becomes a term here, so a
+//! query reads only the rows the index names. The index is a superset oracle: rows it names
+//! are still checked with `SpanFilter::matches`, which keeps the reference semantics exact
+//! (ranges, attributes and over-long terms are left to that check). Fast fields give each
+//! document's row number, start time and sequence number, so time windows and version
+//! checks never touch the Parquet file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use llmtrace_model::query::terms;
+use llmtrace_model::{Span, SpanFilter};
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::indexer::NoMergePolicy;
+use tantivy::query::{AllQuery, BooleanQuery, Query, TermQuery};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
+use tantivy::{
+    DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term,
+};
+
+use crate::error::{Error, Result};
+use crate::fsutil::fsync_dir;
+use crate::segment::StoredSpan;
+
+/// Longest term tantivy indexes; longer query terms are left to the row check.
+const MAX_TERM_BYTES: usize = 65_000;
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+/// Name the text field's tokenizer is registered under.
+const TERMS_TOKENIZER: &str = "llmtrace_terms";
+
+/// The terms of `llmtrace_model::query::terms` (maximal alphanumeric runs, lower-cased), as
+/// a tantivy tokenizer, so index and reference check agree by construction. ASCII tokens are
+/// lower-cased into the token's reused buffer; others go through `str::to_lowercase`, as
+/// `terms` does.
+#[derive(Clone, Default)]
+struct TermsTokenizer {
+    token: Token,
+}
+
+struct TermsStream<'a> {
+    text: &'a str,
+    position: usize,
+    token: &'a mut Token,
+}
+
+impl Tokenizer for TermsTokenizer {
+    type TokenStream<'a> = TermsStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> TermsStream<'a> {
+        self.token.reset();
+        TermsStream {
+            text,
+            position: 0,
+            token: &mut self.token,
+        }
+    }
+}
+
+impl TokenStream for TermsStream<'_> {
+    fn advance(&mut self) -> bool {
+        let rest = &self.text[self.position..];
+        let Some(start) = rest.find(char::is_alphanumeric) else {
+            self.position = self.text.len();
+            return false;
+        };
+        let from = self.position + start;
+        let length = self.text[from..]
+            .find(|c: char| !c.is_alphanumeric())
+            .unwrap_or(self.text.len() - from);
+        let to = from + length;
+        let word = &self.text[from..to];
+        self.position = to;
+        self.token.offset_from = from;
+        self.token.offset_to = to;
+        self.token.position = self.token.position.wrapping_add(1);
+        self.token.text.clear();
+        if word.is_ascii() {
+            self.token.text.push_str(word);
+            self.token.text.make_ascii_lowercase();
+        } else {
+            self.token.text.push_str(&word.to_lowercase());
+        }
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
+/// The index directory that belongs to a segment file.
+pub fn dir_for(segment_path: &Path) -> PathBuf {
+    segment_path.with_extension("idx")
+}
+
+/// A row that may match, with what the index knows about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub row: u32,
+    pub start: i64,
+    pub seq: u64,
+}
+
+struct Fields {
+    text: Field,
+    trace: Field,
+    key: Field,
+    session: Field,
+    user: Field,
+    model: Field,
+    provider: Field,
+    alias: Field,
+    status: Field,
+    kind: Field,
+    service: Field,
+    source: Field,
+    meta: Field,
+    row: Field,
+    start: Field,
+    seq: Field,
+    duration: Field,
+    cost: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    // Only whether a term occurs matters: no frequencies, positions or norms.
+    let keyword = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let text = builder.add_text_field(
+        "text",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TERMS_TOKENIZER)
+                .set_fieldnorms(false)
+                .set_index_option(IndexRecordOption::Basic),
+        ),
+    );
+    let mut add = |name: &str| builder.add_text_field(name, keyword.clone());
+    let trace = add("trace");
+    let key = add("key");
+    let session = add("session");
+    let user = add("user");
+    let model = add("model");
+    let provider = add("provider");
+    let alias = add("alias");
+    let status = add("status");
+    let kind = add("kind");
+    let service = add("service");
+    let source = add("source");
+    let meta = add("meta");
+    let row = builder.add_u64_field("row", FAST);
+    let start = builder.add_i64_field("start", FAST);
+    let seq = builder.add_u64_field("seq", FAST);
+    let duration = builder.add_f64_field("duration", FAST);
+    let cost = builder.add_f64_field("cost", FAST);
+    let fields = Fields {
+        text,
+        trace,
+        key,
+        session,
+        user,
+        model,
+        provider,
+        alias,
+        status,
+        kind,
+        service,
+        source,
+        meta,
+        row,
+        start,
+        seq,
+        duration,
+        cost,
+    };
+    (builder.build(), fields)
+}
+
+fn key_text(trace_id: &str, span_id: &str) -> String {
+    format!("{trace_id}/{span_id}")
+}
+
+fn meta_text(key: &str, value: &str) -> String {
+    format!("{key}\u{0}{value}")
+}
+
+fn index_error(path: &Path, err: impl std::fmt::Display) -> Error {
+    Error::segment(path, format!("index: {err}"))
+}
+
+fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument {
+    let span: &Span = &stored.span;
+    let mut doc = TantivyDocument::default();
+    doc.add_text(fields.text, &span.input_text);
+    doc.add_text(fields.text, &span.output_text);
+    doc.add_text(fields.trace, &span.trace_id);
+    doc.add_text(fields.key, key_text(&span.trace_id, &span.span_id));
+    let optional = [
+        (fields.session, &span.session_id),
+        (fields.user, &span.user_id),
+        (fields.model, &span.model),
+        (fields.model, &span.request_model),
+        (fields.provider, &span.provider),
+        (fields.alias, &span.routing_alias),
+        (fields.service, &span.service_name),
+    ];
+    for (field, value) in optional {
+        if let Some(value) = value {
+            doc.add_text(field, value);
+        }
+    }
+    doc.add_text(fields.status, span.status.as_str());
+    doc.add_text(fields.kind, span.kind.as_str());
+    doc.add_text(fields.source, span.source.as_str());
+    for (key, value) in &span.metadata {
+        doc.add_text(fields.meta, meta_text(key, value));
+    }
+    doc.add_u64(fields.row, row as u64);
+    doc.add_i64(fields.start, span.start_time);
+    doc.add_u64(fields.seq, stored.seq);
+    doc.add_f64(fields.duration, span.duration_ms);
+    if let Some(cost) = span.total_cost_usd {
+        doc.add_f64(fields.cost, cost);
+    }
+    doc
+}
+
+/// Writes the index of `rows` (in segment row order) to `dir`, durably: built in a temporary
+/// directory, every file fsync'd, then renamed into place.
+pub fn build(dir: &Path, rows: &[StoredSpan]) -> Result<()> {
+    let tmp = dir.with_extension("idx.tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let (schema, fields) = schema();
+    let index = Index::create_in_dir(&tmp, schema).map_err(|e| index_error(dir, e))?;
+    index
+        .tokenizers()
+        .register(TERMS_TOKENIZER, TermsTokenizer::default());
+    let mut writer = index
+        .writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY)
+        .map_err(|e| index_error(dir, e))?;
+    writer.set_merge_policy(Box::new(NoMergePolicy));
+    for (row, stored) in rows.iter().enumerate() {
+        writer
+            .add_document(document(&fields, row, stored))
+            .map_err(|e| index_error(dir, e))?;
+    }
+    writer.commit().map_err(|e| index_error(dir, e))?;
+    writer
+        .wait_merging_threads()
+        .map_err(|e| index_error(dir, e))?;
+    for entry in fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
+        let path = entry.map_err(|e| Error::io(&tmp, e))?.path();
+        fs::File::open(&path)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    fsync_dir(&tmp)?;
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Whether the index answers a full-text condition exactly (then rows need not be read to
+/// check it): it does unless some term is too long to have been indexed.
+pub fn answers_text(text: &str) -> bool {
+    terms(text).all(|term| term.len() <= MAX_TERM_BYTES)
+}
+
+/// An open segment index.
+pub struct SegmentIndex {
+    reader: IndexReader,
+    fields: Fields,
+    path: PathBuf,
+}
+
+impl SegmentIndex {
+    pub fn open(dir: &Path) -> Result<SegmentIndex> {
+        let index = Index::open_in_dir(dir).map_err(|e| index_error(dir, e))?;
+        let (expected, fields) = schema();
+        if index.schema() != expected {
+            return Err(index_error(dir, "schema does not match this version"));
+        }
+        // The index never changes once written: no reload, no file watcher.
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| index_error(dir, e))?;
+        Ok(SegmentIndex {
+            reader,
+            fields,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Number of documents (= segment rows).
+    pub fn rows(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Rows that may match `filter`, in row order: its terms, its start-time window and its
+    /// duration and cost ranges are applied here.
+    pub fn candidates(&self, filter: &SpanFilter) -> Result<Vec<Candidate>> {
+        let query = self.query_for(filter);
+        self.collect(query.as_ref(), Ranges::of(filter))
+    }
+
+    /// The highest sequence number this segment holds for a span, if any.
+    pub fn newest_seq(&self, trace_id: &str, span_id: &str) -> Result<Option<u64>> {
+        let term = Term::from_field_text(self.fields.key, &key_text(trace_id, span_id));
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let found = self.collect(&query, Ranges::default())?;
+        Ok(found.iter().map(|candidate| candidate.seq).max())
+    }
+
+    fn collect(&self, query: &dyn Query, ranges: Ranges) -> Result<Vec<Candidate>> {
+        let searcher = self.reader.searcher();
+        let mut found = searcher
+            .search(query, &CandidateCollector { ranges })
+            .map_err(|e| index_error(&self.path, e))?;
+        found.sort_unstable_by_key(|candidate| candidate.row);
+        Ok(found)
+    }
+
+    fn query_for(&self, filter: &SpanFilter) -> Box<dyn Query> {
+        let f = &self.fields;
+        let mut required: Vec<Box<dyn Query>> = Vec::new();
+        let term = |field: Field, text: &str| -> Option<Box<dyn Query>> {
+            (text.len() <= MAX_TERM_BYTES).then(|| {
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, text),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>
+            })
+        };
+        match (&filter.trace_id, &filter.span_id) {
+            (Some(trace_id), Some(span_id)) => {
+                required.extend(term(f.key, &key_text(trace_id, span_id)))
+            }
+            (Some(trace_id), None) => required.extend(term(f.trace, trace_id)),
+            _ => {}
+        }
+        let equalities = [
+            (f.session, &filter.session_id),
+            (f.user, &filter.user_id),
+            (f.model, &filter.model),
+            (f.provider, &filter.provider),
+            (f.alias, &filter.routing_alias),
+            (f.service, &filter.service_name),
+        ];
+        for (field, value) in equalities {
+            if let Some(value) = value {
+                required.extend(term(field, value));
+            }
+        }
+        if let Some(status) = filter.status {
+            required.extend(term(f.status, status.as_str()));
+        }
+        if let Some(source) = filter.source {
+            required.extend(term(f.source, source.as_str()));
+        }
+        if !filter.kinds.is_empty() {
+            let any: Vec<Box<dyn Query>> = filter
+                .kinds
+                .iter()
+                .filter_map(|kind| term(f.kind, kind.as_str()))
+                .collect();
+            required.push(Box::new(BooleanQuery::union(any)));
+        }
+        for (key, value) in &filter.metadata {
+            required.extend(term(f.meta, &meta_text(key, value)));
+        }
+        if let Some(text) = &filter.text {
+            for word in terms(text) {
+                required.extend(term(f.text, &word));
+            }
+        }
+        if required.is_empty() {
+            Box::new(AllQuery)
+        } else {
+            Box::new(BooleanQuery::intersection(required))
+        }
+    }
+}
+
+/// The range conditions of a filter, checked on fast fields.
+#[derive(Debug, Clone, Copy)]
+struct Ranges {
+    since: i64,
+    until: i64,
+    min_duration: Option<f64>,
+    max_duration: Option<f64>,
+    min_cost: Option<f64>,
+    max_cost: Option<f64>,
+}
+
+impl Default for Ranges {
+    fn default() -> Ranges {
+        Ranges {
+            since: i64::MIN,
+            until: i64::MAX,
+            min_duration: None,
+            max_duration: None,
+            min_cost: None,
+            max_cost: None,
+        }
+    }
+}
+
+impl Ranges {
+    fn of(filter: &SpanFilter) -> Ranges {
+        let (since, until) = filter.time_window();
+        Ranges {
+            since,
+            until,
+            min_duration: filter.min_duration_ms,
+            max_duration: filter.max_duration_ms,
+            min_cost: filter.min_cost_usd,
+            max_cost: filter.max_cost_usd,
+        }
+    }
+
+    /// The same comparisons as `SpanFilter::matches`; a span without a cost fails any cost
+    /// bound.
+    fn admit(&self, start: i64, duration: Option<f64>, cost: Option<f64>) -> bool {
+        let within = |value: Option<f64>, min: Option<f64>, max: Option<f64>| {
+            (min.is_none() && max.is_none())
+                || value.is_some_and(|value| {
+                    min.is_none_or(|min| value >= min) && max.is_none_or(|max| value <= max)
+                })
+        };
+        start >= self.since
+            && start < self.until
+            && within(duration, self.min_duration, self.max_duration)
+            && within(cost, self.min_cost, self.max_cost)
+    }
+}
+
+struct CandidateCollector {
+    ranges: Ranges,
+}
+
+struct SegmentCandidates {
+    ranges: Ranges,
+    row: Column<u64>,
+    start: Column<i64>,
+    seq: Column<u64>,
+    duration: Column<f64>,
+    cost: Column<f64>,
+    found: Vec<Candidate>,
+}
+
+impl Collector for CandidateCollector {
+    type Fruit = Vec<Candidate>;
+    type Child = SegmentCandidates;
+
+    fn for_segment(&self, _: u32, reader: &SegmentReader) -> tantivy::Result<SegmentCandidates> {
+        let fast = reader.fast_fields();
+        Ok(SegmentCandidates {
+            ranges: self.ranges,
+            row: fast.u64("row")?,
+            start: fast.i64("start")?,
+            seq: fast.u64("seq")?,
+            duration: fast.f64("duration")?,
+            cost: fast.f64("cost")?,
+            found: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<Candidate>>) -> tantivy::Result<Vec<Candidate>> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for SegmentCandidates {
+    type Fruit = Vec<Candidate>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let start = self.start.first(doc).unwrap_or(i64::MIN);
+        if !self
+            .ranges
+            .admit(start, self.duration.first(doc), self.cost.first(doc))
+        {
+            return;
+        }
+        if let (Some(row), Some(seq)) = (self.row.first(doc), self.seq.first(doc)) {
+            self.found.push(Candidate {
+                row: row as u32,
+                start,
+                seq,
+            });
+        }
+    }
+
+    fn harvest(self) -> Vec<Candidate> {
+        self.found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use llmtrace_model::{SpanKind, SpanSource, SpanStatus};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn row(n: u32) -> StoredSpan {
+        let words = ["Paris", "Straße", "ΟΔΟΣ", "tool_call", "KELVIN"];
+        StoredSpan {
+            seq: u64::from(n) + 100,
+            span: Arc::new(Span {
+                project: "p".into(),
+                trace_id: format!("{:032x}", n / 3 + 1),
+                span_id: format!("{:016x}", n + 1),
+                start_time: i64::from(n) * 10,
+                session_id: (!n.is_multiple_of(4)).then(|| format!("s{}", n % 4)),
+                user_id: Some(format!("u{}", n % 3)),
+                model: Some(format!("m{}", n % 5)),
+                request_model: Some(format!("m{}", (n + 1) % 5)),
+                provider: Some(["openai", "anthropic"][n as usize % 2].into()),
+                routing_alias: n.is_multiple_of(7).then(|| "smart".to_string()),
+                service_name: Some(format!("svc{}", n % 2)),
+                status: [SpanStatus::Ok, SpanStatus::Error, SpanStatus::Timeout][n as usize % 3],
+                kind: [SpanKind::Llm, SpanKind::Tool, SpanKind::Agent][n as usize % 3],
+                source: [SpanSource::Otlp, SpanSource::Gateway][n as usize % 2],
+                input_text: format!("{} and {n}", words[n as usize % 5]),
+                output_text: words[(n as usize + 2) % 5].to_lowercase(),
+                metadata: BTreeMap::from([("tier".to_string(), format!("t{}", n % 2))]),
+                duration_ms: f64::from(n),
+                total_cost_usd: (!n.is_multiple_of(5)).then(|| f64::from(n) / 1000.0),
+                ..Span::default()
+            }),
+        }
+    }
+
+    fn built(rows: &[StoredSpan]) -> (tempfile::TempDir, SegmentIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0001.idx");
+        build(&path, rows).unwrap();
+        let index = SegmentIndex::open(&path).unwrap();
+        (dir, index)
+    }
+
+    fn rows_of(candidates: &[Candidate]) -> Vec<u32> {
+        candidates.iter().map(|candidate| candidate.row).collect()
+    }
+
+    #[test]
+    fn candidates_are_exactly_the_rows_an_indexed_filter_matches() {
+        let rows: Vec<StoredSpan> = (0..60).map(row).collect();
+        let (_dir, index) = built(&rows);
+        assert_eq!(index.rows(), 60);
+        let base = SpanFilter::for_project("p");
+        let filters = vec![
+            base.clone(),
+            SpanFilter {
+                trace_id: Some(format!("{:032x}", 5)),
+                ..base.clone()
+            },
+            SpanFilter {
+                trace_id: Some(format!("{:032x}", 5)),
+                span_id: Some(format!("{:016x}", 13)),
+                ..base.clone()
+            },
+            SpanFilter {
+                session_id: Some("s2".into()),
+                user_id: Some("u1".into()),
+                ..base.clone()
+            },
+            // Either the response model or the requested one.
+            SpanFilter {
+                model: Some("m3".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                provider: Some("anthropic".into()),
+                routing_alias: Some("smart".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                status: Some(SpanStatus::Error),
+                service_name: Some("svc1".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                kinds: vec![SpanKind::Tool, SpanKind::Agent],
+                source: Some(SpanSource::Gateway),
+                ..base.clone()
+            },
+            SpanFilter {
+                metadata: vec![("tier".into(), "t1".into())],
+                ..base.clone()
+            },
+            SpanFilter {
+                text: Some("PARIS".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                text: Some("straße οδος".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                text: Some("tool call".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                text: Some("kelvin 17".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                text: Some("absent".into()),
+                ..base.clone()
+            },
+            SpanFilter {
+                min_duration_ms: Some(12.0),
+                max_duration_ms: Some(30.0),
+                ..base.clone()
+            },
+            // Spans without a cost fail any cost bound.
+            SpanFilter {
+                min_cost_usd: Some(0.02),
+                ..base.clone()
+            },
+            SpanFilter {
+                max_cost_usd: Some(0.02),
+                since: Some(50),
+                until: Some(400),
+                ..base.clone()
+            },
+        ];
+        for filter in filters {
+            let expected: Vec<u32> = (0..60)
+                .filter(|&n| filter.matches(&rows[n as usize].span))
+                .collect();
+            let found = index.candidates(&filter).unwrap();
+            assert_eq!(rows_of(&found), expected, "{filter:?}");
+        }
+        let window = SpanFilter {
+            since: Some(100),
+            until: Some(200),
+            ..base.clone()
+        };
+        let window = index.candidates(&window).unwrap();
+        assert_eq!(rows_of(&window), (10..20).collect::<Vec<u32>>());
+        assert_eq!(window[0].start, 100);
+        assert_eq!(window[0].seq, 110);
+    }
+
+    #[test]
+    fn conditions_the_index_cannot_answer_leave_every_row_a_candidate() {
+        let rows: Vec<StoredSpan> = (0..10).map(row).collect();
+        let (_dir, index) = built(&rows);
+        let long = "x".repeat(MAX_TERM_BYTES + 1);
+        assert!(!answers_text(&long) && answers_text("paris"));
+        let filter = SpanFilter {
+            text: Some(long),
+            attributes: vec![("a".into(), "b".into())],
+            ..SpanFilter::for_project("p")
+        };
+        let found = index.candidates(&filter).unwrap();
+        assert_eq!(rows_of(&found), (0..10).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn newest_seq_names_the_latest_version_held() {
+        let mut rows: Vec<StoredSpan> = (0..5).map(row).collect();
+        let mut rewritten = rows[2].clone();
+        rewritten.seq = 999;
+        rows.push(rewritten);
+        let (_dir, index) = built(&rows);
+        let span = &rows[2].span;
+        assert_eq!(
+            index.newest_seq(&span.trace_id, &span.span_id).unwrap(),
+            Some(999)
+        );
+        assert_eq!(
+            index
+                .newest_seq(&span.trace_id, "ffffffffffffffff")
+                .unwrap(),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_index_tokenizer_yields_the_reference_terms(text in "\\PC{0,40}") {
+            let mut tokenizer = TermsTokenizer::default();
+            let mut stream = tokenizer.token_stream(&text);
+            let mut tokens = Vec::new();
+            while stream.advance() {
+                tokens.push(stream.token().text.clone());
+            }
+            prop_assert_eq!(tokens, terms(&text).collect::<Vec<_>>());
+        }
+    }
+}

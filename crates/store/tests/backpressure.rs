@@ -1,0 +1,65 @@
+//! Appends wait for flushing instead of growing the memtables without bound, and give up
+//! with "unavailable" (a 503 upstream) when flushing cannot make room.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use llmtrace_model::{ErrorCode, Span, Store};
+use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
+
+fn spans(from: u64, count: u64) -> Vec<Span> {
+    (from..from + count)
+        .map(|n| Span {
+            project: "p".into(),
+            trace_id: format!("{:032x}", n + 1),
+            span_id: format!("{:016x}", n + 1),
+            start_time: 1_795_000_000_000_000_000 + n as i64,
+            input_text: "x".repeat(4096),
+            ..Span::default()
+        })
+        .collect()
+}
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut config = StoreConfig::new(dir);
+    config.durability = Durability::None;
+    config.max_memtable_bytes = 1 << 20;
+    config.max_append_wait = Duration::from_millis(300);
+    config
+}
+
+#[test]
+fn appends_past_the_limit_fail_as_unavailable_when_nothing_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.flush_rows = usize::MAX;
+    config.flush_bytes = usize::MAX;
+    config.flush_interval = Duration::from_secs(3600);
+    let store = EmbeddedStore::open(config).unwrap();
+    store.append(spans(0, 400)).unwrap();
+    let started = Instant::now();
+    let err = store.append(spans(400, 1)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        store.stats().unwrap().rows,
+        400,
+        "the refused batch was not written"
+    );
+}
+
+#[test]
+fn appends_wait_for_flushing_and_then_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.flush_rows = 100;
+    config.max_append_wait = Duration::from_secs(30);
+    let store = EmbeddedStore::open(config).unwrap();
+    for batch in 0..10 {
+        store.append(spans(batch * 100, 100)).unwrap();
+    }
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.rows, 1000);
+    assert!(stats.segments >= 1);
+}
