@@ -331,7 +331,7 @@ impl SegmentIndex {
     pub fn newest_seq(&self, trace_id: &str, span_id: &str) -> Result<Option<u64>> {
         let term = Term::from_field_text(self.fields.key, &key_text(trace_id, span_id));
         let query = TermQuery::new(term, IndexRecordOption::Basic);
-        let found = self.collect(&query, Ranges::default())?;
+        let found = self.collect(&query, Ranges::of(&SpanFilter::default()))?;
         Ok(found.iter().map(|candidate| candidate.seq).max())
     }
 
@@ -414,19 +414,6 @@ struct Ranges {
     max_duration: Option<f64>,
     min_cost: Option<f64>,
     max_cost: Option<f64>,
-}
-
-impl Default for Ranges {
-    fn default() -> Ranges {
-        Ranges {
-            since: i64::MIN,
-            until: i64::MAX,
-            min_duration: None,
-            max_duration: None,
-            min_cost: None,
-            max_cost: None,
-        }
-    }
 }
 
 impl Ranges {

@@ -23,10 +23,14 @@ fn config(dir: &std::path::Path) -> StoreConfig {
     config
 }
 
-fn count(store: &EmbeddedStore, project: &str) -> usize {
-    let mut query = SpanQuery::new(SpanFilter::for_project(project));
+fn hits(store: &EmbeddedStore, filter: SpanFilter) -> usize {
+    let mut query = SpanQuery::new(filter);
     query.limit = 1000;
     store.search(&query).unwrap().spans.len()
+}
+
+fn count(store: &EmbeddedStore, project: &str) -> usize {
+    hits(store, SpanFilter::for_project(project))
 }
 
 #[test]
@@ -112,12 +116,11 @@ fn torn_wal_tail_is_cut_and_reported() {
 }
 
 fn text_hits(store: &EmbeddedStore, project: &str, text: &str) -> usize {
-    let mut query = SpanQuery::new(SpanFilter {
+    let filter = SpanFilter {
         text: Some(text.into()),
         ..SpanFilter::for_project(project)
-    });
-    query.limit = 1000;
-    store.search(&query).unwrap().spans.len()
+    };
+    hits(store, filter)
 }
 
 #[test]
