@@ -258,6 +258,25 @@ pub struct OrderKey {
     pub span_id: String,
 }
 
+/// Longest trace or span id a store accepts, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Why a span cannot be stored under its identity, if it cannot.
+pub fn identity_problem(span: &Span) -> Option<String> {
+    for (name, id) in [("trace_id", &span.trace_id), ("span_id", &span.span_id)] {
+        if id.is_empty() {
+            return Some(format!("span has an empty {name}"));
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Some(format!(
+                "span {name} is {} bytes long; at most {MAX_ID_BYTES} are accepted",
+                id.len()
+            ));
+        }
+    }
+    None
+}
+
 /// Whether `text` is a valid lower-case hex id of `len` characters, not all zeros.
 pub fn is_valid_hex_id(text: &str, len: usize) -> bool {
     text.len() == len
@@ -283,6 +302,20 @@ mod tests {
             assert_eq!(SpanSource::parse(source.as_str()), Some(source));
         }
         assert_eq!(SpanKind::parse("LLM"), None);
+    }
+
+    #[test]
+    fn identities_must_be_non_empty_and_bounded() {
+        let mut span = Span {
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            ..Span::default()
+        };
+        assert_eq!(identity_problem(&span), None);
+        span.span_id = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(identity_problem(&span).is_some_and(|p| p.contains("span_id is 513 bytes")));
+        span.span_id.clear();
+        assert!(identity_problem(&span).is_some_and(|p| p.contains("empty span_id")));
     }
 
     #[test]

@@ -15,11 +15,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use llmtrace_model::query::{aggregate_matching, session_traces};
+use llmtrace_model::query::session_traces;
 use llmtrace_model::{
     AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanFilter, SpanKey,
     SpanQuery, Store, StoreStats,
@@ -31,6 +31,7 @@ use crate::fsutil::{dir_bytes, fsync_dir, rename_to_quarantine};
 use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
 use crate::memtable::Memtable;
+use crate::rollup::{self, Aggregation, Rollup};
 use crate::segment::{self, Projection, StoredSpan};
 use crate::wal::{self, EncodedEntry, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
@@ -102,6 +103,14 @@ pub(crate) struct SegmentHandle {
     pub path: PathBuf,
     parquet: ArrowReaderMetadata,
     index: SegmentIndex,
+    /// `index::key_hash` of every key held, sorted: which later writes replace a row here.
+    keys: Vec<u64>,
+    /// Set once a newer version of some row here exists elsewhere (a later segment or a
+    /// memtable): the rollup then overcounts, and aggregates read this segment's rows.
+    /// Kept in memory only; recomputed at open. Never cleared: compaction makes a new handle.
+    rewritten: AtomicBool,
+    /// Parsed from the footer on first use.
+    rollup: OnceLock<Option<Arc<Rollup>>>,
     obsolete: AtomicBool,
 }
 
@@ -123,13 +132,65 @@ impl SegmentHandle {
                 SegmentIndex::open(&index_dir)?
             }
         };
+        let keys = index.key_hashes()?;
         Ok(SegmentHandle {
             meta,
             path,
             parquet,
             index,
+            keys,
+            rewritten: AtomicBool::new(false),
+            rollup: OnceLock::new(),
             obsolete: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this segment holds a version of `span` (by key hash: may say yes wrongly,
+    /// never no wrongly).
+    fn holds_key(&self, span: &Span) -> bool {
+        self.may_hold(span)
+            && self
+                .keys
+                .binary_search(&index::key_hash(&span.trace_id, &span.span_id))
+                .is_ok()
+    }
+
+    /// Marks this segment rewritten when `span` is a version of one of its rows.
+    fn note_write(&self, span: &Span) {
+        if !self.rewritten.load(Ordering::Relaxed) && self.holds_key(span) {
+            self.rewritten.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The rollup, if the segment has one and it still describes the segment's live rows
+    /// (nothing here rewritten, and no deletion it has not applied may hide a row).
+    fn current_rollup(&self, deletions: &[DeletionRecord]) -> Option<Arc<Rollup>> {
+        if self.rewritten.load(Ordering::SeqCst) {
+            return None;
+        }
+        let pending = deletions.iter().any(|record| {
+            let deletion = &record.deletion;
+            record.seq > self.meta.deletions_applied_through
+                && deletion.project == self.meta.project
+                && deletion
+                    .since
+                    .is_none_or(|since| self.meta.max_time >= since)
+                && deletion
+                    .until
+                    .is_none_or(|until| self.meta.min_time < until)
+        });
+        if pending {
+            return None;
+        }
+        self.rollup
+            .get_or_init(|| match segment::rollup(&self.path, &self.parquet) {
+                Ok(rollup) => rollup.map(Arc::new),
+                Err(err) => {
+                    tracing::warn!(segment = %self.path.display(), error = %err, "unreadable rollup: aggregating rows");
+                    None
+                }
+            })
+            .clone()
     }
 
     fn read(&self, rows: &[u32], projection: Projection) -> Result<Vec<StoredSpan>> {
@@ -252,6 +313,7 @@ impl EmbeddedStore {
             manifest.save(&data_dir)?;
         }
         remove_orphan_segments(&data_dir, &manifest);
+        mark_rewritten_by_segments(&segments);
 
         // Replay what the manifest does not cover yet.
         let mut active = Memtable::default();
@@ -266,7 +328,10 @@ impl EmbeddedStore {
                 max_seq = max_seq.max(seq);
                 match entry {
                     WalEntry::Spans(spans) => {
-                        spans.into_iter().for_each(|span| active.insert(seq, span))
+                        for span in spans {
+                            note_write(&segments, &span);
+                            active.insert(seq, span);
+                        }
                     }
                     WalEntry::Deletion(deletion) => {
                         active.delete(seq, &deletion);
@@ -432,7 +497,7 @@ impl EmbeddedStore {
 
     /// Every live span matching `filter`, whole, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        let collected = collect(&self.shared, filter, None)?;
+        let collected = collect(&self.shared, filter, None, None)?;
         Collected::whole(&collected.segments, collected.found)
     }
 }
@@ -493,6 +558,54 @@ fn remove_orphan_segments(data_dir: &Path, manifest: &Manifest) {
                 tracing::info!(path = %path.display(), "removing segment left by an interrupted flush");
                 let _ = fs::remove_file(&path);
             }
+        }
+    }
+}
+
+/// Marks the segments holding an older version of `span`, about to be written.
+pub(crate) fn note_write(segments: &[Arc<SegmentHandle>], span: &Span) {
+    for handle in segments {
+        handle.note_write(span);
+    }
+}
+
+/// Marks segments whose rows a later segment of their partition holds newer versions of.
+/// Within a partition, segment ids follow write order (compaction merges a partition's
+/// every segment), so the later segment holds the newer version.
+fn mark_rewritten_by_segments(segments: &[Arc<SegmentHandle>]) {
+    for newer in segments.iter().filter(|handle| handle.meta.supersedes) {
+        for older in segments {
+            if older.meta.id < newer.meta.id
+                && older.meta.project == newer.meta.project
+                && older.meta.day == newer.meta.day
+                && shares_a_key(&older.keys, &newer.keys)
+            {
+                older.rewritten.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn shares_a_key(a: &[u64], b: &[u64]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        match x.cmp(y) {
+            std::cmp::Ordering::Equal => return true,
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+        }
+    }
+    false
+}
+
+/// Marks `handles` (just written from older rows) rewritten where a memtable already holds
+/// a newer version of one of their rows. Runs under the state's write lock, as installing
+/// them does, so no write slips between check and install.
+fn mark_rewritten_by_memtables(state: &State, handles: &[Arc<SegmentHandle>]) {
+    let memtables = std::iter::once(&state.active).chain(state.frozen.iter().map(Arc::as_ref));
+    for memtable in memtables {
+        for row in memtable.rows() {
+            note_write(handles, &row.span);
         }
     }
 }
@@ -604,6 +717,8 @@ impl TextPrefilter {
 /// touches old segments.
 struct Frontier<'a> {
     segments: &'a [Arc<SegmentHandle>],
+    /// Per segment, the window whose rows its rollup answers (so they are not candidates).
+    rolled_up: &'a [Option<(i64, i64)>],
     next: usize,
     heap: std::collections::BinaryHeap<(i64, usize, u32, u64)>,
 }
@@ -625,9 +740,17 @@ impl Frontier<'_> {
             {
                 break;
             }
-            for candidate in segment.index.candidates(filter)? {
-                self.heap
-                    .push((candidate.start, self.next, candidate.row, candidate.seq));
+            let rolled_up = self.rolled_up[self.next];
+            let outside =
+                |start: i64| rolled_up.is_none_or(|(from, to)| start < from || start >= to);
+            // A segment whose every row its rollup answers has no candidates.
+            if outside(segment.meta.min_time) || outside(segment.meta.max_time) {
+                for candidate in segment.index.candidates(filter)? {
+                    if outside(candidate.start) {
+                        self.heap
+                            .push((candidate.start, self.next, candidate.row, candidate.seq));
+                    }
+                }
             }
             self.next += 1;
         }
@@ -657,8 +780,15 @@ impl Frontier<'_> {
 /// guaranteed (candidates are taken newest first and the scan stops once that many matches
 /// are newer than every candidate left).
 ///
-/// Segment rows come back light (see `Projection`); `fetch_whole` completes the ones kept.
-fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Result<Collected> {
+/// Segment rows come back light (see `Projection`); `Collected::whole` completes the ones
+/// kept. With `rollup_window`, the rows of that window in segments whose rollup is current
+/// are left out, and those rollups returned instead.
+fn collect(
+    shared: &Shared,
+    filter: &SpanFilter,
+    page: Option<&SpanQuery>,
+    rollup_window: Option<(i64, i64)>,
+) -> Result<Collected> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // Cheap conditions first; the text, the costly one, only for rows that pass them.
     let prefilter = TextPrefilter::new(filter.text.as_deref());
@@ -762,8 +892,19 @@ fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Re
         attributes: !filter.attributes.is_empty(),
         text: segment_check.text.is_some(),
     };
+    let mut rollups = Vec::new();
+    let rolled_up: Vec<Option<(i64, i64)>> = segments
+        .iter()
+        .map(|handle| {
+            let window = rollup_window
+                .filter(|(from, to)| handle.meta.max_time >= *from && handle.meta.min_time < *to)?;
+            rollups.push(handle.current_rollup(&deletions)?);
+            Some(window)
+        })
+        .collect();
     let mut frontier = Frontier {
         segments: &segments,
+        rolled_up: &rolled_up,
         next: 0,
         heap: std::collections::BinaryHeap::new(),
     };
@@ -804,21 +945,22 @@ fn collect(shared: &Shared, filter: &SpanFilter, page: Option<&SpanQuery>) -> Re
         }
         chunk_size = chunk_size.saturating_mul(2);
     }
-    Ok(Collected { found, segments })
+    Ok(Collected {
+        found,
+        segments,
+        rollups,
+    })
 }
 
 /// What `collect` found, with the segments its rows came from.
 struct Collected {
     found: Vec<Found>,
     segments: Vec<Arc<SegmentHandle>>,
+    /// Rollups standing in for the rows of the rollup window in their segments.
+    rollups: Vec<Arc<Rollup>>,
 }
 
 impl Collected {
-    /// The spans as found (segment rows light).
-    fn light(self) -> Vec<Arc<Span>> {
-        self.found.into_iter().map(|found| found.span).collect()
-    }
-
     /// Reads the segment rows among `found` whole.
     fn whole(segments: &[Arc<SegmentHandle>], found: Vec<Found>) -> Result<Vec<Span>> {
         let mut wanted: Vec<(usize, u32)> = found.iter().filter_map(|f| f.origin).collect();
@@ -882,7 +1024,7 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
         for ((project, day), mut rows) in partitions {
             let id = manifest.next_segment_id;
             manifest.next_segment_id += 1;
-            let supersedes = rewrites_older(&rows, existing.iter().chain(&new_handles))?;
+            let supersedes = mark_rewritten(&rows, existing.iter().chain(&new_handles));
             let written = NewSegment {
                 id,
                 project: &project,
@@ -904,11 +1046,13 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
     manifest.save(data_dir)?;
     {
         let mut state = shared.write_state();
-        state.segments.extend(new_handles);
         let flushed: Vec<*const Memtable> = frozen.iter().map(Arc::as_ptr).collect();
         state
             .frozen
             .retain(|memtable| !flushed.contains(&Arc::as_ptr(memtable)));
+        // What is left in memory was written after the flushed rows.
+        mark_rewritten_by_memtables(&state, &new_handles);
+        state.segments.extend(new_handles);
         state.manifest = manifest;
     }
     let wal_dir = data_dir.join("wal");
@@ -976,24 +1120,19 @@ fn write_segment(
     SegmentHandle::open(data_dir, meta)
 }
 
-/// Whether any of `rows` is a newer version of a span some older segment holds.
-fn rewrites_older<'a>(
+/// Marks the older segments `rows` hold newer versions of; returns whether there were any.
+fn mark_rewritten<'a>(
     rows: &[StoredSpan],
     older: impl Iterator<Item = &'a Arc<SegmentHandle>> + Clone,
-) -> Result<bool> {
-    for row in rows {
-        for handle in older.clone() {
-            if handle.may_hold(&row.span)
-                && handle
-                    .index
-                    .newest_seq(&row.span.trace_id, &row.span.span_id)?
-                    .is_some()
-            {
-                return Ok(true);
-            }
+) -> bool {
+    let mut any = false;
+    for handle in older {
+        if rows.iter().any(|row| handle.holds_key(&row.span)) {
+            handle.rewritten.store(true, Ordering::SeqCst);
+            any = true;
         }
     }
-    Ok(false)
+    any
 }
 
 /// Merges the segments of crowded partitions (and, when `force`, of partitions with
@@ -1091,6 +1230,8 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         state
             .segments
             .retain(|handle| !replaced_ids.contains(&handle.meta.id));
+        // Every row in memory is newer than every row compacted.
+        mark_rewritten_by_memtables(&state, &added);
         state.segments.extend(added);
         let flushed_seq = manifest.flushed_seq;
         state
@@ -1153,6 +1294,13 @@ impl Store for EmbeddedStore {
         if spans.is_empty() {
             return Ok(());
         }
+        // Keys must fit the index's terms, which versions and rollups rely on.
+        if let Some(problem) = spans
+            .iter()
+            .find_map(llmtrace_model::span::identity_problem)
+        {
+            return Err(llmtrace_model::Error::BadRequest(problem));
+        }
         self.wait_for_room()?;
         let entry = EncodedEntry::spans(&spans)?;
         self.submit(entry, Mutation::Spans(spans))?;
@@ -1169,7 +1317,8 @@ impl Store for EmbeddedStore {
         let Collected {
             mut found,
             segments,
-        } = collect(&self.shared, &filter, Some(query))?;
+            ..
+        } = collect(&self.shared, &filter, Some(query), None)?;
         // Only the page (and one more, to know there is more) is read whole.
         found.sort_by(|a, b| b.span.order().cmp(&a.span.order()));
         found.truncate(query.limit.saturating_add(1));
@@ -1196,8 +1345,18 @@ impl Store for EmbeddedStore {
     }
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        let spans = collect(&self.shared, &query.filter, None)?.light();
-        Ok(aggregate_matching(query, spans.iter().map(Arc::as_ref)))
+        let window = rollup::rollup_window(query);
+        let collected = collect(&self.shared, &query.filter, None, window)?;
+        let mut aggregation = Aggregation::new(query);
+        for found in &collected.found {
+            aggregation.add_span(&found.span);
+        }
+        if let Some(window) = window {
+            for rollup in &collected.rollups {
+                aggregation.add_rollup(rollup, window);
+            }
+        }
+        Ok(aggregation.finish())
     }
 
     fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
@@ -1211,7 +1370,7 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let removed = collect(&self.shared, &filter, None)?.found.len() as u64;
+        let removed = collect(&self.shared, &filter, None, None)?.found.len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),

@@ -194,6 +194,25 @@ fn key_text(trace_id: &str, span_id: &str) -> String {
     format!("{trace_id}/{span_id}")
 }
 
+/// A 64-bit hash of a span's key text (FNV-1a over its bytes, then mixed), computed the
+/// same from a span and from the index's key terms. Equal keys hash equal; a collision
+/// only makes a check conservative.
+pub fn key_hash(trace_id: &str, span_id: &str) -> u64 {
+    key_text_hash([trace_id.as_bytes(), b"/", span_id.as_bytes()])
+}
+
+fn key_text_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts.into_iter().flatten() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly; finish with a multiply-xorshift.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^ (hash >> 33)
+}
+
 fn meta_text(key: &str, value: &str) -> String {
     format!("{key}\u{0}{value}")
 }
@@ -333,6 +352,27 @@ impl SegmentIndex {
         let query = TermQuery::new(term, IndexRecordOption::Basic);
         let found = self.collect(&query, Ranges::of(&SpanFilter::default()))?;
         Ok(found.iter().map(|candidate| candidate.seq).max())
+    }
+
+    /// `key_hash` of every span key this segment holds, sorted.
+    pub fn key_hashes(&self) -> Result<Vec<u64>> {
+        let searcher = self.reader.searcher();
+        let mut hashes = Vec::with_capacity(searcher.num_docs() as usize);
+        for reader in searcher.segment_readers() {
+            let keys = reader
+                .inverted_index(self.fields.key)
+                .map_err(|e| index_error(&self.path, e))?;
+            let mut stream = keys
+                .terms()
+                .stream()
+                .map_err(|e| index_error(&self.path, e))?;
+            while stream.advance() {
+                hashes.push(key_text_hash([stream.key()]));
+            }
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        Ok(hashes)
     }
 
     fn collect(&self, query: &dyn Query, ranges: Ranges) -> Result<Vec<Candidate>> {

@@ -8,6 +8,7 @@ mod fsutil;
 pub mod index;
 mod manifest;
 mod memtable;
+pub mod rollup;
 pub mod segment;
 pub mod wal;
 mod writer;

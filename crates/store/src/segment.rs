@@ -8,7 +8,8 @@
 //! dictionary they touch. Row numbers are the ones the segment's index (`index.rs`) holds.
 //! JSON-valued span fields are stored as JSON text. `_seq` is the WAL sequence number of the
 //! write that produced the row: among rows with the same (project, trace_id, span_id) the
-//! highest `_seq` is the live one.
+//! highest `_seq` is the live one. The footer's key-value metadata holds the segment's
+//! rollup (`rollup.rs`) as JSON under `llmtrace.rollup`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,12 +31,16 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::rollup::Rollup;
+
+/// Footer key of the segment's rollup.
+const ROLLUP_KEY: &str = "llmtrace.rollup";
 
 /// A span with the WAL sequence number of the write that produced it.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,6 +275,9 @@ fn write_grouped(path: &Path, rows: &mut [StoredSpan], row_group_rows: usize) ->
             .write(&to_batch(chunk)?)
             .map_err(|e| Error::segment(path, e))?;
     }
+    let rollup = Rollup::of(rows.iter().map(|row| row.span.as_ref()));
+    let rollup = serde_json::to_string(&rollup).map_err(Error::encode)?;
+    writer.append_key_value_metadata(KeyValue::new(ROLLUP_KEY.to_string(), rollup));
     let file = writer.into_inner().map_err(|e| Error::segment(path, e))?;
     file.sync_all().map_err(|e| Error::io(path, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -320,6 +328,23 @@ pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
         return Err(Error::segment(path, "schema does not match this version"));
     }
     Ok(metadata)
+}
+
+/// The rollup a segment's footer holds; `None` for segments written without one.
+pub fn rollup(path: &Path, metadata: &ArrowReaderMetadata) -> Result<Option<Rollup>> {
+    let Some(entries) = metadata.metadata().file_metadata().key_value_metadata() else {
+        return Ok(None);
+    };
+    let Some(json) = entries
+        .iter()
+        .find(|entry| entry.key == ROLLUP_KEY)
+        .and_then(|entry| entry.value.as_deref())
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| Error::segment(path, format!("rollup: {e}")))
 }
 
 /// Reads the rows at `rows` (ascending row numbers), in that order. The page index lets

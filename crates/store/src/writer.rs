@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use llmtrace_model::{Deletion, Span};
 
-use crate::engine::Shared;
+use crate::engine::{Shared, note_write};
 use crate::error::{Error, Result};
 use crate::manifest::DeletionRecord;
 use crate::memtable::Memtable;
@@ -161,11 +161,13 @@ impl WalThread {
             *unsynced = true;
         }
         {
-            let mut state = self.shared.write_state();
+            let mut guard = self.shared.write_state();
+            let state = &mut *guard;
             for item in pending.iter_mut() {
                 match std::mem::replace(&mut item.mutation, Mutation::Spans(Vec::new())) {
                     Mutation::Spans(spans) => {
                         for span in spans {
+                            note_write(&state.segments, &span);
                             state.active.insert(item.seq, span);
                         }
                     }

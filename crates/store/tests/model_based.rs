@@ -55,6 +55,7 @@ fn make_span(key: u8, version: u8) -> Span {
         start_time: BASE + (k % 5) * DAY_NS + k * 1_000_000,
         end_time: BASE + (k % 5) * DAY_NS + k * 1_000_000 + 5_000_000,
         duration_ms: f64::from(key) * 1.5 + f64::from(version),
+        time_to_first_token_ms: key.is_multiple_of(3).then(|| f64::from(key) + 0.25),
         status: if (key + version).is_multiple_of(5) {
             SpanStatus::Error
         } else {
@@ -142,6 +143,17 @@ fn filters(project: &str) -> Vec<SpanFilter> {
             ..base.clone()
         },
         SpanFilter {
+            // Cuts through the hour that holds day 1's rows: rollups answer only whole hours.
+            since: Some(BASE + DAY_NS + 17_000_000),
+            until: Some(BASE + 4 * DAY_NS + 3_600_000_000_000),
+            ..base.clone()
+        },
+        SpanFilter {
+            model: Some("model-2".into()),
+            kinds: vec![SpanKind::Llm],
+            ..base.clone()
+        },
+        SpanFilter {
             min_duration_ms: Some(20.0),
             ..base
         },
@@ -162,14 +174,77 @@ fn all_pages(store: &EmbeddedStore, filter: &SpanFilter) -> Vec<Span> {
     }
 }
 
-/// Sums of floats depend on the order rows are visited in; compare them to 1e-9.
-fn rounded(mut rows: Vec<AggregateRow>) -> Vec<AggregateRow> {
-    let round = |x: f64| (x * 1e9).round() / 1e9;
-    for row in &mut rows {
-        row.total_cost_usd = round(row.total_cost_usd);
-        row.latency_avg_ms = round(row.latency_avg_ms);
+/// Counts and token sums must be exact. Sums of floats depend on the order rows are
+/// visited in (compared to 1e-9); percentiles come from sketches, within 1% of the exact
+/// nearest-rank value.
+fn assert_aggregates_agree(got: &[AggregateRow], exact: &[AggregateRow], what: &str) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    let within = |a: f64, b: f64| (a - b).abs() <= 0.01 * b.abs() + 1e-6;
+    let key = |row: &AggregateRow| {
+        (
+            row.bucket_start,
+            row.group.clone(),
+            row.count,
+            row.error_count,
+            row.input_tokens,
+            row.output_tokens,
+            row.total_tokens,
+        )
+    };
+    let got_keys: Vec<_> = got.iter().map(key).collect();
+    let exact_keys: Vec<_> = exact.iter().map(key).collect();
+    assert_eq!(got_keys, exact_keys, "{what}");
+    for (got, exact) in got.iter().zip(exact) {
+        assert!(
+            close(got.total_cost_usd, exact.total_cost_usd),
+            "{what}: cost {got:?} {exact:?}"
+        );
+        assert!(
+            close(got.latency_avg_ms, exact.latency_avg_ms),
+            "{what}: avg {got:?} {exact:?}"
+        );
+        assert!(
+            close(got.error_rate, exact.error_rate),
+            "{what}: error rate"
+        );
+        for (a, b) in [
+            (got.latency_p50_ms, exact.latency_p50_ms),
+            (got.latency_p90_ms, exact.latency_p90_ms),
+            (got.latency_p95_ms, exact.latency_p95_ms),
+            (got.latency_p99_ms, exact.latency_p99_ms),
+        ] {
+            assert!(within(a, b), "{what}: latency percentile {got:?} {exact:?}");
+        }
+        for (a, b) in [
+            (got.ttft_p50_ms, exact.ttft_p50_ms),
+            (got.ttft_p95_ms, exact.ttft_p95_ms),
+        ] {
+            match (a, b) {
+                (Some(a), Some(b)) => assert!(within(a, b), "{what}: ttft {got:?} {exact:?}"),
+                (a, b) => assert_eq!(a, b, "{what}: ttft"),
+            }
+        }
     }
-    rows
+}
+
+fn aggregate_queries(filter: &SpanFilter) -> Vec<AggregateQuery> {
+    vec![
+        AggregateQuery {
+            filter: filter.clone(),
+            bucket_seconds: Some(86_400),
+            group_by: vec![Dimension::Model, Dimension::Status],
+        },
+        AggregateQuery {
+            filter: filter.clone(),
+            bucket_seconds: Some(3_600),
+            group_by: vec![Dimension::Kind],
+        },
+        AggregateQuery {
+            filter: filter.clone(),
+            bucket_seconds: None,
+            group_by: vec![Dimension::User],
+        },
+    ]
 }
 
 fn check(store: &EmbeddedStore, model: &BTreeMap<SpanKey, Span>) {
@@ -184,16 +259,13 @@ fn check(store: &EmbeddedStore, model: &BTreeMap<SpanKey, Span>) {
             let got = all_pages(store, &filter);
             assert_eq!(got, expected, "search {filter:?}");
 
-            let query = AggregateQuery {
-                filter: filter.clone(),
-                bucket_seconds: Some(86_400),
-                group_by: vec![Dimension::Model, Dimension::Status],
-            };
-            assert_eq!(
-                rounded(store.aggregate(&query).unwrap()),
-                rounded(aggregate(&query, model.values())),
-                "aggregate {filter:?}"
-            );
+            for query in aggregate_queries(&filter) {
+                assert_aggregates_agree(
+                    &store.aggregate(&query).unwrap(),
+                    &aggregate(&query, model.values()),
+                    &format!("aggregate {query:?}"),
+                );
+            }
         }
         for trace in 1..=14 {
             let trace_id = format!("{trace:032x}");

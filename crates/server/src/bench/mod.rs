@@ -485,6 +485,46 @@ fn store(args: StoreArgs) -> Result<()> {
             }),
         ),
         (
+            "cost per model per day, last 30 days (ragged edges)".into(),
+            Box::new(|| {
+                let query = AggregateQuery {
+                    filter: SpanFilter {
+                        since: Some(end - 30 * 86_400_000_000_000),
+                        until: Some(end),
+                        ..project.clone()
+                    },
+                    bucket_seconds: Some(86_400),
+                    group_by: vec![Dimension::Model],
+                };
+                Ok(store.aggregate(&query)?.len())
+            }),
+        ),
+        (
+            "error rate per provider per hour, last 24 h".into(),
+            Box::new(|| {
+                let query = AggregateQuery {
+                    filter: SpanFilter {
+                        since: Some(end - 86_400_000_000_000),
+                        ..project.clone()
+                    },
+                    bucket_seconds: Some(3_600),
+                    group_by: vec![Dimension::Provider, Dimension::Status],
+                };
+                Ok(store.aggregate(&query)?.len())
+            }),
+        ),
+        (
+            "tokens per user (not rolled up: reads rows)".into(),
+            Box::new(|| {
+                let query = AggregateQuery {
+                    filter: project.clone(),
+                    bucket_seconds: None,
+                    group_by: vec![Dimension::User],
+                };
+                Ok(store.aggregate(&query)?.len())
+            }),
+        ),
+        (
             "p99 latency per model".into(),
             Box::new(|| {
                 let query = AggregateQuery {
@@ -512,10 +552,7 @@ fn store(args: StoreArgs) -> Result<()> {
         store.append((0..n).map(|_| fresh.next_span("bench")).collect())?;
     }
     let in_memtable = store.stats()?.memtable_rows;
-    for (name, query) in queries
-        .iter()
-        .filter(|(name, _)| name.starts_with("search"))
-    {
+    for (name, query) in &queries {
         let (took, rows) = time(args.repeat, query)?;
         println!(
             "| {name}, {in_memtable} of them in the memtable | {:.1} ms ({rows} rows) |",

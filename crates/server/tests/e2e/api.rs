@@ -165,8 +165,10 @@ fn trees_sessions_and_aggregates() {
     assert_eq!(openai["error_count"], 0);
     let anthropic = data.iter().find(|r| r["group"][0] == "anthropic").unwrap();
     assert_eq!(anthropic["error_count"], 4);
-    // latency of call i is (i+1)*10 ms: p50 of the odd calls 2,4,…,40 (×10) is 200 ms
-    assert_eq!(anthropic["latency_p50_ms"], 200.0);
+    // latency of call i is (i+1)*10 ms: p50 of the odd calls 2,4,…,40 (×10) is 200 ms,
+    // reported from a sketch within 1%
+    let p50 = anthropic["latency_p50_ms"].as_f64().unwrap();
+    assert!((p50 - 200.0).abs() <= 2.0, "p50 {p50}");
     let bucketed = server
         .get("/api/v1/aggregate?bucket=10s&group_by=model")
         .json();
