@@ -77,7 +77,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "the session"}, "404": {"description": "no such session"}}
             }},
             "/api/v1/aggregate": {"get": {
-                "summary": "time buckets x dimensions: count, error rate, tokens, cost, latency percentiles",
+                "summary": "time buckets x dimensions: count, error rate, tokens, cost, latency percentiles (within 1%, from sketches)",
                 "parameters": filter_params(&["group_by", "bucket"]),
                 "responses": {"200": {"description": "aggregate rows"}, "400": {"description": "bad parameter"}}
             }},

@@ -251,12 +251,8 @@ fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
     Ok(builder.build())
 }
 
-/// Writes rows (any order) as one segment file, sorted by start time, fsync'd.
-pub fn write(path: &Path, rows: &mut [StoredSpan]) -> Result<u64> {
-    write_grouped(path, rows, ROW_GROUP_ROWS)
-}
-
-fn write_grouped(path: &Path, rows: &mut [StoredSpan], row_group_rows: usize) -> Result<u64> {
+/// Sorts rows into segment file order: by start time, then ids.
+pub fn sort_rows(rows: &mut [StoredSpan]) {
     rows.sort_by(|a, b| {
         (a.span.start_time, &a.span.trace_id, &a.span.span_id).cmp(&(
             b.span.start_time,
@@ -264,6 +260,14 @@ fn write_grouped(path: &Path, rows: &mut [StoredSpan], row_group_rows: usize) ->
             &b.span.span_id,
         ))
     });
+}
+
+/// Writes rows, already in `sort_rows` order, as one segment file, fsync'd.
+pub fn write(path: &Path, rows: &[StoredSpan]) -> Result<u64> {
+    write_grouped(path, rows, ROW_GROUP_ROWS)
+}
+
+fn write_grouped(path: &Path, rows: &[StoredSpan], row_group_rows: usize) -> Result<u64> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -328,6 +332,18 @@ pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
         return Err(Error::segment(path, "schema does not match this version"));
     }
     Ok(metadata)
+}
+
+/// Compressed bytes per column (all row groups), from the footer.
+pub fn column_bytes(metadata: &ArrowReaderMetadata) -> Vec<(String, u64)> {
+    let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    for group in metadata.metadata().row_groups() {
+        for column in group.columns() {
+            *bytes.entry(column.column_path().string()).or_default() +=
+                column.compressed_size().max(0) as u64;
+        }
+    }
+    bytes.into_iter().collect()
 }
 
 /// The rollup a segment's footer holds; `None` for segments written without one.
@@ -652,7 +668,8 @@ mod tests {
             })
             .collect();
         // Row groups of 8 rows: the second pass must select across them.
-        write_grouped(&path, &mut rows, 8).unwrap();
+        sort_rows(&mut rows);
+        write_grouped(&path, &rows, 8).unwrap();
         let groups = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
             .unwrap()
             .metadata()
@@ -765,7 +782,8 @@ mod tests {
                 }),
             },
         ];
-        write(&path, &mut rows).unwrap();
+        sort_rows(&mut rows);
+        write(&path, &rows).unwrap();
         open_metadata(&path).unwrap();
         let back = read(&path).unwrap();
         assert_eq!(back.len(), 2);

@@ -5,7 +5,12 @@
 //! record := len:u32le crc:u32le body[len]
 //! body   := seq:u64le kind:u8 payload        crc = crc32c(body)
 //! kind   := 1 spans (payload = JSON array of Span) | 2 deletion (payload = JSON Deletion)
+//!         | 3 spans, zstd (payload = zstd frame of the JSON array of Span)
 //! ```
+//!
+//! Span batches are written compressed (kind 3): chat calls resend their history, so a
+//! batch compresses several-fold, and the log's write bandwidth is what bounds durable
+//! ingest of large spans. Kind 1 is still read.
 //!
 //! Files are named `{first_seq:020}.wal`; the writer starts a new file at every memtable
 //! rotation, so a file's rows are either all in the memtable or all in a flushed segment.
@@ -25,6 +30,9 @@ use crate::fsutil::{fsync_dir, move_to_quarantine};
 pub const MAGIC: &[u8; 8] = b"LTWAL001";
 const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
+const KIND_SPANS_ZSTD: u8 = 3;
+/// zstd level for span batches: the fastest levels already catch repeated history.
+const ZSTD_LEVEL: i32 = 1;
 /// No single record may be larger than this; a longer length field means corruption.
 pub const MAX_RECORD_BYTES: u32 = 512 << 20;
 const HEADER_BYTES: usize = 8;
@@ -44,9 +52,10 @@ pub struct EncodedEntry {
 
 impl EncodedEntry {
     pub fn spans(spans: &[Span]) -> Result<EncodedEntry> {
+        let json = serde_json::to_vec(spans).map_err(Error::encode)?;
         Ok(EncodedEntry {
-            kind: KIND_SPANS,
-            payload: serde_json::to_vec(spans).map_err(Error::encode)?,
+            kind: KIND_SPANS_ZSTD,
+            payload: zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(Error::encode)?,
         })
     }
 
@@ -239,6 +248,10 @@ fn decode_record(data: &[u8], offset: usize) -> Option<(u64, WalEntry, usize)> {
     let payload = &body[9..];
     let entry = match body[8] {
         KIND_SPANS => WalEntry::Spans(serde_json::from_slice(payload).ok()?),
+        KIND_SPANS_ZSTD => {
+            let json = zstd::stream::decode_all(payload).ok()?;
+            WalEntry::Spans(serde_json::from_slice(&json).ok()?)
+        }
         KIND_DELETION => WalEntry::Deletion(serde_json::from_slice(payload).ok()?),
         _ => return None,
     };
@@ -288,6 +301,33 @@ mod tests {
         let (seqs, report) = replay(&path, &dir.path().join("q"));
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(report.cut_bytes, 0);
+    }
+
+    #[test]
+    fn compressed_and_plain_span_records_both_decode() {
+        let spans = vec![Span {
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            input_text: "hello ".repeat(100),
+            ..Span::default()
+        }];
+        let compressed = EncodedEntry::spans(&spans).unwrap();
+        assert_eq!(compressed.kind, KIND_SPANS_ZSTD);
+        let plain = EncodedEntry {
+            kind: KIND_SPANS,
+            payload: serde_json::to_vec(&spans).unwrap(),
+        };
+        assert!(
+            compressed.payload.len() * 2 < plain.payload.len(),
+            "repeated text compresses"
+        );
+        for (seq, entry) in [(7, compressed), (8, plain)] {
+            let mut bytes = Vec::new();
+            frame(seq, &entry, &mut bytes);
+            let (decoded_seq, decoded, end) = decode_record(&bytes, 0).unwrap();
+            assert_eq!((decoded_seq, end), (seq, bytes.len()));
+            assert_eq!(decoded, WalEntry::Spans(spans.clone()));
+        }
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct StoreArgs {
     /// Spans appended per batch for the durable ingest measurements.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     batches: Vec<usize>,
+    /// Threads appending concurrently in the durable ingest measurements.
+    #[arg(long, default_value_t = 1)]
+    appenders: usize,
     /// Repetitions of each query (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
@@ -270,7 +273,8 @@ fn store(args: StoreArgs) -> Result<()> {
     let end = now_ns();
     println!("| measurement | result |");
     println!("|---|---|");
-    // Durable ingest at each batch size, fsync per group commit, one appender thread.
+    // Durable ingest at each batch size, fsync per group commit, `appenders` threads
+    // appending concurrently (as concurrent requests do; group commit shares fsyncs).
     for &batch in &args.batches {
         let dir = args.dir.join(format!("ingest-batch-{batch}"));
         let store = open(&dir, Durability::Fsync)?;
@@ -282,13 +286,34 @@ fn store(args: StoreArgs) -> Result<()> {
             batches.push((0..batch).map(|_| corpus.next_span("bench")).collect());
         }
         let written = (batches.len() * batch) as u64;
-        let started = Instant::now();
-        for spans in batches {
-            store.append(spans)?;
+        let mut lanes: Vec<Vec<Vec<_>>> = (0..args.appenders.max(1)).map(|_| Vec::new()).collect();
+        let lane_count = lanes.len();
+        for (n, spans) in batches.into_iter().enumerate() {
+            lanes[n % lane_count].push(spans);
         }
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let store = &store;
+            let appenders: Vec<_> = lanes
+                .into_iter()
+                .map(|lane| {
+                    scope.spawn(move || -> Result<()> {
+                        for spans in lane {
+                            store.append(spans)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            appenders.into_iter().try_for_each(|appender| {
+                appender
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("appender panicked"))?
+            })
+        })?;
         let rate = written as f64 / started.elapsed().as_secs_f64();
         println!(
-            "| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans | {rate:.0} spans/s |",
+            "| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans, {lane_count} appender(s) | {rate:.0} spans/s |",
             args.text_bytes
         );
         store.close()?;
@@ -331,6 +356,34 @@ fn store(args: StoreArgs) -> Result<()> {
         100.0 * stats.segment_bytes as f64 / raw_json_bytes as f64,
         raw_json_bytes >> 20
     );
+    // Where the bytes go: message content versus every other column.
+    let columns = store.column_bytes();
+    let content = ["input", "output", "input_text", "output_text"];
+    let content_bytes: u64 = columns
+        .iter()
+        .filter(|(name, _)| content.contains(&name.as_str()))
+        .map(|(_, bytes)| bytes)
+        .sum();
+    let other_bytes: u64 = columns.values().sum::<u64>() - content_bytes;
+    println!(
+        "| message columns (input, output, input_text, output_text) | {:.0} bytes/span |",
+        content_bytes as f64 / args.spans as f64
+    );
+    println!(
+        "| every other column (ids, times, usage, metadata, attributes, …) | {:.0} bytes/span |",
+        other_bytes as f64 / args.spans as f64
+    );
+    let mut largest: Vec<(&String, &u64)> = columns
+        .iter()
+        .filter(|(name, _)| !content.contains(&name.as_str()))
+        .collect();
+    largest.sort_by_key(|(_, bytes)| std::cmp::Reverse(**bytes));
+    for (name, bytes) in largest.into_iter().take(6) {
+        println!(
+            "| column {name} | {:.1} bytes/span |",
+            *bytes as f64 / args.spans as f64
+        );
+    }
     let project = SpanFilter::for_project("bench");
     let longest_word = probe
         .output_text
