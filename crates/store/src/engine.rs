@@ -1147,7 +1147,7 @@ fn write_segment(
 /// Marks the older segments `rows` hold newer versions of; returns whether there were any.
 fn mark_rewritten<'a>(
     rows: &[StoredSpan],
-    older: impl Iterator<Item = &'a Arc<SegmentHandle>> + Clone,
+    older: impl Iterator<Item = &'a Arc<SegmentHandle>>,
 ) -> bool {
     let mut any = false;
     for handle in older {
