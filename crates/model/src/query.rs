@@ -407,18 +407,7 @@ pub fn aggregate<'a>(
     query: &AggregateQuery,
     spans: impl IntoIterator<Item = &'a Span>,
 ) -> Vec<AggregateRow> {
-    aggregate_matching(
-        query,
-        spans.into_iter().filter(|span| query.filter.matches(span)),
-    )
-}
-
-/// `aggregate` over spans the caller already knows match `query.filter` (a backend that
-/// filtered them, perhaps from rows read without the columns only the filter needs).
-pub fn aggregate_matching<'a>(
-    query: &AggregateQuery,
-    spans: impl IntoIterator<Item = &'a Span>,
-) -> Vec<AggregateRow> {
+    let spans = spans.into_iter().filter(|span| query.filter.matches(span));
     let bucket_ns = query
         .bucket_seconds
         .map(|seconds| seconds.max(1) * 1_000_000_000);
