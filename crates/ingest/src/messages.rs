@@ -92,6 +92,185 @@ pub fn from_openai_messages(raw: &Value) -> Option<Value> {
     ))
 }
 
+/// A tool call in normalized form; `arguments` stays the JSON text the model produced.
+fn tool_call(id: &Value, name: &Value, arguments: &Value) -> Value {
+    let arguments = match arguments {
+        Value::String(_) | Value::Null => arguments.clone(),
+        other => Value::String(other.to_string()),
+    };
+    json!({"id": id, "name": name, "arguments": arguments})
+}
+
+/// A system message from instructions given as a string or as text blocks.
+fn system_message(instructions: &Value) -> Option<Value> {
+    let content = match instructions {
+        Value::Null => return None,
+        Value::String(text) if text.is_empty() => return None,
+        Value::Array(blocks) if blocks.is_empty() => return None,
+        other => openai_content(other),
+    };
+    Some(Value::Object(message("system", content)))
+}
+
+/// Responses API items (`input` or `output`), merged into messages: message items keep
+/// their role, `function_call` items become assistant tool calls, `function_call_output`
+/// items tool messages; other items (reasoning, hosted tools) are kept as parts.
+fn from_responses_items(items: &[Value], out: &mut Vec<Value>) {
+    for item in items {
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
+        match kind {
+            "message" => out.push(from_openai_message(item)),
+            "function_call" | "custom_tool_call" => {
+                let call = tool_call(
+                    item.get("call_id").unwrap_or(&Value::Null),
+                    item.get("name").unwrap_or(&Value::Null),
+                    item.get("arguments")
+                        .or_else(|| item.get("input"))
+                        .unwrap_or(&Value::Null),
+                );
+                match out.last_mut() {
+                    Some(Value::Object(last))
+                        if last.get("role").and_then(Value::as_str) == Some("assistant") =>
+                    {
+                        if let Value::Array(calls) = last
+                            .entry("tool_calls")
+                            .or_insert_with(|| Value::Array(Vec::new()))
+                        {
+                            calls.push(call);
+                        }
+                    }
+                    _ => {
+                        let mut assistant = message("assistant", Vec::new());
+                        assistant.insert("tool_calls".into(), Value::Array(vec![call]));
+                        out.push(Value::Object(assistant));
+                    }
+                }
+            }
+            "function_call_output" | "custom_tool_call_output" => {
+                let mut tool = message(
+                    "tool",
+                    openai_content(item.get("output").unwrap_or(&Value::Null)),
+                );
+                tool.insert(
+                    "tool_call_id".into(),
+                    item.get("call_id").cloned().unwrap_or(Value::Null),
+                );
+                out.push(Value::Object(tool));
+            }
+            _ => {
+                let part = item.clone();
+                match out.last_mut() {
+                    Some(Value::Object(last))
+                        if last.get("role").and_then(Value::as_str) == Some("assistant") =>
+                    {
+                        if let Some(Value::Array(content)) = last.get_mut("content") {
+                            content.push(part);
+                        }
+                    }
+                    _ => out.push(Value::Object(message("assistant", vec![part]))),
+                }
+            }
+        }
+    }
+}
+
+/// A Responses API request's conversation: `instructions` as the system message, then
+/// `input` (a string is one user message).
+pub fn from_responses_input(instructions: &Value, input: &Value) -> Value {
+    let mut out: Vec<Value> = system_message(instructions).into_iter().collect();
+    match input {
+        Value::String(text) => out.push(Value::Object(message("user", vec![text_part(text)]))),
+        Value::Array(items) => from_responses_items(items, &mut out),
+        _ => {}
+    }
+    Value::Array(out)
+}
+
+/// A Responses API `output` list as messages.
+pub fn from_responses_output(output: &Value) -> Value {
+    let mut out = Vec::new();
+    if let Some(items) = output.as_array() {
+        from_responses_items(items, &mut out);
+    }
+    Value::Array(out)
+}
+
+/// Anthropic content blocks as one message of `role`, plus a tool message per
+/// `tool_result` block (they answer earlier tool calls).
+fn from_anthropic_message(role: &str, content: &Value, out: &mut Vec<Value>) {
+    let blocks = match content {
+        Value::Array(blocks) => blocks.clone(),
+        other => vec![json!({"type": "text", "text": other.as_str().unwrap_or_default()})],
+    };
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    let mut results = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(text_part(
+                block.get("text").and_then(Value::as_str).unwrap_or(""),
+            )),
+            Some("thinking") => parts.push(json!({
+                "type": "reasoning",
+                "text": block.get("thinking").cloned().unwrap_or(Value::Null)
+            })),
+            Some("image") => parts.push(json!({
+                "type": "image",
+                "url": block.pointer("/source/url").cloned().unwrap_or(Value::Null),
+                "source": block.get("source").cloned().unwrap_or(Value::Null)
+            })),
+            Some("tool_use") | Some("server_tool_use") => calls.push(tool_call(
+                block.get("id").unwrap_or(&Value::Null),
+                block.get("name").unwrap_or(&Value::Null),
+                block.get("input").unwrap_or(&Value::Null),
+            )),
+            Some("tool_result") => {
+                let mut tool = message(
+                    "tool",
+                    openai_content(block.get("content").unwrap_or(&Value::Null)),
+                );
+                tool.insert(
+                    "tool_call_id".into(),
+                    block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                );
+                if block.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    tool.insert("is_error".into(), Value::Bool(true));
+                }
+                results.push(Value::Object(tool));
+            }
+            _ => parts.push(block),
+        }
+    }
+    out.extend(results);
+    if !parts.is_empty() || !calls.is_empty() {
+        let mut msg = message(role, parts);
+        if !calls.is_empty() {
+            msg.insert("tool_calls".into(), Value::Array(calls));
+        }
+        out.push(Value::Object(msg));
+    }
+}
+
+/// An Anthropic Messages request's conversation: `system`, then `messages`.
+pub fn from_anthropic_messages(system: &Value, messages: &Value) -> Value {
+    let mut out: Vec<Value> = system_message(system).into_iter().collect();
+    for item in messages.as_array().into_iter().flatten() {
+        let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
+        from_anthropic_message(role, item.get("content").unwrap_or(&Value::Null), &mut out);
+    }
+    Value::Array(out)
+}
+
+/// An Anthropic response's content blocks as the assistant message.
+pub fn from_anthropic_content(content: &Value) -> Value {
+    let mut out = Vec::new();
+    from_anthropic_message("assistant", content, &mut out);
+    Value::Array(out)
+}
+
 /// OTel GenAI (v1.37+) messages: `{role, parts:[…], name?, finish_reason?}`.
 pub fn from_genai_messages(raw: &Value) -> Option<Value> {
     let items = raw.as_array()?;
@@ -344,5 +523,47 @@ mod tests {
             messages[0]["content"][1],
             json!({"type": "image", "url": "https://x/y.png"})
         );
+    }
+
+    #[test]
+    fn responses_items_become_messages_with_tool_calls() {
+        let input = json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rainy"}
+        ]);
+        let messages = from_responses_input(&json!("Be brief."), &input);
+        assert_eq!(messages[0]["role"], "system");
+        assert_eq!(messages[1]["content"][0]["text"], "Weather in Paris?");
+        assert_eq!(messages[2]["tool_calls"][0]["id"], "c1");
+        assert_eq!(messages[3]["role"], "tool");
+        assert_eq!(messages[3]["content"][0]["text"], "rainy");
+        let output = from_responses_output(&json!([
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "It rains."}]}
+        ]));
+        assert_eq!(output[0]["content"][0]["type"], "reasoning");
+        assert_eq!(output[1]["content"][0]["text"], "It rains.");
+    }
+
+    #[test]
+    fn anthropic_blocks_become_messages() {
+        let messages = from_anthropic_messages(
+            &json!([{"type": "text", "text": "You help."}]),
+            &json!([
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "rainy"}]}
+            ]),
+        );
+        assert_eq!(messages[0]["content"][0]["text"], "You help.");
+        assert_eq!(
+            messages[2]["tool_calls"][0]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(messages[3]["role"], "tool");
+        assert_eq!(messages[3]["tool_call_id"], "t1");
+        let text = flatten_text(&messages);
+        assert!(text.contains("rainy") && text.contains("Weather?"));
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use llmtrace_gateway::GatewayConfig;
 use llmtrace_store::Durability;
 use serde::Deserialize;
 
@@ -24,6 +25,8 @@ pub struct Config {
     pub retention_days: u32,
     pub flush_interval_seconds: u64,
     pub max_inflight_ingest: usize,
+    /// The `[gateway]` table: providers, aliases, timeouts, capture policy.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             retention_days: 30,
             flush_interval_seconds: 30,
             max_inflight_ingest: 256,
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ struct FileConfig {
     retention_days: Option<u32>,
     flush_interval_seconds: Option<u64>,
     max_inflight_ingest: Option<usize>,
+    gateway: Option<GatewayConfig>,
 }
 
 /// Setting names, as used in the file; the environment variable is `LLMTRACE_<NAME>`.
@@ -139,7 +144,11 @@ impl Config {
             retention_days,
             flush_interval_seconds,
             max_inflight_ingest,
+            gateway,
         } = file;
+        if let Some(v) = gateway {
+            self.gateway = v;
+        }
         if let Some(v) = data_dir {
             self.data_dir = v;
         }
@@ -183,6 +192,9 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_inflight_ingest == 0 {
             bail!("max_body_bytes and max_inflight_ingest must be positive");
         }
+        self.gateway
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[gateway] {e}"))?;
         Ok(())
     }
 
@@ -245,6 +257,44 @@ mod tests {
             Config::load(None, &env).unwrap().durability().unwrap(),
             Durability::Interval(Duration::from_millis(50))
         );
+    }
+
+    #[test]
+    fn gateway_table_parses_with_providers_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("llmtrace.toml");
+        std::fs::write(
+            &file,
+            r#"
+[gateway]
+first_byte_timeout = "20s"
+store_false = "full"
+
+[[gateway.providers]]
+name = "local"
+base_url = "http://127.0.0.1:11434/v1"
+
+[[gateway.providers]]
+name = "claude"
+base_url = "https://api.anthropic.com/v1"
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+
+[gateway.aliases]
+smart = ["claude/claude-sonnet-4-5", "local/llama3"]
+"#,
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &HashMap::new()).unwrap();
+        assert_eq!(config.gateway.providers.len(), 2);
+        assert_eq!(config.gateway.first_byte_timeout, Duration::from_secs(20));
+        assert_eq!(config.gateway.aliases["smart"].len(), 2);
+        std::fs::write(&file, "[gateway]\naliases = { smart = [\"nowhere/x\"] }\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&file), &HashMap::new()).unwrap_err()
+        );
+        assert!(err.contains("smart"), "{err}");
     }
 
     #[test]

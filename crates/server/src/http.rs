@@ -22,6 +22,7 @@ use crate::params;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub gateway: Arc<llmtrace_gateway::Gateway>,
     pub default_project: String,
     pub max_body_bytes: usize,
     pub ingest_slots: Semaphore,
@@ -36,6 +37,7 @@ type Shared = Arc<AppState>;
 pub fn router(state: Shared) -> Router {
     otlp_router()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/traces", get(search_llm_calls))
         .route("/api/v1/spans", get(search_spans))
         .route("/api/v1/traces/{trace_id}", get(get_trace))
@@ -62,6 +64,53 @@ pub fn otlp_only(state: Shared) -> Router {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// Prometheus text exposition of the counters operators watch.
+async fn metrics(State(state): State<Shared>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let gateway = state.gateway.stats();
+    let counters = [
+        (
+            "llmtrace_gateway_calls_total",
+            "Calls proxied by the gateway.",
+            gateway.calls.load(Relaxed),
+        ),
+        (
+            "llmtrace_gateway_recorded_total",
+            "Gateway calls stored as spans.",
+            gateway.recorded.load(Relaxed),
+        ),
+        (
+            "llmtrace_gateway_dropped_total",
+            "Gateway calls not recorded: capture queue full.",
+            gateway.dropped.load(Relaxed),
+        ),
+        (
+            "llmtrace_gateway_failed_total",
+            "Gateway calls the store refused.",
+            gateway.failed.load(Relaxed),
+        ),
+        (
+            "llmtrace_gateway_not_traced_total",
+            "Gateway calls sent with x-llmtrace-trace: off.",
+            gateway.not_traced.load(Relaxed),
+        ),
+        (
+            "llmtrace_otlp_metrics_requests_total",
+            "OTLP metrics requests accepted (not stored).",
+            state.metrics_requests.load(Relaxed),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// The API's error body: `{"error": {"code", "message"}}` with the matching status.

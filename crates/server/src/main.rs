@@ -67,6 +67,10 @@ struct ServeArgs {
     /// fsync, none or interval:<duration>.
     #[arg(long)]
     durability: Option<String>,
+    /// Gateway upstream as name=base_url (repeatable; the first is the default), e.g.
+    /// `--provider openai=https://api.openai.com/v1`. Replaces the file's providers.
+    #[arg(long = "provider", value_name = "NAME=URL")]
+    providers: Vec<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -106,6 +110,15 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
                 .set(name, &value)
                 .with_context(|| format!("flag --{}", name.replace('_', "-")))?;
         }
+    }
+    if !args.providers.is_empty() {
+        config.gateway.providers = args
+            .providers
+            .iter()
+            .map(|flag| llmtrace_gateway::ProviderConfig::parse_flag(flag))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        config.gateway.default_provider = None;
     }
     config.validate()?;
     Ok(config)
@@ -157,8 +170,23 @@ async fn shutdown_signal(sender: watch::Sender<bool>) {
 }
 
 async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
+    let store = store as Arc<dyn Store>;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let gateway = Arc::new(
+        llmtrace_gateway::Gateway::new(
+            config.gateway.clone(),
+            store.clone(),
+            config.default_project.clone(),
+            config.max_body_bytes,
+            &env,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("gateway")?,
+    );
+    tracing::info!(providers = ?gateway.providers(), "gateway routes /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/messages, …");
     let state = Arc::new(http::AppState {
-        store: store as Arc<dyn Store>,
+        store,
+        gateway: gateway.clone(),
         default_project: config.default_project.clone(),
         max_body_bytes: config.max_body_bytes,
         ingest_slots: tokio::sync::Semaphore::new(config.max_inflight_ingest),
@@ -174,7 +202,11 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     let http_listeners = [
-        ("http", &config.listen, http::router(state.clone())),
+        (
+            "http",
+            &config.listen,
+            http::router(state.clone()).merge(llmtrace_gateway::router(gateway.clone())),
+        ),
         (
             "otlp_http",
             &config.otlp_http_listen,
@@ -226,8 +258,15 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
     println!("llmtrace listening {}", bound.join(" "));
     tracing::info!(listeners = %bound.join(" "), data_dir = %config.data_dir.display(), "ready");
     tokio::spawn(shutdown_signal(stop_sender));
+    let mut outcome = Ok(());
     while let Some(result) = tasks.join_next().await {
-        result??;
+        if let Err(err) = result.map_err(anyhow::Error::from).and_then(|r| r) {
+            outcome = Err(err);
+            break;
+        }
     }
-    Ok(())
+    // calls proxied before shutdown are recorded before the store's final flush
+    let stopping = gateway.clone();
+    tokio::task::spawn_blocking(move || stopping.stop()).await?;
+    outcome
 }

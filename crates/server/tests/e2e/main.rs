@@ -5,6 +5,7 @@
 
 mod api;
 mod fixtures;
+mod gateway;
 mod lifecycle;
 mod otlp;
 mod python;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::{TestServer, skip};
 
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let venv = std::env::var("LLMTRACE_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
@@ -17,7 +17,7 @@ fn python() -> Option<PathBuf> {
     python.exists().then_some(python)
 }
 
-fn script(name: &str) -> PathBuf {
+pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/python")
         .join(name)

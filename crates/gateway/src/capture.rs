@@ -1,0 +1,818 @@
+//! One proxied call, as the gateway saw it (`Exchange`), turned into a span: the request
+//! and response parsed per API, streams reassembled into the final message, usage, time to
+//! first token, status. Runs on the recorder thread, never on the request path.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use llmtrace_ingest::messages::{
+    flatten_text, from_anthropic_content, from_anthropic_messages, from_openai_messages,
+    from_responses_input, from_responses_output,
+};
+use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
+use serde_json::{Map, Value, json};
+
+use crate::api::Api;
+use crate::relay::{Captured, Outcome, frame_end};
+
+/// Everything recorded about one call.
+#[derive(Debug)]
+pub struct Exchange {
+    pub api: Api,
+    pub method: String,
+    pub path: String,
+    pub project: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub start_unix_nano: i64,
+    pub started: std::time::Instant,
+    pub provider: String,
+    /// The model the client asked for.
+    pub request_model: Option<String>,
+    pub alias: Option<String>,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// False when only metadata may be kept (`x-llmtrace-trace: metadata-only`, `store:false`).
+    pub keep_content: bool,
+    /// Fingerprint of the caller's credentials (never the key), scoping session inference.
+    pub caller: Option<String>,
+    pub request: Bytes,
+    pub http_status: Option<u16>,
+    pub streamed: bool,
+    /// What the client was sent; `None` when no upstream answered.
+    pub response: Option<Captured>,
+    /// Why no upstream answered (connect failure, first-byte timeout).
+    pub failure: Option<(SpanStatus, String)>,
+    /// One entry per upstream attempt (provider, model, outcome), fallbacks included.
+    pub attempts: Vec<Value>,
+}
+
+/// Token counts as the provider reported them, normalized: input includes cached input.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Usage {
+    input: Option<i64>,
+    output: Option<i64>,
+    cached: Option<i64>,
+    cache_write: Option<i64>,
+    reasoning: Option<i64>,
+    total: Option<i64>,
+}
+
+fn int(value: &Value, pointer: &str) -> Option<i64> {
+    value.pointer(pointer).and_then(Value::as_i64)
+}
+
+impl Usage {
+    fn openai_chat(usage: &Value) -> Usage {
+        Usage {
+            input: int(usage, "/prompt_tokens"),
+            output: int(usage, "/completion_tokens"),
+            cached: int(usage, "/prompt_tokens_details/cached_tokens"),
+            cache_write: int(usage, "/prompt_tokens_details/cache_write_tokens"),
+            reasoning: int(usage, "/completion_tokens_details/reasoning_tokens"),
+            total: int(usage, "/total_tokens"),
+        }
+    }
+
+    fn openai_responses(usage: &Value) -> Usage {
+        Usage {
+            input: int(usage, "/input_tokens"),
+            output: int(usage, "/output_tokens"),
+            cached: int(usage, "/input_tokens_details/cached_tokens"),
+            cache_write: int(usage, "/input_tokens_details/cache_write_tokens"),
+            reasoning: int(usage, "/output_tokens_details/reasoning_tokens"),
+            total: int(usage, "/total_tokens"),
+        }
+    }
+
+    /// Anthropic's `input_tokens` excludes cache reads and writes; ours includes them.
+    fn anthropic(usage: &Value) -> Usage {
+        let fresh = int(usage, "/input_tokens");
+        let read = int(usage, "/cache_read_input_tokens");
+        let write = int(usage, "/cache_creation_input_tokens");
+        let input = fresh.map(|n| n + read.unwrap_or(0) + write.unwrap_or(0));
+        let output = int(usage, "/output_tokens");
+        Usage {
+            input,
+            output,
+            cached: read,
+            cache_write: write,
+            reasoning: None,
+            total: match (input, output) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.input.is_none() && self.output.is_none()
+    }
+}
+
+/// What the response said, whatever its API and framing.
+#[derive(Debug, Default)]
+struct Answer {
+    output: Option<Value>,
+    model: Option<String>,
+    finish_reason: Option<String>,
+    usage: Usage,
+    response_id: Option<String>,
+    /// Microseconds from the call's start to the first content-bearing stream event.
+    first_token_us: Option<u32>,
+    /// An error the upstream reported in its body (status or mid-stream).
+    error: Option<(String, Option<String>)>,
+    /// The response object without the parts stored elsewhere (ids, fingerprints, tiers).
+    extra: Option<Value>,
+    embedding: Option<Value>,
+}
+
+/// The `data:` payloads of an SSE body with the event name and the byte offset where each
+/// frame ends.
+fn sse_events(body: &[u8]) -> Vec<(Option<String>, String, usize)> {
+    let mut events = Vec::new();
+    let mut offset = 0;
+    while offset < body.len() {
+        let rest = &body[offset..];
+        let end = frame_end(rest).unwrap_or(rest.len());
+        let frame = String::from_utf8_lossy(&rest[..end]);
+        let mut event = None;
+        let mut data = String::new();
+        for line in frame.lines() {
+            if let Some(name) = line.strip_prefix("event:") {
+                event = Some(name.trim().to_string());
+            } else if let Some(payload) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(payload.strip_prefix(' ').unwrap_or(payload));
+            }
+        }
+        offset += end;
+        if !data.is_empty() || event.is_some() {
+            events.push((event, data, offset));
+        }
+    }
+    events
+}
+
+/// Arrival time of the chunk that completed the frame ending at `offset`.
+fn arrival(chunk_times: &[(usize, u32)], offset: usize) -> Option<u32> {
+    chunk_times
+        .iter()
+        .find(|(received, _)| *received >= offset)
+        .map(|(_, micros)| *micros)
+}
+
+fn text(value: &Value, pointer: &str) -> Option<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn error_of(body: &Value) -> Option<(String, Option<String>)> {
+    let error = body.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| error.to_string());
+    let kind = error
+        .get("type")
+        .or_else(|| error.get("code"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some((message, kind))
+}
+
+/// A response object without `drop` keys (kept elsewhere on the span).
+fn without(value: &Value, drop: &[&str]) -> Option<Value> {
+    let object = value.as_object()?;
+    let kept: Map<String, Value> = object
+        .iter()
+        .filter(|(key, _)| !drop.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    Some(Value::Object(kept))
+}
+
+fn chat_answer(body: &Value) -> Answer {
+    let choices = body.get("choices").and_then(Value::as_array);
+    let output = choices.map(|choices| {
+        let messages: Vec<Value> = choices
+            .iter()
+            .filter_map(|choice| choice.get("message").or_else(|| choice.get("text")))
+            .map(|message| match message {
+                Value::String(text) => json!({"role": "assistant", "content": text}),
+                other => other.clone(),
+            })
+            .collect();
+        from_openai_messages(&Value::Array(messages)).unwrap_or(Value::Null)
+    });
+    Answer {
+        output,
+        model: text(body, "/model"),
+        finish_reason: text(body, "/choices/0/finish_reason"),
+        usage: body
+            .get("usage")
+            .map(Usage::openai_chat)
+            .unwrap_or_default(),
+        response_id: text(body, "/id"),
+        error: error_of(body),
+        extra: without(body, &["choices", "usage"]),
+        ..Answer::default()
+    }
+}
+
+/// Chat (and legacy completions) chunks reassembled per choice: content, refusal and
+/// tool-call fragments concatenated by index.
+fn chat_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
+    #[derive(Default)]
+    struct Choice {
+        content: String,
+        refusal: String,
+        calls: BTreeMap<i64, (Value, String, String)>,
+        finish: Option<String>,
+    }
+    let mut answer = Answer::default();
+    let mut choices: BTreeMap<i64, Choice> = BTreeMap::new();
+    for (_, data, end) in sse_events(body) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        if let Some(error) = error_of(&chunk) {
+            answer.error = Some(error);
+            continue;
+        }
+        answer.model = answer.model.or_else(|| text(&chunk, "/model"));
+        answer.response_id = answer.response_id.or_else(|| text(&chunk, "/id"));
+        if answer.extra.is_none() {
+            answer.extra = without(&chunk, &["choices", "usage", "object", "obfuscation"]);
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            answer.usage = Usage::openai_chat(usage);
+        }
+        for choice in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = choice.get("index").and_then(Value::as_i64).unwrap_or(0);
+            let slot = choices.entry(index).or_default();
+            let delta = choice.get("delta").unwrap_or(choice);
+            let mut produced = false;
+            // chat deltas carry `content`; legacy completions chunks carry `text`
+            for key in ["content", "text"] {
+                if let Some(piece) = delta.get(key).and_then(Value::as_str) {
+                    produced |= !piece.is_empty();
+                    slot.content.push_str(piece);
+                }
+            }
+            if let Some(piece) = delta.get("refusal").and_then(Value::as_str) {
+                produced |= !piece.is_empty();
+                slot.refusal.push_str(piece);
+            }
+            for call in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                produced = true;
+                let call_index = call.get("index").and_then(Value::as_i64).unwrap_or(0);
+                let entry = slot
+                    .calls
+                    .entry(call_index)
+                    .or_insert_with(|| (Value::Null, String::new(), String::new()));
+                if let Some(id) = call.get("id").filter(|id| !id.is_null()) {
+                    entry.0 = id.clone();
+                }
+                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
+                    entry.1.push_str(name);
+                }
+                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
+                {
+                    entry.2.push_str(arguments);
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                slot.finish = Some(reason.to_string());
+            }
+            if produced && answer.first_token_us.is_none() {
+                answer.first_token_us = arrival(chunk_times, end);
+            }
+        }
+    }
+    answer.finish_reason = choices.values().find_map(|c| c.finish.clone());
+    let messages: Vec<Value> = choices
+        .into_values()
+        .map(|choice| {
+            let mut message = Map::new();
+            message.insert("role".into(), json!("assistant"));
+            message.insert(
+                "content".into(),
+                if choice.content.is_empty() && !choice.calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(choice.content)
+                },
+            );
+            if !choice.refusal.is_empty() {
+                message.insert("refusal".into(), Value::String(choice.refusal));
+            }
+            if !choice.calls.is_empty() {
+                let calls: Vec<Value> = choice
+                    .calls
+                    .into_values()
+                    .map(|(id, name, arguments)| {
+                        json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                    })
+                    .collect();
+                message.insert("tool_calls".into(), Value::Array(calls));
+            }
+            Value::Object(message)
+        })
+        .collect();
+    if !messages.is_empty() {
+        answer.output = from_openai_messages(&Value::Array(messages));
+    }
+    answer
+}
+
+fn responses_answer(response: &Value) -> Answer {
+    let status = text(response, "/status");
+    let error = error_of(response)
+        .filter(|_| response.get("error").is_some_and(|e| !e.is_null()))
+        .or_else(|| {
+            (status.as_deref() == Some("failed")).then(|| ("response failed".to_string(), None))
+        });
+    Answer {
+        output: response.get("output").map(from_responses_output),
+        model: text(response, "/model"),
+        finish_reason: status,
+        usage: response
+            .get("usage")
+            .map(Usage::openai_responses)
+            .unwrap_or_default(),
+        response_id: text(response, "/id"),
+        error,
+        extra: without(
+            response,
+            &[
+                "output",
+                "usage",
+                "instructions",
+                "tools",
+                "input",
+                "metadata",
+            ],
+        ),
+        ..Answer::default()
+    }
+}
+
+/// Responses events: the terminal event carries the whole response; the first `*.delta`
+/// event is the first token. Without a terminal event the text deltas are kept.
+fn responses_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
+    let mut first_token_us = None;
+    let mut partial = String::new();
+    let mut terminal = None;
+    let mut error = None;
+    for (event, data, end) in sse_events(body) {
+        let Ok(payload) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        let kind = payload
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or(event)
+            .unwrap_or_default();
+        if kind.ends_with(".delta") && first_token_us.is_none() {
+            first_token_us = arrival(chunk_times, end);
+        }
+        if kind == "response.output_text.delta"
+            && let Some(delta) = payload.get("delta").and_then(Value::as_str)
+        {
+            partial.push_str(delta);
+        }
+        match kind.as_str() {
+            "response.completed" | "response.failed" | "response.incomplete" => {
+                terminal = payload.get("response").cloned();
+            }
+            "error" => error = error_of(&json!({"error": payload})),
+            _ => {}
+        }
+    }
+    let mut answer = match terminal {
+        Some(response) => responses_answer(&response),
+        None => Answer {
+            output: (!partial.is_empty()).then(
+                || json!([{"role": "assistant", "content": [{"type": "text", "text": partial}]}]),
+            ),
+            ..Answer::default()
+        },
+    };
+    answer.first_token_us = first_token_us;
+    answer.error = answer.error.or(error);
+    answer
+}
+
+fn anthropic_answer(body: &Value) -> Answer {
+    Answer {
+        output: body.get("content").map(from_anthropic_content),
+        model: text(body, "/model"),
+        finish_reason: text(body, "/stop_reason"),
+        usage: body.get("usage").map(Usage::anthropic).unwrap_or_default(),
+        response_id: text(body, "/id"),
+        error: error_of(body),
+        extra: without(body, &["content", "usage"]),
+        ..Answer::default()
+    }
+}
+
+/// Anthropic events rebuilt into the final message: `message_start` gives the shell and
+/// initial usage, block deltas fill the content, `message_delta` the stop reason and the
+/// cumulative usage.
+fn anthropic_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
+    let mut message = json!({});
+    let mut blocks: BTreeMap<i64, Value> = BTreeMap::new();
+    let mut partial_json: BTreeMap<i64, String> = BTreeMap::new();
+    let mut usage = Map::new();
+    let mut first_token_us = None;
+    let mut error = None;
+    for (_, data, end) in sse_events(body) {
+        let Ok(event) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        let index = event.get("index").and_then(Value::as_i64).unwrap_or(0);
+        match event.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message_start" => {
+                message = event.get("message").cloned().unwrap_or_default();
+                if let Some(Value::Object(initial)) = message.get("usage") {
+                    usage.extend(initial.clone());
+                }
+            }
+            "content_block_start" => {
+                blocks.insert(
+                    index,
+                    event.get("content_block").cloned().unwrap_or_default(),
+                );
+            }
+            "content_block_delta" => {
+                if first_token_us.is_none() {
+                    first_token_us = arrival(chunk_times, end);
+                }
+                let delta = event.get("delta").cloned().unwrap_or_default();
+                let block = blocks.entry(index).or_insert_with(|| json!({}));
+                let append = |block: &mut Value, key: &str, piece: &Value| {
+                    let piece = piece.as_str().unwrap_or("");
+                    let current = block.get(key).and_then(Value::as_str).unwrap_or("");
+                    block[key] = Value::String(format!("{current}{piece}"));
+                };
+                match delta.get("type").and_then(Value::as_str).unwrap_or("") {
+                    "text_delta" => append(block, "text", &delta["text"]),
+                    "thinking_delta" => append(block, "thinking", &delta["thinking"]),
+                    "signature_delta" => append(block, "signature", &delta["signature"]),
+                    "input_json_delta" => partial_json
+                        .entry(index)
+                        .or_default()
+                        .push_str(delta["partial_json"].as_str().unwrap_or("")),
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(Value::Object(delta)) = event.get("delta") {
+                    for (key, value) in delta {
+                        message[key] = value.clone();
+                    }
+                }
+                if let Some(Value::Object(cumulative)) = event.get("usage") {
+                    usage.extend(cumulative.clone());
+                }
+            }
+            "error" => error = error_of(&event),
+            _ => {}
+        }
+    }
+    for (index, json_text) in partial_json {
+        if let Some(block) = blocks.get_mut(&index) {
+            block["input"] = serde_json::from_str(&json_text).unwrap_or(Value::String(json_text));
+        }
+    }
+    if message.is_object() {
+        message["content"] = Value::Array(blocks.into_values().collect());
+        message["usage"] = Value::Object(usage);
+    }
+    let mut answer = anthropic_answer(&message);
+    answer.first_token_us = first_token_us;
+    answer.error = answer.error.or(error);
+    answer
+}
+
+fn embeddings_answer(body: &Value) -> Answer {
+    let data = body.get("data").and_then(Value::as_array);
+    let dimensions = data
+        .and_then(|d| d.first())
+        .and_then(|first| first.get("embedding"))
+        .map(|embedding| match embedding {
+            Value::Array(values) => values.len(),
+            // base64 of little-endian float32
+            Value::String(encoded) => encoded.trim_end_matches('=').len() * 3 / 4 / 4,
+            _ => 0,
+        });
+    Answer {
+        model: text(body, "/model"),
+        usage: body
+            .get("usage")
+            .map(Usage::openai_chat)
+            .unwrap_or_default(),
+        error: error_of(body),
+        embedding: Some(json!({
+            "count": data.map(Vec::len),
+            "dimensions": dimensions,
+        })),
+        ..Answer::default()
+    }
+}
+
+fn answer_of(api: Api, streamed: bool, captured: &Captured) -> Answer {
+    if streamed {
+        return match api {
+            Api::Responses => responses_stream(&captured.body, &captured.chunk_times),
+            Api::AnthropicMessages => anthropic_stream(&captured.body, &captured.chunk_times),
+            _ => chat_stream(&captured.body, &captured.chunk_times),
+        };
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&captured.body) else {
+        return Answer::default();
+    };
+    match api {
+        Api::Chat | Api::Completions => chat_answer(&body),
+        Api::Responses => responses_answer(&body),
+        Api::AnthropicMessages => anthropic_answer(&body),
+        Api::Embeddings => embeddings_answer(&body),
+        Api::Models | Api::Other => Answer {
+            error: error_of(&body),
+            ..Answer::default()
+        },
+    }
+}
+
+/// The request's conversation, tools and parameters.
+struct Asked {
+    input: Value,
+    tools: Value,
+    params: Option<Value>,
+}
+
+fn asked(api: Api, request: &Value) -> Asked {
+    let null = Value::Null;
+    let field = |key: &str| request.get(key).unwrap_or(&null);
+    let input = match api {
+        Api::Chat => from_openai_messages(field("messages")).unwrap_or(Value::Null),
+        Api::Responses => from_responses_input(field("instructions"), field("input")),
+        Api::AnthropicMessages => from_anthropic_messages(field("system"), field("messages")),
+        Api::Completions => match field("prompt") {
+            Value::Null => Value::Null,
+            prompt => json!([{"role": "user", "content": [{"type": "text", "text": match prompt {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            }}]}]),
+        },
+        Api::Embeddings => match field("input") {
+            Value::String(text) => {
+                json!([{"role": "user", "content": [{"type": "text", "text": text}]}])
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(
+                        |text| json!({"role": "user", "content": [{"type": "text", "text": text}]}),
+                    )
+                    .collect(),
+            ),
+            _ => Value::Null,
+        },
+        Api::Models | Api::Other => Value::Null,
+    };
+    let params = without(
+        request,
+        &[
+            "messages",
+            "input",
+            "instructions",
+            "system",
+            "prompt",
+            "tools",
+            "metadata",
+        ],
+    );
+    Asked {
+        input,
+        tools: field("tools").clone(),
+        params,
+    }
+}
+
+fn float(value: &Value, key: &str) -> Option<f64> {
+    value.get(key).and_then(Value::as_f64)
+}
+
+/// The user id a request body names, if any (`user`, `safety_identifier`, Anthropic
+/// `metadata.user_id`).
+fn body_user(request: &Value) -> Option<String> {
+    ["/user", "/safety_identifier", "/metadata/user_id"]
+        .iter()
+        .find_map(|pointer| text(request, pointer))
+        .filter(|user| !user.is_empty())
+}
+
+/// Builds the span for one exchange.
+pub fn to_span(exchange: &Exchange) -> Span {
+    let request: Value = serde_json::from_slice(&exchange.request).unwrap_or(Value::Null);
+    let answer = match &exchange.response {
+        Some(captured) => answer_of(exchange.api, exchange.streamed, captured),
+        None => Answer::default(),
+    };
+    let ended = exchange
+        .response
+        .as_ref()
+        .map(|c| c.ended)
+        .unwrap_or_else(std::time::Instant::now);
+    let elapsed = ended.saturating_duration_since(exchange.started);
+    let asked = asked(exchange.api, &request);
+    let model = answer
+        .model
+        .clone()
+        .or_else(|| exchange.request_model.clone());
+    let operation = exchange.api.operation();
+
+    let mut span = Span {
+        project: exchange.project.clone(),
+        trace_id: exchange.trace_id.clone(),
+        span_id: exchange.span_id.clone(),
+        parent_span_id: exchange.parent_span_id.clone(),
+        name: match (&exchange.api, &model) {
+            (Api::Other, _) | (Api::Models, _) => format!("{} {}", exchange.method, exchange.path),
+            (_, Some(model)) => format!("{operation} {model}"),
+            (_, None) => operation.to_string(),
+        },
+        kind: match exchange.api {
+            Api::Chat | Api::Responses | Api::Completions | Api::AnthropicMessages => SpanKind::Llm,
+            Api::Embeddings => SpanKind::Embedding,
+            Api::Models | Api::Other => SpanKind::Other,
+        },
+        source: SpanSource::Gateway,
+        start_time: exchange.start_unix_nano,
+        end_time: exchange.start_unix_nano + elapsed.as_nanos() as i64,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        time_to_first_token_ms: answer.first_token_us.map(|us| f64::from(us) / 1000.0),
+        http_status: exchange.http_status,
+        session_id: exchange.session_id.clone(),
+        user_id: exchange.user_id.clone().or_else(|| body_user(&request)),
+        provider: Some(exchange.provider.clone()),
+        request_model: exchange.request_model.clone(),
+        model,
+        routing_alias: exchange.alias.clone(),
+        operation: Some(operation.to_string()),
+        stream: Some(exchange.streamed),
+        temperature: float(&request, "temperature"),
+        max_tokens: ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|key| request.get(*key).and_then(Value::as_i64)),
+        top_p: float(&request, "top_p"),
+        finish_reason: answer.finish_reason.clone(),
+        input_tokens: answer.usage.input,
+        output_tokens: answer.usage.output,
+        cached_input_tokens: answer.usage.cached,
+        reasoning_tokens: answer.usage.reasoning,
+        total_tokens: answer
+            .usage
+            .total
+            .or(match (answer.usage.input, answer.usage.output) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            }),
+        usage_source: (!answer.usage.is_empty()).then(|| "reported".to_string()),
+        ..Span::default()
+    };
+
+    // metadata: the body's (OpenAI `metadata`, string pairs), then headers, which win
+    if let Some(Value::Object(pairs)) = request.get("metadata") {
+        for (key, value) in pairs {
+            if key == "user_id" && exchange.api == Api::AnthropicMessages {
+                continue;
+            }
+            let value = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            span.metadata.insert(key.clone(), value);
+        }
+    }
+    span.metadata.extend(exchange.metadata.clone());
+
+    // outcome
+    let (status, message, error_type) = match (&exchange.failure, &exchange.response) {
+        (Some((status, message)), _) => (*status, Some(message.clone()), None),
+        (None, Some(captured)) => match &captured.outcome {
+            Outcome::Cancelled => (
+                SpanStatus::Cancelled,
+                Some("client disconnected".to_string()),
+                None,
+            ),
+            Outcome::Timeout => (
+                SpanStatus::Timeout,
+                Some("upstream total timeout".to_string()),
+                None,
+            ),
+            Outcome::Failed(message) => (SpanStatus::Error, Some(message.clone()), None),
+            Outcome::Completed => match (&answer.error, exchange.http_status) {
+                (Some((message, kind)), _) => {
+                    (SpanStatus::Error, Some(message.clone()), kind.clone())
+                }
+                (None, Some(code)) if code >= 400 => (
+                    SpanStatus::Error,
+                    Some(format!("upstream answered HTTP {code}")),
+                    None,
+                ),
+                _ => (SpanStatus::Ok, None, None),
+            },
+        },
+        (None, None) => (SpanStatus::Error, Some("no response".to_string()), None),
+    };
+    span.status = status;
+    span.status_message = message;
+    span.error_type = error_type.or_else(|| {
+        (status != SpanStatus::Ok)
+            .then(|| exchange.http_status.map(|code| code.to_string()))
+            .flatten()
+    });
+
+    // attributes: what has no column
+    let mut attributes = Map::new();
+    attributes.insert("http.request.method".into(), json!(exchange.method));
+    attributes.insert("url.path".into(), json!(exchange.path));
+    if let Some(id) = &answer.response_id {
+        attributes.insert("gen_ai.response.id".into(), json!(id));
+    }
+    if let Some(write) = answer.usage.cache_write {
+        attributes.insert(
+            "gen_ai.usage.cache_creation.input_tokens".into(),
+            json!(write),
+        );
+    }
+    if let Some(params) = asked.params {
+        attributes.insert("llmtrace.request".into(), params);
+    }
+    if let Some(extra) = answer.extra {
+        attributes.insert("llmtrace.response".into(), extra);
+    }
+    if let Some(embedding) = answer.embedding {
+        attributes.insert("llmtrace.embeddings".into(), embedding);
+    }
+    if exchange.attempts.len() > 1 {
+        attributes.insert(
+            "llmtrace.attempts".into(),
+            Value::Array(exchange.attempts.clone()),
+        );
+    }
+    if let Some(captured) = &exchange.response
+        && captured.truncated
+    {
+        attributes.insert("llmtrace.response_truncated".into(), json!(true));
+    }
+    if let Some(caller) = &exchange.caller {
+        attributes.insert("llmtrace.caller".into(), json!(caller));
+    }
+
+    // content is always parsed (session inference needs it); the recorder drops it when
+    // only metadata may be kept
+    span.input = asked.input;
+    span.output = answer.output.unwrap_or(Value::Null);
+    span.tools = asked.tools;
+    span.input_text = flatten_text(&span.input);
+    span.output_text = flatten_text(&span.output);
+    if let Some(captured) = &exchange.response
+        && span.status != SpanStatus::Ok
+        && answer.error.is_none()
+    {
+        // an error body the parser did not understand is kept as it came (bounded)
+        let end = captured.body.len().min(4096);
+        attributes.insert(
+            "llmtrace.response_body".into(),
+            json!(String::from_utf8_lossy(&captured.body[..end])),
+        );
+    }
+    span.attributes = Value::Object(attributes);
+    span
+}

@@ -1,0 +1,195 @@
+//! Capture off the request path: a bounded queue of exchanges and one thread that turns
+//! them into spans (sessions inferred, content dropped where asked) and appends them to the
+//! store in batches. A full queue or a failing store never blocks a proxied call: what could
+//! not be recorded is counted and logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use llmtrace_model::{ErrorCode, Span, Store};
+use serde_json::Value;
+
+use crate::capture::{Exchange, to_span};
+use crate::sessions::Sessions;
+
+/// Counters, exported as metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls proxied (every route, recorded or not).
+    pub calls: AtomicU64,
+    /// Spans appended to the store.
+    pub recorded: AtomicU64,
+    /// Calls not recorded because the queue was full.
+    pub dropped: AtomicU64,
+    /// Spans the store refused after retries.
+    pub failed: AtomicU64,
+    /// Calls the client asked not to trace (`x-llmtrace-trace: off`).
+    pub not_traced: AtomicU64,
+}
+
+enum Message {
+    Exchange(Box<Exchange>),
+    Stop,
+}
+
+#[derive(Clone)]
+pub struct RecorderHandle {
+    sender: SyncSender<Message>,
+    stats: Arc<Stats>,
+}
+
+impl RecorderHandle {
+    /// Queues an exchange; never waits.
+    pub fn record(&self, exchange: Box<Exchange>) {
+        match self.sender.try_send(Message::Exchange(exchange)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // log the first and then every power of two, not every call
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped,
+                        "gateway capture queue full: calls are proxied but not recorded"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+pub struct Recorder {
+    handle: RecorderHandle,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Settings the recorder thread needs.
+pub struct RecorderConfig {
+    pub capacity: usize,
+    pub infer_sessions: bool,
+}
+
+const BATCH: usize = 512;
+
+impl Recorder {
+    pub fn start(store: Arc<dyn Store>, config: RecorderConfig) -> Recorder {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(config.capacity);
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("gateway-recorder".into())
+            .spawn(move || run(receiver, store, thread_stats, config.infer_sessions))
+            .ok();
+        if thread.is_none() {
+            tracing::error!("cannot start the gateway recorder thread: calls will not be recorded");
+        }
+        Recorder {
+            handle: RecorderHandle { sender, stats },
+            thread: std::sync::Mutex::new(thread),
+        }
+    }
+
+    pub fn handle(&self) -> &RecorderHandle {
+        &self.handle
+    }
+
+    /// Records everything queued so far, then stops the thread.
+    pub fn stop(&self) {
+        let _ = self.handle.sender.send(Message::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, infer: bool) {
+    let mut sessions = Sessions::new(200_000);
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = receiver.recv() else { return };
+        let mut batch = Vec::new();
+        let take = |message: Message, batch: &mut Vec<Box<Exchange>>| match message {
+            Message::Exchange(exchange) => {
+                batch.push(exchange);
+                false
+            }
+            Message::Stop => true,
+        };
+        stop = take(first, &mut batch);
+        while !stop && batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(message) => stop = take(message, &mut batch),
+                Err(_) => break,
+            }
+        }
+        let spans: Vec<Span> = batch
+            .iter()
+            .map(|exchange| span_of(exchange, infer.then_some(&mut sessions)))
+            .collect();
+        append(store.as_ref(), spans, &stats);
+    }
+}
+
+/// The span for an exchange, with a session inferred and content dropped as asked.
+fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
+    let mut span = to_span(exchange);
+    if let Some(sessions) = sessions
+        && span.is_model_call()
+        && span.input.as_array().is_some_and(|m| !m.is_empty())
+    {
+        let scope = format!(
+            "{}\u{1f}{}\u{1f}{}",
+            span.project,
+            span.user_id.as_deref().unwrap_or(""),
+            exchange.caller.as_deref().unwrap_or("")
+        );
+        let request: Value = serde_json::from_slice(&exchange.request).unwrap_or(Value::Null);
+        let previous = request.get("previous_response_id").and_then(Value::as_str);
+        sessions.apply(&mut span, &scope, previous);
+    }
+    if !exchange.keep_content {
+        if let Value::Object(attributes) = &mut span.attributes {
+            attributes.remove("llmtrace.request");
+            attributes.remove("llmtrace.response_body");
+            attributes.insert("llmtrace.content".into(), Value::from("metadata-only"));
+        }
+        span.input = Value::Null;
+        span.output = Value::Null;
+        span.tools = Value::Null;
+        span.input_text.clear();
+        span.output_text.clear();
+    }
+    span
+}
+
+fn append(store: &dyn Store, spans: Vec<Span>, stats: &Stats) {
+    let count = spans.len() as u64;
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0.. {
+        match store.append(spans.clone()) {
+            Ok(_) => {
+                stats.recorded.fetch_add(count, Ordering::Relaxed);
+                return;
+            }
+            Err(err)
+                if attempt < 5
+                    && matches!(err.code(), ErrorCode::RateLimited | ErrorCode::Unavailable) =>
+            {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(err) => {
+                stats.failed.fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(error = %err, spans = count, "gateway could not record calls");
+                return;
+            }
+        }
+    }
+}
