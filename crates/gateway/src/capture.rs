@@ -816,3 +816,96 @@ pub fn to_span(exchange: &Exchange) -> Span {
     span.attributes = Value::Object(attributes);
     span
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A completed plain chat call, for tests.
+    pub(crate) fn sample(trace: &str) -> Exchange {
+        let body = json!({"id": "chatcmpl-1", "model": "gpt-x-1", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+        let started = std::time::Instant::now();
+        Exchange {
+            api: Api::Chat,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            project: "default".into(),
+            trace_id: trace.into(),
+            span_id: "00000000000000a1".into(),
+            parent_span_id: None,
+            start_unix_nano: 1_800_000_000_000_000_000,
+            started,
+            provider: "openai".into(),
+            request_model: Some("gpt-x".into()),
+            alias: None,
+            session_id: None,
+            user_id: None,
+            metadata: BTreeMap::new(),
+            keep_content: true,
+            caller: None,
+            request: Bytes::from(
+                json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hello"}]})
+                    .to_string(),
+            ),
+            http_status: Some(200),
+            streamed: false,
+            response: Some(Captured {
+                body: Bytes::from(body.to_string()),
+                truncated: false,
+                chunk_times: vec![],
+                outcome: Outcome::Completed,
+                ended: started + std::time::Duration::from_millis(5),
+            }),
+            failure: None,
+            attempts: vec![],
+        }
+    }
+
+    #[test]
+    fn a_plain_chat_call_becomes_an_llm_span() {
+        let span = to_span(&sample("t1"));
+        assert_eq!(span.kind, SpanKind::Llm);
+        assert_eq!(span.model.as_deref(), Some("gpt-x-1"));
+        assert_eq!(span.request_model.as_deref(), Some("gpt-x"));
+        assert_eq!((span.input_tokens, span.output_tokens), (Some(3), Some(1)));
+        assert_eq!(span.input_text, "hello");
+        assert_eq!(span.output_text, "hi");
+        assert_eq!(span.status, SpanStatus::Ok);
+        assert!((span.duration_ms - 5.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn stream_events_are_reassembled_with_first_token_time() {
+        let body = concat!(
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let first_frame = body.find("\n\n").unwrap() + 2;
+        // the role-only chunk came at 1 ms, the rest at 7 ms
+        let times = vec![(first_frame, 1_000), (body.len(), 7_000)];
+        let answer = chat_stream(body.as_bytes(), &times);
+        assert_eq!(answer.first_token_us, Some(7_000));
+        assert_eq!(flatten_text(answer.output.as_ref().unwrap()), "Hello");
+        assert_eq!(answer.finish_reason.as_deref(), Some("stop"));
+        let anthropic = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg\",\"model\":\"claude\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":2,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"w\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":15}}\n\n"
+        );
+        let answer = anthropic_stream(anthropic.as_bytes(), &[(anthropic.len(), 3_000)]);
+        let output = answer.output.unwrap();
+        assert_eq!(
+            output[0]["tool_calls"][0]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(answer.usage.input, Some(12));
+        assert_eq!(answer.usage.output, Some(15));
+        assert_eq!(answer.finish_reason.as_deref(), Some("tool_use"));
+    }
+}

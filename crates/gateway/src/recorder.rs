@@ -193,3 +193,92 @@ fn append(store: &dyn Store, spans: Vec<Span>, stats: &Stats) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Instant;
+
+    use llmtrace_model::{
+        AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, SpanQuery, StoreStats,
+    };
+
+    use super::*;
+    use crate::capture::tests::sample;
+
+    /// A store whose appends wait until the test opens the gate.
+    #[derive(Default)]
+    struct GatedStore {
+        open: Mutex<bool>,
+        opened: Condvar,
+        spans: Mutex<Vec<Span>>,
+    }
+
+    impl Store for GatedStore {
+        fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            self.spans.lock().unwrap().extend(spans);
+            Ok(())
+        }
+        fn search(&self, _: &SpanQuery) -> llmtrace_model::Result<Page> {
+            unimplemented!()
+        }
+        fn trace(&self, _: &str, _: &str) -> llmtrace_model::Result<Vec<Span>> {
+            unimplemented!()
+        }
+        fn session(&self, _: &str, _: &str) -> llmtrace_model::Result<Vec<SessionTrace>> {
+            unimplemented!()
+        }
+        fn aggregate(&self, _: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
+            unimplemented!()
+        }
+        fn delete(&self, _: &Deletion) -> llmtrace_model::Result<u64> {
+            unimplemented!()
+        }
+        fn retention_sweep(&self, _: i64) -> llmtrace_model::Result<u64> {
+            unimplemented!()
+        }
+        fn flush(&self) -> llmtrace_model::Result<()> {
+            Ok(())
+        }
+        fn stats(&self) -> llmtrace_model::Result<StoreStats> {
+            unimplemented!()
+        }
+    }
+
+    #[test]
+    fn a_stuck_store_never_blocks_recording_and_losses_are_counted() {
+        let store = Arc::new(GatedStore::default());
+        let recorder = Recorder::start(
+            store.clone(),
+            RecorderConfig {
+                capacity: 8,
+                infer_sessions: true,
+            },
+        );
+        let started = Instant::now();
+        for i in 0..100 {
+            recorder
+                .handle()
+                .record(Box::new(sample(&format!("{i:032x}"))));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "recording waited for the store"
+        );
+        let stats = recorder.handle().stats().clone();
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        // at most a full queue plus one batch in the thread's hands (itself at most a queue
+        // and one) got through
+        assert!(dropped >= 100 - 2 * 8 - 1, "dropped {dropped}");
+        *store.open.lock().unwrap() = true;
+        store.opened.notify_all();
+        recorder.stop();
+        let stored = store.spans.lock().unwrap().len() as u64;
+        assert_eq!(stored + dropped, 100);
+        assert_eq!(stats.recorded.load(Ordering::Relaxed), stored);
+    }
+}

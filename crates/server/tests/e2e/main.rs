@@ -6,6 +6,7 @@
 mod api;
 mod fixtures;
 mod gateway;
+mod gateway_faults;
 mod lifecycle;
 mod otlp;
 mod python;

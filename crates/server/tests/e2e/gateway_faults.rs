@@ -1,0 +1,250 @@
+//! The gateway when upstreams misbehave: slow first byte, errors with an alias fallback,
+//! unreachable, a connection cut mid-stream, and a client that goes away mid-stream.
+//! The upstream is a small axum server inside the test; no Python needed.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::gateway::spans_of;
+use crate::support::TestServer;
+
+#[derive(Default)]
+struct Seen {
+    /// The upstream noticed its stream's reader went away.
+    stream_cancelled: AtomicBool,
+}
+
+fn chunk(text: &str) -> Bytes {
+    let chunk = json!({"id": "chatcmpl-d", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+    Bytes::from(format!("data: {chunk}\n\n"))
+}
+
+async fn chat(seen: Arc<Seen>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    match request["model"].as_str().unwrap_or("") {
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            (StatusCode::OK, "{}").into_response()
+        }
+        "fail" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "primary is down", "type": "server_error"}})),
+        )
+            .into_response(),
+        // one chunk, then nothing until the reader leaves
+        "drip" => {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            tokio::spawn(async move {
+                let _ = sender.send(Ok(chunk("partial answer"))).await;
+                for _ in 0..300 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if sender.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                        seen.stream_cancelled.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+            sse(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        }
+        // one chunk, then the connection breaks
+        "cut" => {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+            tokio::spawn(async move {
+                let _ = sender.send(Ok(chunk("half"))).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = sender.send(Err(std::io::Error::other("upstream crashed"))).await;
+            });
+            sse(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        }
+        model => axum::Json(json!({
+            "id": "chatcmpl-ok", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        }))
+        .into_response(),
+    }
+}
+
+fn sse(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+/// Runs the fake upstream on its own runtime thread; returns its base URL.
+fn start_upstream(seen: Arc<Seen>) -> String {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            sender.send(listener.local_addr().unwrap()).unwrap();
+            let app = Router::new().route(
+                "/v1/chat/completions",
+                axum::routing::post(move |body: Bytes| chat(seen.clone(), body)),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}/v1", receiver.recv().unwrap())
+}
+
+fn call(server: &TestServer, user: &str, body: Value) -> (u16, Value) {
+    let reply = server.post(
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-llmtrace-user-id", user),
+        ],
+        body.to_string().as_bytes(),
+    );
+    let json = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    (reply.status, json)
+}
+
+/// Sends a chat request on a raw socket, so the test controls how the response is read.
+fn open_stream(server: &TestServer, user: &str, body: Value) -> TcpStream {
+    let address = server.http.trim_start_matches("http://");
+    let mut socket = TcpStream::connect(address).unwrap();
+    let body = body.to_string();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\nx-llmtrace-user-id: {user}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+}
+
+#[test]
+fn timeouts_fallbacks_failures_and_disconnects_are_recorded_truthfully() {
+    let seen = Arc::new(Seen::default());
+    let upstream = start_upstream(seen.clone());
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("llmtrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[gateway]
+first_byte_timeout = "1s"
+total_timeout = "20s"
+
+[[gateway.providers]]
+name = "primary"
+base_url = "{upstream}"
+
+[[gateway.providers]]
+name = "backup"
+base_url = "{upstream}"
+
+[[gateway.providers]]
+name = "dead"
+base_url = "http://127.0.0.1:1/v1"
+
+[gateway.aliases]
+smart = ["primary/fail", "backup/steady"]
+"#
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_in(
+        &temp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+
+    // no response headers within first_byte_timeout → 504, status timeout
+    let started = Instant::now();
+    let (status, body) = call(&server, "slow", json!({"model": "slow", "messages": []}));
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(body["error"]["type"], "timeout");
+    let span = spans_of(&server, "slow", 1).remove(0);
+    assert_eq!(span["status"], "timeout");
+    assert_eq!(span["http_status"], 504);
+
+    // the alias falls back from a 500 to its second target; the client sees only the 200
+    let (status, body) = call(&server, "alias", json!({"model": "smart", "messages": []}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "steady");
+    let span = spans_of(&server, "alias", 1).remove(0);
+    assert_eq!(span["routing_alias"], "smart");
+    assert_eq!(span["provider"], "backup");
+    assert_eq!(span["request_model"], "smart");
+    let attempts = span["attributes"]["llmtrace.attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["provider"], "primary");
+    assert_eq!(attempts[0]["result"], "500");
+    assert_eq!(attempts[1]["result"], "200");
+
+    // an unreachable provider → 502, status error
+    let (status, body) = call(&server, "dead", json!({"model": "dead/x", "messages": []}));
+    assert_eq!(status, 502, "{body}");
+    let span = spans_of(&server, "dead", 1).remove(0);
+    assert_eq!(span["status"], "error");
+    assert!(
+        span["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+    );
+
+    // the upstream connection breaks mid-stream: the client's stream breaks too, the span
+    // keeps what came
+    let mut socket = open_stream(
+        &server,
+        "cut",
+        json!({"model": "cut", "stream": true, "stream_options": {"include_usage": true}, "messages": []}),
+    );
+    let mut received = Vec::new();
+    let _ = socket.read_to_end(&mut received); // ends in an error or EOF: either is fine
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.contains("half"), "{received}");
+    assert!(
+        !received.ends_with("0\r\n\r\n"),
+        "a cut stream must not look complete"
+    );
+    let span = spans_of(&server, "cut", 1).remove(0);
+    assert_eq!(span["status"], "error", "{span:#}");
+    assert_eq!(span["output_text"], "half");
+
+    // the client goes away mid-stream: upstream call cancelled, partial output kept
+    let mut socket = open_stream(
+        &server,
+        "drip",
+        json!({"model": "drip", "stream": true, "messages": [{"role": "user", "content": "go"}]}),
+    );
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("partial answer") {
+        let n = socket.read(&mut buffer).unwrap();
+        assert!(n > 0, "stream ended early");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    drop(socket);
+    let span = spans_of(&server, "drip", 1).remove(0);
+    assert_eq!(span["status"], "cancelled", "{span:#}");
+    assert_eq!(span["output_text"], "partial answer");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.stream_cancelled.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream call was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
