@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use llmtrace_model::{ErrorCode, Span, Store};
+use llmtrace_model::{ErrorCode, Span, SpanKind, Store};
 use serde_json::Value;
 
 use crate::capture::{Exchange, to_span};
@@ -141,7 +141,7 @@ fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, in
 fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
     let mut span = to_span(exchange);
     if let Some(sessions) = sessions
-        && span.is_model_call()
+        && span.kind == SpanKind::Llm
         && span.input.as_array().is_some_and(|m| !m.is_empty())
     {
         let scope = format!(

@@ -3,9 +3,12 @@
 //! - `bench ingest`: OTLP/HTTP protobuf ingest over loopback against any OTLP endpoint
 //!   (llmtrace or a peer), then the time until every span is queryable;
 //! - `bench store`: the embedded store directly: durable ingest at several batch sizes, query
-//!   latencies and bytes on disk.
+//!   latencies and bytes on disk;
+//! - `bench gateway`: the gateway's added latency, throughput, streaming and memory against a
+//!   fake upstream, beside direct calls and (optionally) the LiteLLM proxy.
 
 pub mod corpus;
+mod gateway;
 mod otlp;
 
 use std::path::PathBuf;
@@ -25,6 +28,8 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// The embedded store directly: durable ingest, queries, bytes on disk.
     Store(StoreArgs),
+    /// The gateway against a fake upstream, beside direct calls and LiteLLM.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(clap::Args)]
@@ -90,6 +95,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args),
         BenchCommand::Store(args) => store(args),
+        BenchCommand::Gateway(args) => gateway::run(args),
     }
 }
 

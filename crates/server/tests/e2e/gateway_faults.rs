@@ -75,6 +75,26 @@ async fn chat(seen: Arc<Seen>, body: Bytes) -> Response {
     }
 }
 
+/// Azure OpenAI's URL shape; answers with what it received, so the test can check it.
+async fn azure(
+    axum::extract::Path(deployment): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let seen = json!({
+        "deployment": deployment,
+        "query": query,
+        "api_key": headers.get("api-key").and_then(|v| v.to_str().ok()),
+        "authorization": headers.get("authorization").and_then(|v| v.to_str().ok()),
+    });
+    axum::Json(json!({
+        "id": "chatcmpl-az", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-11-20",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": seen.to_string()}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    }))
+    .into_response()
+}
+
 fn sse(body: Body) -> Response {
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
@@ -91,10 +111,15 @@ fn start_upstream(seen: Arc<Seen>) -> String {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             sender.send(listener.local_addr().unwrap()).unwrap();
-            let app = Router::new().route(
-                "/v1/chat/completions",
-                axum::routing::post(move |body: Bytes| chat(seen.clone(), body)),
-            );
+            let app = Router::new()
+                .route(
+                    "/v1/chat/completions",
+                    axum::routing::post(move |body: Bytes| chat(seen.clone(), body)),
+                )
+                .route(
+                    "/openai/deployments/{deployment}/chat/completions",
+                    axum::routing::post(azure),
+                );
             axum::serve(listener, app).await.unwrap();
         });
     });
@@ -154,19 +179,51 @@ name = "backup"
 base_url = "{upstream}"
 
 [[gateway.providers]]
+name = "azure"
+base_url = "{azure}"
+api_version = "2024-10-21"
+api_key_env = "AZURE_TEST_KEY"
+
+[[gateway.providers]]
 name = "dead"
 base_url = "http://127.0.0.1:1/v1"
 
 [gateway.aliases]
 smart = ["primary/fail", "backup/steady"]
-"#
+"#,
+            azure = upstream.trim_end_matches("/v1"),
         ),
     )
     .unwrap();
-    let server = TestServer::start_in(
+    let server = TestServer::start_with_env(
         &temp.path().join("data"),
         &["--config", config.to_str().unwrap()],
+        &[("AZURE_TEST_KEY", "az-secret")],
     );
+
+    // Azure: deployment in the path, api-version added, the configured key replaces the
+    // client's credentials
+    let reply = server.post(
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer client-key"),
+            ("x-llmtrace-user-id", "azure"),
+        ],
+        json!({"model": "azure/gpt4o-prod", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let content = reply.json()["choices"][0]["message"]["content"].clone();
+    let echoed: Value = serde_json::from_str(content.as_str().unwrap()).unwrap();
+    assert_eq!(echoed["deployment"], "gpt4o-prod");
+    assert_eq!(echoed["query"], "api-version=2024-10-21");
+    assert_eq!(echoed["api_key"], "az-secret");
+    assert_eq!(echoed["authorization"], Value::Null);
+    let span = spans_of(&server, "azure", 1).remove(0);
+    assert_eq!(span["provider"], "azure");
+    assert_eq!(span["model"], "gpt-4o-2024-11-20");
 
     // no response headers within first_byte_timeout → 504, status timeout
     let started = Instant::now();

@@ -83,7 +83,13 @@ impl TestServer {
 
     /// Starts the binary on an existing data dir with extra flags.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
+        TestServer::start_with_env(data_dir, extra, &[])
+    }
+
+    /// As `start_in`, with extra environment variables for the server.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+            .envs(env.iter().copied())
             .args([
                 "serve",
                 "--listen",
