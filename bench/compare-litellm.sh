@@ -9,6 +9,6 @@ if [ ! -x .bench-venv/litellm/bin/litellm ]; then
   python3 -m venv .bench-venv/litellm
   .bench-venv/litellm/bin/pip install -q 'litellm[proxy]==1.106.2'
 fi
-# 10,000 held streams need ~20,000 sockets in this process and in the proxy
+# held streams need two sockets each in this process and in the proxy
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec target/release/llmtrace bench gateway --litellm .bench-venv/litellm/bin/litellm "$@"

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use llmtrace_model::{ErrorCode, Span, SpanKind, Store};
+use llmtrace_model::{Span, SpanKind, Store};
 use serde_json::Value;
 
 use crate::capture::{Exchange, to_span};
@@ -76,6 +76,9 @@ pub struct RecorderConfig {
 }
 
 const BATCH: usize = 512;
+/// How long the recorder lets calls accumulate before storing them (well inside the 1 s in
+/// which a call should be queryable).
+const LINGER: Duration = Duration::from_millis(50);
 
 impl Recorder {
     pub fn start(store: Arc<dyn Store>, config: RecorderConfig) -> Recorder {
@@ -123,6 +126,11 @@ fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, in
             Message::Stop => true,
         };
         stop = take(first, &mut batch);
+        if !stop {
+            // let a batch gather: one store append (and fsync) per batch, and calls queued
+            // meanwhile wake no one
+            std::thread::sleep(LINGER);
+        }
         while !stop && batch.len() < BATCH {
             match receiver.try_recv() {
                 Ok(message) => stop = take(message, &mut batch),
@@ -169,27 +177,17 @@ fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
     span
 }
 
+/// One append per batch. The store itself waits out backpressure (and then refuses), so a
+/// refusal here is final: counted and logged, never retried into a growing backlog.
 fn append(store: &dyn Store, spans: Vec<Span>, stats: &Stats) {
     let count = spans.len() as u64;
-    let mut delay = Duration::from_millis(50);
-    for attempt in 0.. {
-        match store.append(spans.clone()) {
-            Ok(_) => {
-                stats.recorded.fetch_add(count, Ordering::Relaxed);
-                return;
-            }
-            Err(err)
-                if attempt < 5
-                    && matches!(err.code(), ErrorCode::RateLimited | ErrorCode::Unavailable) =>
-            {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            Err(err) => {
-                stats.failed.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(error = %err, spans = count, "gateway could not record calls");
-                return;
-            }
+    match store.append(spans) {
+        Ok(_) => {
+            stats.recorded.fetch_add(count, Ordering::Relaxed);
+        }
+        Err(err) => {
+            stats.failed.fetch_add(count, Ordering::Relaxed);
+            tracing::warn!(error = %err, spans = count, "gateway could not record calls");
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub retention_days: u32,
     pub flush_interval_seconds: u64,
     pub max_inflight_ingest: usize,
+    /// Async worker threads; 0 means one per CPU core.
+    pub worker_threads: usize,
     /// The `[gateway]` table: providers, aliases, timeouts, capture policy.
     pub gateway: GatewayConfig,
 }
@@ -42,6 +44,7 @@ impl Default for Config {
             retention_days: 30,
             flush_interval_seconds: 30,
             max_inflight_ingest: 256,
+            worker_threads: 0,
             gateway: GatewayConfig::default(),
         }
     }
@@ -61,11 +64,12 @@ struct FileConfig {
     retention_days: Option<u32>,
     flush_interval_seconds: Option<u64>,
     max_inflight_ingest: Option<usize>,
+    worker_threads: Option<usize>,
     gateway: Option<GatewayConfig>,
 }
 
 /// Setting names, as used in the file; the environment variable is `LLMTRACE_<NAME>`.
-pub const SETTINGS: [&str; 10] = [
+pub const SETTINGS: [&str; 11] = [
     "data_dir",
     "listen",
     "otlp_http_listen",
@@ -76,6 +80,7 @@ pub const SETTINGS: [&str; 10] = [
     "retention_days",
     "flush_interval_seconds",
     "max_inflight_ingest",
+    "worker_threads",
 ];
 
 fn listen(value: &str) -> Listen {
@@ -105,6 +110,7 @@ impl Config {
             "retention_days" => self.retention_days = number(name)? as u32,
             "flush_interval_seconds" => self.flush_interval_seconds = number(name)?,
             "max_inflight_ingest" => self.max_inflight_ingest = number(name)? as usize,
+            "worker_threads" => self.worker_threads = number(name)? as usize,
             other => bail!("unknown setting {other:?}"),
         }
         Ok(())
@@ -144,8 +150,12 @@ impl Config {
             retention_days,
             flush_interval_seconds,
             max_inflight_ingest,
+            worker_threads,
             gateway,
         } = file;
+        if let Some(v) = worker_threads {
+            self.worker_threads = v;
+        }
         if let Some(v) = gateway {
             self.gateway = v;
         }

@@ -138,9 +138,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         EmbeddedStore::open(store_config)
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(run(config, store.clone()))?;
     tracing::info!("flushing the store");
     store.close().context("final flush failed")?;
@@ -220,6 +222,10 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
             .with_context(|| format!("cannot listen on {address}"))?;
         bound.push(format!("{name}={}", listener.local_addr()?));
         let signal = wait_for(stop.clone());
+        // small writes (SSE frames, proxied chunks) go out at once, not after Nagle's wait
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(signal)

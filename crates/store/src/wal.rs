@@ -55,7 +55,7 @@ impl EncodedEntry {
         let json = serde_json::to_vec(spans).map_err(Error::encode)?;
         Ok(EncodedEntry {
             kind: KIND_SPANS_ZSTD,
-            payload: zstd::bulk::compress(&json, ZSTD_LEVEL).map_err(Error::encode)?,
+            payload: compress(&json)?,
         })
     }
 
@@ -65,6 +65,24 @@ impl EncodedEntry {
             payload: serde_json::to_vec(deletion).map_err(Error::encode)?,
         })
     }
+}
+
+thread_local! {
+    /// One compression context per appending thread: creating a context costs more than
+    /// compressing a small batch.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(Error::encode)?),
+        };
+        compressor.compress(bytes).map_err(Error::encode)
+    })
 }
 
 fn frame(seq: u64, entry: &EncodedEntry, out: &mut Vec<u8>) {

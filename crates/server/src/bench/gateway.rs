@@ -28,8 +28,9 @@ pub struct GatewayArgs {
     /// Connections for the throughput runs against a 20 ms upstream.
     #[arg(long, value_delimiter = ',', default_value = "100,400")]
     concurrency: Vec<usize>,
-    /// Streams held open for the memory measurement (0 skips it).
-    #[arg(long, default_value_t = 10_000)]
+    /// Streams held open for the memory measurement (0 skips it). Each takes a socket at
+    /// both ends of both hops: 9,000 fits a 20,000-descriptor limit.
+    #[arg(long, default_value_t = 9_000)]
     open_streams: usize,
     /// The `litellm` executable (PyPI `litellm[proxy]`) to run side by side.
     #[arg(long)]
@@ -42,8 +43,9 @@ struct Behaviour {
     delay_ms: AtomicU64,
     chunks: AtomicU64,
     chunk_gap_ms: AtomicU64,
-    /// Held streams send one chunk, then wait until this changes.
+    /// Held streams send one chunk, then wait for this (at most two minutes).
     release: tokio::sync::Notify,
+    releasing: std::sync::atomic::AtomicBool,
     held: AtomicUsize,
 }
 
@@ -92,9 +94,12 @@ async fn upstream_chat(behaviour: Arc<Behaviour>, body: Bytes) -> Response {
     tokio::spawn(async move {
         if hold {
             let released = behaviour.release.notified();
-            behaviour.held.fetch_add(1, Ordering::Relaxed);
             let _ = sender.send(Ok(chunk(&model, "held", usage))).await;
-            released.await;
+            // a stream that arrives after the release (a proxy's backlog) is not held
+            if !behaviour.releasing.load(Ordering::SeqCst) {
+                behaviour.held.fetch_add(1, Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_secs(120), released).await;
+            }
         } else {
             for i in 0..chunks {
                 if i > 0 && gap > 0 {
@@ -154,6 +159,9 @@ fn start_upstream(behaviour: Arc<Behaviour>) -> Result<String> {
                     "/v1/chat/completions",
                     axum::routing::post(move |body: Bytes| upstream_chat(behaviour.clone(), body)),
                 );
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let _ = axum::serve(listener, app).await;
             });
         })?;
@@ -234,6 +242,7 @@ fn start_llmtrace(upstream: &str, dir: &std::path::Path) -> Result<Proxy> {
         .arg(format!("bench=http://{upstream}/v1"))
         .env("LLMTRACE_LOG", "warn")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.with_extension("log"))?)
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
@@ -337,12 +346,29 @@ fn chat_request(target: &Target, model: &str, stream: bool) -> Request<Full<Byte
 /// Latencies of one run (µs, sorted) and what the chunks looked like.
 #[derive(Default)]
 struct Run {
+    /// Requests completed, warm-up included.
+    sent: u64,
     latencies: Vec<u64>,
     first_chunk: Vec<u64>,
     chunk_gaps: Vec<u64>,
     errors: u64,
     elapsed: Duration,
 }
+
+impl Run {
+    fn absorb(&mut self, other: Run) {
+        self.sent += other.sent;
+        self.latencies.extend(other.latencies);
+        self.first_chunk.extend(other.first_chunk);
+        self.chunk_gaps.extend(other.chunk_gaps);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+}
+
+const ROUNDS: u64 = 3;
+/// A request that takes longer counts as an error (a proxy may stall under overload).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -360,7 +386,7 @@ async fn load(
     seconds: u64,
     stream: bool,
 ) -> Run {
-    let warm_until = Instant::now() + Duration::from_secs(1);
+    let warm_until = Instant::now() + Duration::from_millis(500);
     let stop_at = warm_until + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
@@ -373,10 +399,8 @@ async fn load(
                     return run;
                 }
                 let started = Instant::now();
-                let Ok(response) = client
-                    .request(chat_request(&target, "gpt-4o-mini", stream))
-                    .await
-                else {
+                let request = client.request(chat_request(&target, "gpt-4o-mini", stream));
+                let Ok(Ok(response)) = tokio::time::timeout(REQUEST_TIMEOUT, request).await else {
                     run.errors += 1;
                     continue;
                 };
@@ -385,7 +409,9 @@ async fn load(
                 let mut first = None;
                 let mut last = started;
                 let mut gaps = Vec::new();
-                while let Some(frame) = body.frame().await {
+                while let Ok(Some(frame)) =
+                    tokio::time::timeout_at((started + REQUEST_TIMEOUT).into(), body.frame()).await
+                {
                     let Ok(frame) = frame else {
                         run.errors += 1;
                         break;
@@ -403,6 +429,7 @@ async fn load(
                 if !ok {
                     run.errors += 1;
                 }
+                run.sent += 1;
                 if started >= warm_until {
                     run.latencies.push(started.elapsed().as_micros() as u64);
                     if stream {
@@ -418,10 +445,10 @@ async fn load(
         ..Run::default()
     };
     while let Some(Ok(run)) = tasks.join_next().await {
-        total.latencies.extend(run.latencies);
-        total.first_chunk.extend(run.first_chunk);
-        total.chunk_gaps.extend(run.chunk_gaps);
-        total.errors += run.errors;
+        total.absorb(Run {
+            elapsed: Duration::ZERO,
+            ..run
+        });
     }
     total.latencies.sort_unstable();
     total.first_chunk.sort_unstable();
@@ -494,25 +521,82 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     let http = client(max_connections);
 
     println!(
-        "upstream: in-process axum on one thread; load: one tokio thread; {}s per run after 1s warm-up",
+        "upstream: in-process axum on one thread; load: one tokio thread; {}s per measurement after 0.5 s warm-up",
         args.seconds
     );
     println!();
-    println!("## Added latency, concurrency 1, zero-delay upstream, plain chat completion");
+    println!("## Memory (RSS, process and children), measured first, on fresh processes");
+    println!(
+        "| proxy | idle MiB | before holding MiB | with {} open streams MiB | per stream KiB |",
+        args.open_streams
+    );
+    println!("|---|---|---|---|---|");
+    for (index, proxy) in proxies.iter().enumerate() {
+        let before = proxy.rss_kib();
+        behaviour.releasing.store(false, Ordering::SeqCst);
+        let held = if args.open_streams == 0 {
+            "—".to_string()
+        } else {
+            let target = Target {
+                name: proxy.name.into(),
+                base: proxy.base.clone(),
+                headers: proxy
+                    .auth
+                    .iter()
+                    .map(|a| ("authorization", a.clone()))
+                    .collect(),
+            };
+            match runtime.block_on(hold_streams(&http, &target, args.open_streams, &behaviour)) {
+                Ok(()) => {
+                    let rss = proxy.rss_kib();
+                    behaviour.releasing.store(true, Ordering::SeqCst);
+                    behaviour.release.notify_waiters();
+                    format!(
+                        "{:.0} | {:.1}",
+                        rss as f64 / 1024.0,
+                        rss.saturating_sub(before) as f64 / args.open_streams as f64
+                    )
+                }
+                Err(e) => {
+                    let rss = proxy.rss_kib();
+                    behaviour.releasing.store(true, Ordering::SeqCst);
+                    behaviour.release.notify_waiters();
+                    format!("{:.0} ({e}) | —", rss as f64 / 1024.0)
+                }
+            }
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {} |",
+            proxy.name,
+            idle[index] as f64 / 1024.0,
+            before as f64 / 1024.0,
+            held
+        );
+        behaviour.held.store(0, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!();
+    println!(
+        "## Added latency, concurrency 1, zero-delay upstream, plain chat completion ({ROUNDS} interleaved rounds)"
+    );
     println!(
         "| target | requests | p50 ms | p99 ms | added p50 µs | added p99 µs | proxy CPU µs/request |"
     );
     println!("|---|---|---|---|---|---|---|");
+    // targets take turns, so drift on a shared machine hits them alike
+    let mut runs: Vec<(Run, u64)> = targets.iter().map(|_| (Run::default(), 0)).collect();
+    for _ in 0..ROUNDS {
+        for ((target, proxy), (total, ticks)) in targets.iter().zip(runs.iter_mut()) {
+            let before = proxy.map(|i| proxies[i].cpu_ticks()).unwrap_or(0);
+            let run =
+                runtime.block_on(load(&http, target, 1, args.seconds.div_ceil(ROUNDS), false));
+            *ticks += proxy.map(|i| proxies[i].cpu_ticks() - before).unwrap_or(0);
+            total.absorb(run);
+        }
+    }
     let mut direct = (0.0, 0.0);
-    for (target, proxy) in &targets {
-        let before = proxy.map(|i| proxies[i].cpu_ticks());
-        let run = runtime.block_on(load(&http, target, 1, args.seconds, false));
-        let cpu = proxy.map(|i| {
-            let ticks = proxies[i].cpu_ticks() - before.unwrap_or(0);
-            // clock ticks are 10 ms; the count includes the warm-up second's requests too
-            ticks as f64 * 10_000.0
-                / (run.latencies.len() as f64 * (args.seconds as f64 + 1.0) / args.seconds as f64)
-        });
+    for ((target, proxy), (run, ticks)) in targets.iter().zip(runs.iter_mut()) {
+        run.latencies.sort_unstable();
         let (p50, p99) = (
             percentile(&run.latencies, 50.0),
             percentile(&run.latencies, 99.0),
@@ -520,23 +604,24 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         if proxy.is_none() {
             direct = (p50, p99);
         }
+        let added = |value: f64, base: f64| match proxy {
+            Some(_) => format!("{:.0}", value - base),
+            None => "—".into(),
+        };
+        // clock ticks are 10 ms; warm-up requests used CPU too, so they are counted
+        let cpu = match proxy {
+            Some(_) => format!("{:.0}", *ticks as f64 * 10_000.0 / run.sent.max(1) as f64),
+            None => "—".into(),
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             target.name,
             run.latencies.len(),
             ms(p50),
             ms(p99),
-            if proxy.is_some() {
-                format!("{:.0}", p50 - direct.0)
-            } else {
-                "—".into()
-            },
-            if proxy.is_some() {
-                format!("{:.0}", p99 - direct.1)
-            } else {
-                "—".into()
-            },
-            cpu.map(|c| format!("{c:.0}")).unwrap_or_else(|| "—".into()),
+            added(p50, direct.0),
+            added(p99, direct.1),
+            cpu,
         );
         if run.errors > 0 {
             println!("|   errors: {} | | | | | | |", run.errors);
@@ -584,47 +669,32 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         );
     }
 
-    println!();
-    println!("## Memory (RSS, process and children)");
-    println!(
-        "| proxy | idle MiB | with {} open streams MiB |",
-        args.open_streams
-    );
-    println!("|---|---|---|");
-    for (index, proxy) in proxies.iter().enumerate() {
-        let held = if args.open_streams == 0 {
-            "—".to_string()
-        } else {
-            let target = Target {
-                name: proxy.name.into(),
-                base: proxy.base.clone(),
-                headers: proxy
-                    .auth
-                    .iter()
-                    .map(|a| ("authorization", a.clone()))
-                    .collect(),
-            };
-            match runtime.block_on(hold_streams(&http, &target, args.open_streams, &behaviour)) {
-                Ok(()) => {
-                    let rss = proxy.rss_kib();
-                    behaviour.release.notify_waiters();
-                    format!("{:.0}", rss as f64 / 1024.0)
-                }
-                Err(e) => {
-                    behaviour.release.notify_waiters();
-                    format!("failed: {e}")
-                }
-            }
-        };
-        println!(
-            "| {} | {:.0} | {} |",
-            proxy.name,
-            idle[index] as f64 / 1024.0,
-            held
-        );
-        behaviour.held.store(0, Ordering::Relaxed);
+    if let Some(proxy) = proxies.iter().find(|p| p.name == "llmtrace") {
+        // the recorder lingers 50 ms per batch; give the queue a moment to drain
         std::thread::sleep(Duration::from_secs(2));
+        let metrics = ureq::get(format!("{}/metrics", proxy.base))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        let counter = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .unwrap_or("?")
+                .to_string()
+        };
+        println!();
+        println!(
+            "llmtrace gateway counters: {} calls, {} recorded, {} not traced (recording off), {} dropped (queue full), {} refused by the store",
+            counter("llmtrace_gateway_calls_total"),
+            counter("llmtrace_gateway_recorded_total"),
+            counter("llmtrace_gateway_not_traced_total"),
+            counter("llmtrace_gateway_dropped_total"),
+            counter("llmtrace_gateway_failed_total"),
+        );
     }
+
     drop(proxies);
     let _ = std::fs::remove_dir_all(&temp);
     Ok(())
