@@ -158,9 +158,13 @@ fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
             span.user_id.as_deref().unwrap_or(""),
             exchange.caller.as_deref().unwrap_or("")
         );
-        let request: Value = serde_json::from_slice(&exchange.request).unwrap_or(Value::Null);
-        let previous = request.get("previous_response_id").and_then(Value::as_str);
-        sessions.apply(&mut span, &scope, previous);
+        // the request's parameters are already parsed into the span's attributes
+        let previous = span
+            .attributes
+            .pointer("/llmtrace.request/previous_response_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        sessions.apply(&mut span, &scope, previous.as_deref());
     }
     if !exchange.keep_content {
         if let Value::Object(attributes) = &mut span.attributes {
@@ -245,6 +249,44 @@ mod tests {
         fn stats(&self) -> llmtrace_model::Result<StoreStats> {
             unimplemented!()
         }
+    }
+
+    #[test]
+    fn a_responses_call_naming_a_previous_response_continues_its_session() {
+        use bytes::Bytes;
+        use serde_json::json;
+
+        use crate::api::Api;
+
+        let mut sessions = Sessions::new(10);
+        let responses = |trace: &str, request: Value, id: &str| {
+            let mut exchange = sample(trace);
+            exchange.api = Api::Responses;
+            exchange.request = Bytes::from(request.to_string());
+            if let Some(response) = exchange.response.as_mut() {
+                response.body = Bytes::from(
+                    json!({"id": id, "object": "response", "status": "completed", "model": "m",
+                        "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": "ok"}]}]})
+                    .to_string(),
+                );
+            }
+            exchange
+        };
+        let first = span_of(
+            &responses("a1", json!({"model": "m", "input": "hi"}), "resp_1"),
+            Some(&mut sessions),
+        );
+        let second = span_of(
+            &responses(
+                "b2",
+                json!({"model": "m", "input": "more", "previous_response_id": "resp_1"}),
+                "resp_2",
+            ),
+            Some(&mut sessions),
+        );
+        assert_eq!(first.session_id.as_deref(), Some("auto-a1"));
+        assert_eq!(second.session_id, first.session_id);
     }
 
     #[test]
