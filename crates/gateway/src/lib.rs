@@ -232,6 +232,134 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
+/// Why no upstream answered: the span's status, the client's HTTP status, a message.
+type Failure = (SpanStatus, StatusCode, String);
+
+/// What every attempt of one call sends.
+struct Outgoing<'a> {
+    parts: &'a axum::http::request::Parts,
+    body: &'a Bytes,
+    head: &'a Head,
+    inject_usage: bool,
+    traceparent: Option<HeaderValue>,
+}
+
+impl Gateway {
+    /// The call's tracing mode and project from our headers; a bad value is the client's
+    /// mistake, answered 400 with this message.
+    fn admit(&self, headers: &HeaderMap) -> Result<(Tracing, String), String> {
+        let tracing = match header_text(headers, "x-llmtrace-trace") {
+            None | Some("on") | Some("full") => Tracing::Full,
+            Some("metadata-only") => Tracing::MetadataOnly,
+            Some("off") => Tracing::Off,
+            Some(other) => {
+                return Err(format!(
+                    "x-llmtrace-trace must be off, metadata-only or full, got {other:?}"
+                ));
+            }
+        };
+        let project = match header_text(headers, "x-llmtrace-project") {
+            None => self.default_project.clone(),
+            Some(project) if llmtrace_ingest::valid_project(project) => project.to_string(),
+            Some(project) => {
+                return Err(format!(
+                    "x-llmtrace-project {project:?} is not a valid project name"
+                ));
+            }
+        };
+        Ok((tracing, project))
+    }
+
+    /// Tries the targets in order until one answers with something other than a retryable
+    /// status (the last target's answer is taken whatever it is). Returns the response and
+    /// its provider, or the last failure, and a summary of every attempt.
+    async fn send(
+        &self,
+        call: &Outgoing<'_>,
+        targets: &[Target],
+    ) -> (
+        Result<(hyper::Response<hyper::body::Incoming>, usize), Failure>,
+        Vec<Value>,
+    ) {
+        let mut attempts = Vec::new();
+        let mut outcome = Err((
+            SpanStatus::Error,
+            StatusCode::BAD_GATEWAY,
+            "no provider".to_string(),
+        ));
+        for (index, target) in targets.iter().enumerate() {
+            let provider = &self.routes.providers[target.provider];
+            let summary = |result: &str| json!({"provider": provider.name, "model": target.model, "result": result});
+            match self.attempt(call, target).await {
+                Ok(response) => {
+                    attempts.push(summary(response.status().as_str()));
+                    if index + 1 < targets.len() && retryable(response.status()) {
+                        continue;
+                    }
+                    return (Ok((response, target.provider)), attempts);
+                }
+                Err(failure) => {
+                    attempts.push(summary(&failure.2));
+                    outcome = Err(failure);
+                }
+            }
+        }
+        (outcome, attempts)
+    }
+
+    /// One upstream request, waiting at most `first_byte_timeout` for its response head.
+    async fn attempt(
+        &self,
+        call: &Outgoing<'_>,
+        target: &Target,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        let provider = &self.routes.providers[target.provider];
+        let bad_gateway = |message: String| (SpanStatus::Error, StatusCode::BAD_GATEWAY, message);
+        let model = target.model.as_deref().or(call.head.model.as_deref());
+        let uri = provider
+            .url(call.parts.uri.path(), call.parts.uri.query(), model)
+            .map_err(bad_gateway)?;
+        let request = upstream::request(
+            call.parts.method.clone(),
+            uri,
+            provider.headers(&call.parts.headers, call.traceparent.clone()),
+            upstream_body(call.body, call.head, target, call.inject_usage),
+        )
+        .map_err(bad_gateway)?;
+        let first_byte = self
+            .config
+            .first_byte_timeout
+            .min(self.config.total_timeout);
+        match tokio::time::timeout(first_byte, self.client.request(request)).await {
+            Err(_) => Err((
+                SpanStatus::Timeout,
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "upstream {} sent no response within {}",
+                    provider.name,
+                    humantime::format_duration(first_byte)
+                ),
+            )),
+            Ok(Err(e)) => Err(bad_gateway(format!(
+                "upstream {} is unreachable: {e}",
+                provider.name
+            ))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// `x-llmtrace-metadata-<key>: value` headers as metadata pairs.
+fn header_metadata(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let key = name.as_str().strip_prefix("x-llmtrace-metadata-")?;
+            Some((key.to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect()
+}
+
 async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
     let start_unix_nano = SystemTime::now()
@@ -257,26 +385,9 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         }
     };
     let headers = &parts.headers;
-    let tracing_mode = match header_text(headers, "x-llmtrace-trace") {
-        None | Some("on") | Some("full") => Tracing::Full,
-        Some("metadata-only") => Tracing::MetadataOnly,
-        Some("off") => Tracing::Off,
-        Some(other) => {
-            let message =
-                format!("x-llmtrace-trace must be off, metadata-only or full, got {other:?}");
-            return error_response(
-                api,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &message,
-            );
-        }
-    };
-    let project = match header_text(headers, "x-llmtrace-project") {
-        None => gateway.default_project.clone(),
-        Some(project) if llmtrace_ingest::valid_project(project) => project.to_string(),
-        Some(project) => {
-            let message = format!("x-llmtrace-project {project:?} is not a valid project name");
+    let (tracing_mode, project) = match gateway.admit(headers) {
+        Ok(admitted) => admitted,
+        Err(message) => {
             return error_response(
                 api,
                 StatusCode::BAD_REQUEST,
@@ -309,71 +420,15 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
     };
     let (targets, alias) = gateway.routes.resolve(route_api, head.model.as_deref());
     let deadline = tokio::time::Instant::from_std(started) + gateway.config.total_timeout;
-    let first_byte = gateway
-        .config
-        .first_byte_timeout
-        .min(gateway.config.total_timeout);
 
-    let mut attempts = Vec::new();
-    let mut outcome: Result<
-        (hyper::Response<hyper::body::Incoming>, usize),
-        (SpanStatus, StatusCode, String),
-    > = Err((
-        SpanStatus::Error,
-        StatusCode::BAD_GATEWAY,
-        "no provider".into(),
-    ));
-    for (index, target) in targets.iter().enumerate() {
-        let last = index + 1 == targets.len();
-        let provider = &gateway.routes.providers[target.provider];
-        let model_for_url = target.model.as_deref().or(head.model.as_deref());
-        let attempt = async {
-            let uri = provider
-                .url(&path, parts.uri.query(), model_for_url)
-                .map_err(|e| (SpanStatus::Error, StatusCode::BAD_GATEWAY, e))?;
-            let upstream_request = upstream::request(
-                parts.method.clone(),
-                uri,
-                provider.headers(headers, outgoing_traceparent.clone()),
-                upstream_body(&body, &head, target, inject_usage),
-            )
-            .map_err(|e| (SpanStatus::Error, StatusCode::BAD_GATEWAY, e))?;
-            match tokio::time::timeout(first_byte, gateway.client.request(upstream_request)).await {
-                Err(_) => Err((
-                    SpanStatus::Timeout,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "upstream {} sent no response within {}",
-                        provider.name,
-                        humantime::format_duration(first_byte)
-                    ),
-                )),
-                Ok(Err(e)) => Err((
-                    SpanStatus::Error,
-                    StatusCode::BAD_GATEWAY,
-                    format!("upstream {} is unreachable: {e}", provider.name),
-                )),
-                Ok(Ok(response)) => Ok(response),
-            }
-        }
-        .await;
-        let summary = |result: &str| json!({"provider": provider.name, "model": target.model, "result": result});
-        match attempt {
-            Ok(response) if !last && retryable(response.status()) => {
-                attempts.push(summary(response.status().as_str()));
-            }
-            Ok(response) => {
-                attempts.push(summary(response.status().as_str()));
-                outcome = Ok((response, target.provider));
-                break;
-            }
-            Err(failure) => {
-                attempts.push(summary(&failure.2));
-                outcome = Err(failure);
-            }
-        }
-    }
-
+    let outgoing = Outgoing {
+        parts: &parts,
+        body: &body,
+        head: &head,
+        inject_usage,
+        traceparent: outgoing_traceparent,
+    };
+    let (outcome, attempts) = gateway.send(&outgoing, &targets).await;
     let final_target = match &outcome {
         Ok((_, provider)) => *provider,
         Err(_) => targets.last().map(|t| t.provider).unwrap_or(0),
@@ -384,14 +439,6 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         }
         _ => false,
     };
-    let mut metadata = BTreeMap::new();
-    for (name, value) in headers {
-        if let Some(key) = name.as_str().strip_prefix("x-llmtrace-metadata-")
-            && let Ok(value) = value.to_str()
-        {
-            metadata.insert(key.to_string(), value.to_string());
-        }
-    }
     let exchange = Box::new(Exchange {
         api,
         method: parts.method.to_string(),
@@ -407,7 +454,7 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         alias,
         session_id: header_text(headers, "x-llmtrace-session-id").map(str::to_string),
         user_id: header_text(headers, "x-llmtrace-user-id").map(str::to_string),
-        metadata,
+        metadata: header_metadata(headers),
         keep_content,
         caller: caller_fingerprint(headers),
         request: body,
