@@ -198,8 +198,58 @@ smart = ["primary/fail", "backup/steady"]
     let server = TestServer::start_with_env(
         &temp.path().join("data"),
         &["--config", config.to_str().unwrap()],
-        &[("AZURE_TEST_KEY", "az-secret")],
+        &[
+            ("AZURE_TEST_KEY", "az-secret"),
+            ("LLMTRACE_MAX_BODY_BYTES", "100000"),
+        ],
     );
+
+    // our own headers and the size limit are checked before anything goes upstream
+    for (header, value, expected) in [
+        ("x-llmtrace-trace", "sometimes", "x-llmtrace-trace must be"),
+        (
+            "x-llmtrace-project",
+            "no spaces allowed",
+            "not a valid project name",
+        ),
+    ] {
+        let reply = server.post(
+            "/v1/chat/completions",
+            &[("content-type", "application/json"), (header, value)],
+            br#"{"model": "steady", "messages": []}"#,
+        );
+        assert_eq!(reply.status, 400, "{header}");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(expected), "{message}");
+    }
+    let big =
+        json!({"model": "steady", "messages": [{"role": "user", "content": "x".repeat(200_000)}]});
+    let reply = server.post(
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        big.to_string().as_bytes(),
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(
+        reply.text().contains("100000-byte limit"),
+        "{}",
+        reply.text()
+    );
+    // a body the gateway cannot parse still goes upstream, which judges it
+    let reply = server.post(
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-llmtrace-user-id", "garbled"),
+        ],
+        b"{not json",
+    );
+    assert_eq!(reply.status, 200, "the fake upstream answers anything");
+    let span = spans_of(&server, "garbled", 1).remove(0);
+    assert_eq!(span["request_model"], Value::Null);
 
     // Azure: deployment in the path, api-version added, the configured key replaces the
     // client's credentials
