@@ -80,7 +80,7 @@ impl Gateway {
         self.recorder.handle().stats()
     }
 
-    /// Names and base URLs of the providers in effect, for the startup log.
+    /// Names and kinds of the providers in effect, for the startup log.
     pub fn providers(&self) -> Vec<String> {
         self.routes
             .providers

@@ -26,7 +26,8 @@ pub fn client(config: &GatewayConfig) -> Result<HttpClient, String> {
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("TLS setup failed: {e}"))?
-    .with_native_roots_or_empty();
+    .with_root_certificates(native_roots())
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -38,23 +39,16 @@ pub fn client(config: &GatewayConfig) -> Result<HttpClient, String> {
         .build(https))
 }
 
-trait NativeRoots {
-    fn with_native_roots_or_empty(self) -> rustls::ClientConfig;
-}
-
-impl NativeRoots for rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    /// The system's CA roots; a machine without any still proxies plain-HTTP upstreams.
-    fn with_native_roots_or_empty(self) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for cert in found.certs {
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            tracing::warn!("no system CA certificates found: HTTPS upstreams will fail");
-        }
-        self.with_root_certificates(roots).with_no_client_auth()
+/// The system's CA roots; a machine without any still proxies plain-HTTP upstreams.
+fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
     }
+    if roots.is_empty() {
+        tracing::warn!("no system CA certificates found: HTTPS upstreams will fail");
+    }
+    roots
 }
 
 /// A provider ready to receive calls.
