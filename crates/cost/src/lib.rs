@@ -1,0 +1,539 @@
+//! Costs and tokens: the shipped price catalogue plus config overrides, model-name
+//! normalization, cost per call at ingest, and token estimates where a source reported none.
+//!
+//! Every ingest path stores spans through [`Priced`], so a span is priced exactly once per
+//! version, whichever door it came in by (docs/COST.md).
+
+pub mod catalogue;
+pub mod estimate;
+pub mod normalize;
+pub mod price;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use llmtrace_model::{
+    AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanQuery, Store, StoreStats,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use catalogue::{Catalogue, ModelPrice, PriceList, Tier};
+pub use price::{Cost, Usage};
+
+/// The attribute that holds a span's cost breakdown and where its cost came from.
+pub const COST_ATTRIBUTE: &str = "llmtrace.cost";
+
+/// The `[pricing]` config table: overrides reloaded without restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Custom, fine-tuned and self-hosted models, or replacements for catalogue prices;
+    /// an entry with `project` applies to that project only.
+    pub models: Vec<ModelPrice>,
+    /// Private model names (Azure deployments, proxies' aliases) → catalogue names.
+    pub deployments: BTreeMap<String, String>,
+    /// Estimate tokens for model calls that report none.
+    pub estimate_tokens: bool,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            models: Vec::new(),
+            deployments: BTreeMap::new(),
+            estimate_tokens: true,
+        }
+    }
+}
+
+/// What the pricer has done since start (exported on `/metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub priced: AtomicU64,
+    pub unpriced: AtomicU64,
+    pub reported: AtomicU64,
+    pub estimated: AtomicU64,
+}
+
+struct Overrides {
+    prices: PriceList,
+    deployments: BTreeMap<String, String>,
+    estimate_tokens: bool,
+}
+
+impl Overrides {
+    fn new(config: &PricingConfig) -> Result<Overrides, String> {
+        Ok(Overrides {
+            prices: PriceList::new(config.models.clone())
+                .map_err(|e| format!("[pricing] models: {e}"))?,
+            deployments: config
+                .deployments
+                .iter()
+                .map(|(from, to)| (normalize::clean(from), normalize::clean(to)))
+                .collect(),
+            estimate_tokens: config.estimate_tokens,
+        })
+    }
+}
+
+/// Where a price came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Catalogue,
+    Config,
+}
+
+/// A price found for a model name.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    pub price: ModelPrice,
+    pub origin: Origin,
+    /// `pricing_version` of spans priced with it.
+    pub version: String,
+}
+
+/// The catalogue, the current overrides and counters. Cheap to share; `reload` swaps the
+/// overrides atomically.
+pub struct Pricer {
+    catalogue: Catalogue,
+    overrides: RwLock<Arc<Overrides>>,
+    pub stats: Stats,
+    warned: Mutex<HashSet<String>>,
+}
+
+/// Unknown model names are warned about once each, up to this many names.
+const MAX_WARNED: usize = 10_000;
+
+fn provider_family(provider: &str) -> &str {
+    match provider {
+        "azure" | "azure_openai" | "azure.ai.openai" | "openai" => "openai",
+        "gcp.gemini" | "gcp.vertex_ai" | "vertex_ai" | "gemini" | "google" | "vertexai" => "google",
+        "aws.bedrock" | "bedrock" | "anthropic" => "anthropic",
+        "mistral_ai" | "mistralai" | "mistral" => "mistral",
+        "x_ai" | "xai" | "grok" => "xai",
+        other => other,
+    }
+}
+
+impl Pricer {
+    pub fn new(config: &PricingConfig) -> Result<Pricer, String> {
+        Ok(Pricer {
+            catalogue: Catalogue::shipped()?,
+            overrides: RwLock::new(Arc::new(Overrides::new(config)?)),
+            stats: Stats::default(),
+            warned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Replaces the overrides; on error the previous ones stay in force.
+    pub fn reload(&self, config: &PricingConfig) -> Result<(), String> {
+        let next = Arc::new(Overrides::new(config)?);
+        match self.overrides.write() {
+            Ok(mut current) => *current = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Overrides> {
+        match self.overrides.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The price for `model` as called through `provider` in `project`: project
+    /// overrides, then global overrides, then the catalogue, trying each candidate name
+    /// (normalize.rs) in turn; among same-named entries the caller's provider wins.
+    pub fn resolve(&self, project: &str, provider: Option<&str>, model: &str) -> Option<Resolved> {
+        let overrides = self.current();
+        let family = provider.map(|p| provider_family(&normalize::clean(p)).to_string());
+        let pick = |entries: Vec<&ModelPrice>| -> Option<ModelPrice> {
+            entries
+                .iter()
+                .find(|entry| {
+                    family.is_some()
+                        && entry.provider.as_deref().map(normalize::clean).as_deref()
+                            == family.as_deref()
+                })
+                .or(entries.first())
+                .map(|entry| (*entry).clone())
+        };
+        for name in normalize::candidates(model, &overrides.deployments) {
+            let configured: Vec<&ModelPrice> = overrides.prices.named(&name).collect();
+            let for_project = configured
+                .iter()
+                .copied()
+                .filter(|entry| entry.project.as_deref() == Some(project))
+                .collect();
+            let global = configured
+                .iter()
+                .copied()
+                .filter(|entry| entry.project.is_none())
+                .collect();
+            for entries in [for_project, global] {
+                if let Some(price) = pick(entries) {
+                    return Some(Resolved {
+                        price,
+                        origin: Origin::Config,
+                        version: "config".into(),
+                    });
+                }
+            }
+            if let Some(price) = pick(self.catalogue.prices.named(&name).collect()) {
+                return Some(Resolved {
+                    price,
+                    origin: Origin::Catalogue,
+                    version: self.catalogue.version.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    fn warn_unpriced(&self, model: &str, reason: &str) {
+        self.stats.unpriced.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut warned) = self.warned.lock() else {
+            return;
+        };
+        if warned.len() < MAX_WARNED && warned.insert(model.to_string()) {
+            tracing::warn!(
+                model,
+                reason,
+                "no price: cost left empty (add it under [pricing] in the config)"
+            );
+        }
+    }
+
+    /// Fills in tokens (estimated when absent) and cost for one span, as docs/COST.md
+    /// describes. Spans other than model calls are left alone.
+    pub fn price(&self, span: &mut Span) {
+        if !span.is_model_call() {
+            return;
+        }
+        let marker = span
+            .attributes
+            .get(COST_ATTRIBUTE)
+            .and_then(|cost| cost.get("source"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let sent_cost = span.total_cost_usd.is_some()
+            || span.input_cost_usd.is_some()
+            || span.output_cost_usd.is_some();
+        if marker.as_deref() == Some("reported") || (marker.is_none() && sent_cost) {
+            if marker.is_none() {
+                self.stats.reported.fetch_add(1, Ordering::Relaxed);
+                if span.total_cost_usd.is_none() {
+                    span.total_cost_usd = Some(
+                        span.input_cost_usd.unwrap_or(0.0) + span.output_cost_usd.unwrap_or(0.0),
+                    );
+                }
+                set_cost_attribute(span, json!({"source": "reported"}));
+            }
+            return;
+        }
+        let overrides = self.current();
+        let model = span
+            .model
+            .clone()
+            .or_else(|| span.request_model.clone())
+            .filter(|m| !m.trim().is_empty());
+        if span.input_tokens.is_none() && span.output_tokens.is_none() && overrides.estimate_tokens
+        {
+            self.estimate(span, model.as_deref());
+        }
+        span.input_cost_usd = None;
+        span.output_cost_usd = None;
+        span.total_cost_usd = None;
+        span.pricing_version = None;
+        if span.input_tokens.is_none() && span.output_tokens.is_none() {
+            remove_cost_attribute(span);
+            return;
+        }
+        let Some(model) = model else {
+            self.warn_unpriced("", "the span names no model");
+            set_cost_attribute(
+                span,
+                json!({"source": "unpriced", "reason": "no model name"}),
+            );
+            return;
+        };
+        let Some(resolved) = self.resolve(&span.project, span.provider.as_deref(), &model) else {
+            self.warn_unpriced(&model, "not in the catalogue or the config");
+            set_cost_attribute(
+                span,
+                json!({"source": "unpriced", "model": model, "reason": "no price for this model"}),
+            );
+            return;
+        };
+        match price::cost(&resolved.price, &Usage::of(span)) {
+            Ok(cost) => {
+                self.stats.priced.fetch_add(1, Ordering::Relaxed);
+                span.input_cost_usd = Some(cost.input_side());
+                span.output_cost_usd = Some(cost.output_side());
+                span.total_cost_usd = Some(cost.total());
+                span.pricing_version = Some(resolved.version.clone());
+                let mut detail = serde_json::to_value(cost).unwrap_or(Value::Null);
+                if let Value::Object(fields) = &mut detail {
+                    fields.insert("source".into(), "computed".into());
+                    fields.insert("model".into(), resolved.price.name.clone().into());
+                    fields.insert("origin".into(), json!(resolved.origin));
+                }
+                set_cost_attribute(span, detail);
+            }
+            Err(reason) => {
+                self.warn_unpriced(&model, &reason);
+                set_cost_attribute(
+                    span,
+                    json!({"source": "unpriced", "model": model, "reason": reason}),
+                );
+            }
+        }
+    }
+
+    fn estimate(&self, span: &mut Span, model: Option<&str>) {
+        let has_input = !span.input.is_null() || !span.input_text.is_empty();
+        let has_output = !span.output_text.is_empty();
+        if !has_input && !has_output {
+            return;
+        }
+        let counter = estimate::Counter::for_model(model.unwrap_or(""));
+        let input = counter.input(&span.input, &span.input_text);
+        let output = if span.kind == llmtrace_model::SpanKind::Embedding {
+            0
+        } else {
+            counter.text(&span.output_text)
+        };
+        span.input_tokens = Some(input);
+        span.output_tokens = Some(output);
+        span.total_tokens = Some(input + output);
+        span.usage_source = Some("estimated".into());
+        let method = if counter.exact {
+            counter.encoding.to_string()
+        } else {
+            format!("approximate:{}", counter.encoding)
+        };
+        set_attribute(span, "llmtrace.usage.estimator", method.into());
+        self.stats.estimated.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn set_attribute(span: &mut Span, key: &str, value: Value) {
+    if let Value::Object(map) = &mut span.attributes {
+        map.insert(key.into(), value);
+    } else {
+        span.attributes = json!({ key: value });
+    }
+}
+
+fn set_cost_attribute(span: &mut Span, value: Value) {
+    set_attribute(span, COST_ATTRIBUTE, value);
+}
+
+fn remove_cost_attribute(span: &mut Span) {
+    if let Value::Object(map) = &mut span.attributes {
+        map.remove(COST_ATTRIBUTE);
+    }
+}
+
+/// A store that prices every span before it is stored; reads pass through.
+pub struct Priced {
+    pub inner: Arc<dyn Store>,
+    pub pricer: Arc<Pricer>,
+}
+
+impl Store for Priced {
+    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
+        for span in &mut spans {
+            self.pricer.price(span);
+        }
+        self.inner.append(spans)
+    }
+    fn search(&self, query: &SpanQuery) -> llmtrace_model::Result<Page> {
+        self.inner.search(query)
+    }
+    fn trace(&self, project: &str, trace_id: &str) -> llmtrace_model::Result<Vec<Span>> {
+        self.inner.trace(project, trace_id)
+    }
+    fn session(
+        &self,
+        project: &str,
+        session_id: &str,
+    ) -> llmtrace_model::Result<Vec<SessionTrace>> {
+        self.inner.session(project, session_id)
+    }
+    fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
+        self.inner.aggregate(query)
+    }
+    fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
+        self.inner.delete(deletion)
+    }
+    fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
+        self.inner.retention_sweep(now_ns)
+    }
+    fn flush(&self) -> llmtrace_model::Result<()> {
+        self.inner.flush()
+    }
+    fn stats(&self) -> llmtrace_model::Result<StoreStats> {
+        self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use llmtrace_model::SpanKind;
+
+    use super::*;
+
+    fn call(project: &str, model: &str, input: i64, output: i64) -> Span {
+        Span {
+            project: project.into(),
+            kind: SpanKind::Llm,
+            model: Some(model.into()),
+            input_tokens: Some(input),
+            output_tokens: Some(output),
+            ..Default::default()
+        }
+    }
+
+    fn config(text: &str) -> PricingConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn overrides_apply_per_project_then_globally_then_the_catalogue() {
+        let pricer = Pricer::new(&config(
+            r#"
+            [deployments]
+            "Prod-Chat" = "gpt-4o-mini"
+            [[models]]
+            name = "my-llama"
+            input = 1.0
+            output = 2.0
+            [[models]]
+            name = "my-llama"
+            project = "team-a"
+            input = 10.0
+            output = 20.0
+            [[models]]
+            name = "gpt-4o"
+            input = 1.0
+            output = 1.0
+            "#,
+        ))
+        .unwrap();
+        let total = |project: &str, model: &str| {
+            let mut span = call(project, model, 1_000_000, 1_000_000);
+            pricer.price(&mut span);
+            (span.total_cost_usd, span.pricing_version)
+        };
+        assert_eq!(
+            total("team-a", "my-llama"),
+            (Some(30.0), Some("config".into()))
+        );
+        assert_eq!(
+            total("team-b", "my-llama"),
+            (Some(3.0), Some("config".into()))
+        );
+        assert_eq!(total("team-b", "gpt-4o-2024-08-06").0, Some(2.0));
+        // a deployment name priced as the model it maps to
+        assert_eq!(total("x", "prod-chat").0, Some(0.75));
+        assert_eq!(total("x", "prod-chat").1.as_deref(), Some("2026-12-01"));
+    }
+
+    #[test]
+    fn reload_swaps_prices_and_a_bad_config_keeps_the_old_ones() {
+        let pricer = Pricer::new(&config("[[models]]\nname='m'\ninput=1.0\noutput=1.0\n")).unwrap();
+        pricer
+            .reload(&config("[[models]]\nname='m'\ninput=2.0\noutput=2.0\n"))
+            .unwrap();
+        let mut span = call("p", "m", 1_000_000, 0);
+        pricer.price(&mut span);
+        assert_eq!(span.total_cost_usd, Some(2.0));
+        let err = pricer
+            .reload(&config("[[models]]\nname='m'\ninput=3.0\n"))
+            .unwrap_err();
+        assert!(err.contains("output"), "{err}");
+        pricer.price(&mut span);
+        assert_eq!(span.total_cost_usd, Some(2.0));
+    }
+
+    #[test]
+    fn a_cost_the_source_reported_is_kept_and_marked() {
+        let pricer = Pricer::new(&PricingConfig::default()).unwrap();
+        let mut span = call("p", "gpt-4o", 1000, 1000);
+        span.input_cost_usd = Some(0.5);
+        span.output_cost_usd = Some(0.25);
+        pricer.price(&mut span);
+        assert_eq!(span.total_cost_usd, Some(0.75));
+        assert_eq!(span.attributes[COST_ATTRIBUTE]["source"], "reported");
+        // pricing the stored version again changes nothing
+        let before = span.clone();
+        pricer.price(&mut span);
+        assert_eq!(span, before);
+    }
+
+    #[test]
+    fn a_computed_cost_follows_the_tokens_of_a_new_version() {
+        let pricer = Pricer::new(&PricingConfig::default()).unwrap();
+        let mut span = call("p", "gpt-4o", 1_000_000, 0);
+        pricer.price(&mut span);
+        assert_eq!(span.total_cost_usd, Some(2.5));
+        span.input_tokens = Some(2_000_000);
+        pricer.price(&mut span);
+        assert_eq!(span.total_cost_usd, Some(5.0));
+    }
+
+    #[test]
+    fn missing_usage_is_estimated_from_the_content_and_marked() {
+        let pricer = Pricer::new(&PricingConfig::default()).unwrap();
+        let mut span = Span {
+            project: "p".into(),
+            kind: SpanKind::Llm,
+            model: Some("gpt-4o".into()),
+            input: json!([{"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]),
+            output_text: "Hello there!".into(),
+            ..Default::default()
+        };
+        pricer.price(&mut span);
+        let counter = estimate::Counter::for_model("gpt-4o");
+        let input = 3 + 3 + counter.text("user") + counter.text("Say hello");
+        assert_eq!(span.input_tokens, Some(input));
+        assert_eq!(span.output_tokens, Some(counter.text("Hello there!")));
+        assert_eq!(span.usage_source.as_deref(), Some("estimated"));
+        assert_eq!(span.attributes["llmtrace.usage.estimator"], "o200k_base");
+        assert!(span.total_cost_usd.unwrap() > 0.0);
+
+        let mut claude = span.clone();
+        claude.model = Some("claude-haiku-4-5".into());
+        claude.input_tokens = None;
+        claude.output_tokens = None;
+        pricer.price(&mut claude);
+        assert_eq!(
+            claude.attributes["llmtrace.usage.estimator"],
+            "approximate:o200k_base"
+        );
+        assert_eq!(pricer.stats.estimated.load(Ordering::Relaxed), 2);
+
+        // with estimation off, nothing is made up
+        let off = Pricer::new(&config("estimate_tokens = false")).unwrap();
+        let mut none = span.clone();
+        none.input_tokens = None;
+        none.output_tokens = None;
+        none.attributes = Value::Null;
+        (
+            none.input_cost_usd,
+            none.output_cost_usd,
+            none.total_cost_usd,
+        ) = (None, None, None);
+        off.price(&mut none);
+        assert_eq!((none.input_tokens, none.total_cost_usd), (None, None));
+    }
+}
