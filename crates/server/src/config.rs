@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use llmtrace_cost::PricingConfig;
 use llmtrace_gateway::GatewayConfig;
 use llmtrace_store::Durability;
 use serde::Deserialize;
@@ -29,6 +30,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// The `[gateway]` table: providers, aliases, timeouts, capture policy.
     pub gateway: GatewayConfig,
+    /// The `[pricing]` table: price overrides and deployment names (reloaded live).
+    pub pricing: PricingConfig,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             max_inflight_ingest: 256,
             worker_threads: 0,
             gateway: GatewayConfig::default(),
+            pricing: PricingConfig::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ struct FileConfig {
     max_inflight_ingest: Option<usize>,
     worker_threads: Option<usize>,
     gateway: Option<GatewayConfig>,
+    pricing: Option<PricingConfig>,
 }
 
 /// Setting names, as used in the file; the environment variable is `LLMTRACE_<NAME>`.
@@ -138,6 +143,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The `[pricing]` table of a config file, read again (for live reloads).
+    pub fn pricing_from_file(path: &std::path::Path) -> Result<PricingConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let parsed: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("config file {} is invalid", path.display()))?;
+        Ok(parsed.pricing.unwrap_or_default())
+    }
+
     fn apply_file(&mut self, file: FileConfig) {
         let FileConfig {
             data_dir,
@@ -152,7 +166,11 @@ impl Config {
             max_inflight_ingest,
             worker_threads,
             gateway,
+            pricing,
         } = file;
+        if let Some(v) = pricing {
+            self.pricing = v;
+        }
         if let Some(v) = worker_threads {
             self.worker_threads = v;
         }

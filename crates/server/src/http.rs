@@ -23,6 +23,8 @@ use crate::params;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub gateway: Arc<llmtrace_gateway::Gateway>,
+    pub pricer: Arc<llmtrace_cost::Pricer>,
+    pub billing: Arc<crate::cost_api::Billing>,
     pub default_project: String,
     pub max_body_bytes: usize,
     pub ingest_slots: Semaphore,
@@ -43,6 +45,13 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/traces/{trace_id}", get(get_trace))
         .route("/api/v1/sessions/{session_id}", get(get_session))
         .route("/api/v1/aggregate", get(aggregate))
+        .route("/api/v1/pricing", get(crate::cost_api::pricing))
+        .route("/api/v1/reprice", post(crate::cost_api::reprice_route))
+        .route("/api/v1/billing", post(crate::cost_api::upload_billing))
+        .route(
+            "/api/v1/reconciliation",
+            get(crate::cost_api::reconciliation),
+        )
         .route("/api/openapi.json", get(openapi))
         .with_state(state)
 }
@@ -96,6 +105,26 @@ async fn metrics(State(state): State<Shared>) -> Response {
             "llmtrace_gateway_not_traced_total",
             "Gateway calls sent with x-llmtrace-trace: off.",
             gateway.not_traced.load(Relaxed),
+        ),
+        (
+            "llmtrace_cost_priced_total",
+            "Model calls priced from the catalogue or the config.",
+            state.pricer.stats.priced.load(Relaxed),
+        ),
+        (
+            "llmtrace_cost_unpriced_total",
+            "Model calls left without cost: no price for their model.",
+            state.pricer.stats.unpriced.load(Relaxed),
+        ),
+        (
+            "llmtrace_cost_reported_total",
+            "Model calls whose source reported the cost (kept as sent).",
+            state.pricer.stats.reported.load(Relaxed),
+        ),
+        (
+            "llmtrace_tokens_estimated_total",
+            "Model calls whose tokens were estimated (the source reported none).",
+            state.pricer.stats.estimated.load(Relaxed),
         ),
         (
             "llmtrace_otlp_metrics_requests_total",
@@ -414,7 +443,11 @@ fn llm_call_row(span: &Span) -> Value {
         "output_text": span.output_text,
         "input_tokens": span.input_tokens,
         "output_tokens": span.output_tokens,
+        "cached_input_tokens": span.cached_input_tokens,
+        "reasoning_tokens": span.reasoning_tokens,
+        "usage_source": span.usage_source,
         "total_cost_usd": span.total_cost_usd,
+        "cost": crate::cost_api::cost_fields(span),
         "latency_ms": span.duration_ms,
         "status": span.status.as_str(),
         "routing_alias": span.routing_alias,

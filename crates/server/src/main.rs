@@ -2,6 +2,8 @@
 
 mod bench;
 mod config;
+mod cost_api;
+mod cost_cli;
 mod grpc;
 mod http;
 mod join;
@@ -42,6 +44,10 @@ enum Command {
     Serve(ServeArgs),
     /// Search a running server and print the matching LLM calls.
     Query(query_cli::QueryArgs),
+    /// Recompute the cost of stored calls after a price change (on a running server).
+    Reprice(cost_cli::RepriceArgs),
+    /// Import a provider's usage and cost report and compare it with computed costs.
+    Reconcile(cost_cli::ReconcileArgs),
     /// Benchmarks (figures in docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -87,6 +93,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Query(args) => query_cli::run(args),
+        Command::Reprice(args) => cost_cli::reprice(args),
+        Command::Reconcile(args) => cost_cli::reconcile(args),
         Command::Bench(command) => bench::run(command),
     }
 }
@@ -143,11 +151,43 @@ fn serve(args: ServeArgs) -> Result<()> {
         runtime.worker_threads(config.worker_threads);
     }
     let runtime = runtime.enable_all().build()?;
-    runtime.block_on(run(config, store.clone()))?;
+    runtime.block_on(run(config, store.clone(), args.config.clone()))?;
     tracing::info!("flushing the store");
     store.close().context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies `[pricing]` edits without a restart: the config file is checked every
+/// `PRICING_RELOAD_EVERY`; a bad edit is logged and the prices in force stay.
+const PRICING_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn reload_pricing(
+    path: PathBuf,
+    pricer: Arc<llmtrace_cost::Pricer>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRICING_RELOAD_EVERY) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = config::Config::pricing_from_file(&path)
+            .and_then(|pricing| pricer.reload(&pricing).map_err(anyhow::Error::msg));
+        match loaded {
+            Ok(()) => tracing::info!(file = %path.display(), "pricing reloaded"),
+            Err(err) => {
+                tracing::error!(file = %path.display(), "pricing not reloaded, previous prices stay: {err:#}")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal(sender: watch::Sender<bool>) {
@@ -171,8 +211,22 @@ async fn shutdown_signal(sender: watch::Sender<bool>) {
     let _ = sender.send(true);
 }
 
-async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
-    let store = store as Arc<dyn Store>;
+async fn run(
+    config: Config,
+    store: Arc<EmbeddedStore>,
+    config_file: Option<PathBuf>,
+) -> Result<()> {
+    let pricer = Arc::new(
+        llmtrace_cost::Pricer::new(&config.pricing)
+            .map_err(anyhow::Error::msg)
+            .context("[pricing]")?,
+    );
+    // every door in stores through the pricer: one place computes cost
+    let store: Arc<dyn Store> = Arc::new(llmtrace_cost::Priced {
+        inner: store,
+        pricer: pricer.clone(),
+    });
+    let billing = Arc::new(cost_api::Billing::open(&config.data_dir)?);
     let env: HashMap<String, String> = std::env::vars().collect();
     let gateway = Arc::new(
         llmtrace_gateway::Gateway::new(
@@ -189,6 +243,8 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
     let state = Arc::new(http::AppState {
         store,
         gateway: gateway.clone(),
+        pricer: pricer.clone(),
+        billing,
         default_project: config.default_project.clone(),
         max_body_bytes: config.max_body_bytes,
         ingest_slots: tokio::sync::Semaphore::new(config.max_inflight_ingest),
@@ -264,6 +320,9 @@ async fn run(config: Config, store: Arc<EmbeddedStore>) -> Result<()> {
     println!("llmtrace listening {}", bound.join(" "));
     tracing::info!(listeners = %bound.join(" "), data_dir = %config.data_dir.display(), "ready");
     tokio::spawn(shutdown_signal(stop_sender));
+    if let Some(path) = config_file {
+        tokio::spawn(reload_pricing(path, pricer, stop.clone()));
+    }
     let mut outcome = Ok(());
     while let Some(result) = tasks.join_next().await {
         if let Err(err) = result.map_err(anyhow::Error::from).and_then(|r| r) {

@@ -81,6 +81,26 @@ pub fn document() -> Value {
                 "parameters": filter_params(&["group_by", "bucket"]),
                 "responses": {"200": {"description": "aggregate rows"}, "400": {"description": "bad parameter"}}
             }},
+            "/api/v1/pricing": {"get": {
+                "summary": "the price catalogue; with model= (provider=, project=) the price that applies to that name",
+                "parameters": [query_param("model"), query_param("provider"), query_param("project")],
+                "responses": {"200": {"description": "catalogue or resolved price"}, "404": {"description": "no price for the model"}}
+            }},
+            "/api/v1/reprice": {"post": {
+                "summary": "price stored model calls again (since= required; any search filter)",
+                "parameters": filter_params(&[]),
+                "responses": {"200": {"description": "counts: scanned, repriced, unchanged, reported, unpriced"}, "400": {"description": "since= missing or a filter malformed"}}
+            }},
+            "/api/v1/billing": {"post": {
+                "summary": "store rows of a provider's usage/cost report: {provider, project?, rows:[{day, model, requests?, input_tokens?, cached_input_tokens?, output_tokens?, cost_usd?}]}",
+                "requestBody": {"content": {"application/json": {}}},
+                "responses": {"200": {"description": "rows stored"}, "400": {"description": "malformed upload; the message names the problem"}}
+            }},
+            "/api/v1/reconciliation": {"get": {
+                "summary": "computed versus billed tokens and cost per day and model (provider= required)",
+                "parameters": filter_params(&["tolerance"]),
+                "responses": page_response("rows with computed, billed, difference and flagged")
+            }},
             "/api/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     })

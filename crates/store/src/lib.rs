@@ -15,5 +15,6 @@ mod writer;
 
 pub use engine::{EmbeddedStore, RecoveryReport, StoreConfig, now_ns};
 pub use error::{Error, Result};
+pub use fsutil::write_atomically;
 pub use manifest::{Manifest, SegmentMeta};
 pub use writer::Durability;

@@ -197,7 +197,13 @@ fn openapi_document_matches_the_server() {
                 .replace("{session_id}", "session-0");
             if method == "post" {
                 let reply = server.post(&concrete, &[("content-type", "application/json")], b"{}");
-                assert_eq!(reply.status, 200, "POST {path}: {}", reply.text());
+                // served: OTLP accepts an empty export; others refuse `{}` by naming what is missing
+                assert!(
+                    reply.status == 200 || (reply.status == 400 && reply.text().contains("error")),
+                    "POST {path}: {} {}",
+                    reply.status,
+                    reply.text()
+                );
                 continue;
             }
             // Every documented query parameter must be accepted (not refused as unknown).
@@ -219,6 +225,7 @@ fn openapi_document_matches_the_server() {
                         "kind",
                         "source",
                         "bucket",
+                        "tolerance",
                         "group_by",
                         "project",
                         "tenant_id",

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cost;
 mod fixtures;
 mod gateway;
 mod gateway_faults;
