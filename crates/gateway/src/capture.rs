@@ -110,6 +110,19 @@ impl Usage {
     fn is_empty(&self) -> bool {
         self.input.is_none() && self.output.is_none()
     }
+
+    /// The span's token columns.
+    fn fill(&self, span: &mut Span) {
+        span.input_tokens = self.input;
+        span.output_tokens = self.output;
+        span.cached_input_tokens = self.cached;
+        span.reasoning_tokens = self.reasoning;
+        span.total_tokens = self.total.or(match (self.input, self.output) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        });
+        span.usage_source = (!self.is_empty()).then(|| "reported".to_string());
+    }
 }
 
 /// What the response said, whatever its API and framing.
@@ -637,6 +650,45 @@ fn body_user(request: &Value) -> Option<String> {
 }
 
 /// Builds the span for one exchange.
+/// Model and usage of a complete, non-streamed answer: what pricing needs, read before the
+/// body is relayed (for the cost header). `None` when the answer reports no usage.
+pub fn usage_span(
+    api: Api,
+    project: &str,
+    provider: &str,
+    request_model: Option<&str>,
+    body: &Bytes,
+) -> Option<Span> {
+    let captured = Captured {
+        body: body.clone(),
+        truncated: false,
+        chunk_times: Vec::new(),
+        outcome: Outcome::Completed,
+        ended: std::time::Instant::now(),
+    };
+    let answer = answer_of(api, false, &captured);
+    if answer.usage.is_empty() {
+        return None;
+    }
+    let mut span = Span {
+        project: project.to_string(),
+        kind: if api == Api::Embeddings {
+            SpanKind::Embedding
+        } else {
+            SpanKind::Llm
+        },
+        provider: Some(provider.to_string()),
+        request_model: request_model.map(str::to_string),
+        model: answer.model.or_else(|| request_model.map(str::to_string)),
+        ..Span::default()
+    };
+    answer.usage.fill(&mut span);
+    if let Some(write) = answer.usage.cache_write {
+        span.attributes = json!({"gen_ai.usage.cache_creation.input_tokens": write});
+    }
+    Some(span)
+}
+
 pub fn to_span(exchange: &Exchange) -> Span {
     let request: Value = serde_json::from_slice(&exchange.request).unwrap_or(Value::Null);
     let answer = match &exchange.response {
@@ -691,20 +743,9 @@ pub fn to_span(exchange: &Exchange) -> Span {
             .find_map(|key| request.get(*key).and_then(Value::as_i64)),
         top_p: float(&request, "top_p"),
         finish_reason: answer.finish_reason.clone(),
-        input_tokens: answer.usage.input,
-        output_tokens: answer.usage.output,
-        cached_input_tokens: answer.usage.cached,
-        reasoning_tokens: answer.usage.reasoning,
-        total_tokens: answer
-            .usage
-            .total
-            .or(match (answer.usage.input, answer.usage.output) {
-                (None, None) => None,
-                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-            }),
-        usage_source: (!answer.usage.is_empty()).then(|| "reported".to_string()),
         ..Span::default()
     };
+    answer.usage.fill(&mut span);
 
     // metadata: the body's (OpenAI `metadata`, string pairs), then headers, which win
     if let Some(Value::Object(pairs)) = request.get("metadata") {

@@ -124,6 +124,9 @@ pub struct GatewayConfig {
     pub queue_capacity: usize,
     /// Bytes of a response body kept for the record (the client always gets all of it).
     pub max_capture_bytes: usize,
+    /// Send `x-llmtrace-cost-usd` on complete (non-streamed) answers of up to 1 MiB: the
+    /// answer is read whole before it is relayed, so its usage can be priced first.
+    pub cost_header: bool,
 }
 
 impl Default for GatewayConfig {
@@ -139,6 +142,7 @@ impl Default for GatewayConfig {
             store_false: StoreFalse::MetadataOnly,
             queue_capacity: 10_000,
             max_capture_bytes: 16 << 20,
+            cost_header: true,
         }
     }
 }

@@ -25,6 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use http_body_util::BodyExt;
 use llmtrace_model::span::is_valid_hex_id;
 use llmtrace_model::{SpanStatus, Store};
 use serde::Deserialize;
@@ -34,7 +35,7 @@ use crate::api::Api;
 use crate::capture::Exchange;
 pub use crate::config::{GatewayConfig, ProviderConfig, ProviderKind, StoreFalse};
 use crate::recorder::{Recorder, RecorderConfig, Stats};
-use crate::relay::Relay;
+use crate::relay::{Captured, Outcome, Relay};
 use crate::upstream::{HttpClient, Routes, Target};
 
 pub struct Gateway {
@@ -45,6 +46,7 @@ pub struct Gateway {
     default_project: String,
     max_body_bytes: usize,
     ids: IdSource,
+    pricer: Option<Arc<llmtrace_cost::Pricer>>,
 }
 
 impl Gateway {
@@ -55,6 +57,7 @@ impl Gateway {
         default_project: String,
         max_body_bytes: usize,
         env: &HashMap<String, String>,
+        pricer: Option<Arc<llmtrace_cost::Pricer>>,
     ) -> Result<Gateway, String> {
         let routes = Routes::new(&config, env)?;
         let client = upstream::client(&config)?;
@@ -73,6 +76,7 @@ impl Gateway {
             default_project,
             max_body_bytes,
             ids: IdSource::default(),
+            pricer,
         })
     }
 
@@ -226,6 +230,9 @@ fn upstream_body(body: &Bytes, head: &Head, target: &Target, inject_usage: bool)
         .map(Bytes::from)
         .unwrap_or_else(|_| body.clone())
 }
+
+/// Answers up to this size are read whole, so their cost can go in a header.
+const COST_HEADER_MAX_BYTES: usize = 1 << 20;
 
 /// Whether an upstream status makes an alias try its next target.
 fn retryable(status: StatusCode) -> bool {
@@ -504,6 +511,86 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     exchange.streamed = is_sse;
+    let priceable = matches!(
+        api,
+        Api::Chat | Api::Completions | Api::Responses | Api::AnthropicMessages | Api::Embeddings
+    );
+    let small = upstream_parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|length| length <= COST_HEADER_MAX_BYTES);
+    if let Some(pricer) = &gateway.pricer
+        && gateway.config.cost_header
+        && priceable
+        && small
+        && !is_sse
+        && upstream_parts.status.is_success()
+    {
+        let collected = tokio::time::timeout_at(deadline, upstream_body.collect()).await;
+        let elapsed_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let (outcome, bytes) = match collected {
+            Ok(Ok(collected)) => (Outcome::Completed, collected.to_bytes()),
+            Ok(Err(e)) => (
+                Outcome::Failed(format!("upstream body failed: {e}")),
+                Bytes::new(),
+            ),
+            Err(_) => (Outcome::Timeout, Bytes::new()),
+        };
+        let failed = outcome != Outcome::Completed;
+        let cost = (!failed)
+            .then(|| {
+                let mut span = capture::usage_span(
+                    api,
+                    &exchange.project,
+                    &exchange.provider,
+                    exchange.request_model.as_deref(),
+                    &bytes,
+                )?;
+                pricer.price(&mut span);
+                span.total_cost_usd
+            })
+            .flatten();
+        let kept = bytes.len().min(gateway.config.max_capture_bytes);
+        exchange.response = Some(Captured {
+            body: bytes.slice(..kept),
+            truncated: kept < bytes.len(),
+            chunk_times: vec![(bytes.len(), elapsed_us)],
+            outcome: outcome.clone(),
+            ended: Instant::now(),
+        });
+        record(exchange);
+        if failed {
+            let (status, kind) = match outcome {
+                Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            };
+            let message = match outcome {
+                Outcome::Failed(message) => message,
+                _ => "upstream total timeout".to_string(),
+            };
+            let mut response = error_response(api, status, kind, &message);
+            if let Some(value) = trace_header {
+                response.headers_mut().insert("x-llmtrace-trace-id", value);
+            }
+            return response;
+        }
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = upstream_parts.status;
+        let headers = response.headers_mut();
+        for (name, value) in &upstream_parts.headers {
+            if upstream::relayed(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(value) = trace_header {
+            headers.insert("x-llmtrace-trace-id", value);
+        }
+        if let Some(value) = cost.and_then(|c| HeaderValue::try_from(c.to_string()).ok()) {
+            headers.insert("x-llmtrace-cost-usd", value);
+        }
+        return response;
+    }
     let strip_usage = inject_usage && is_sse;
     let relay = Relay::new(
         upstream_body,

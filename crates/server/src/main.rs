@@ -235,6 +235,7 @@ async fn run(
             config.default_project.clone(),
             config.max_body_bytes,
             &env,
+            Some(pricer.clone()),
         )
         .map_err(anyhow::Error::msg)
         .context("gateway")?,

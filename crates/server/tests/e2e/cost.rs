@@ -577,3 +577,161 @@ fn reconcile_sets_computed_costs_against_the_providers_bills() {
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("yesterday"), "{}", bad.text());
 }
+
+/// The BPE files inside the tiktoken-rs crate, as cargo unpacked it.
+fn tiktoken_rs_assets() -> Option<std::path::PathBuf> {
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|home| std::path::Path::new(&home).join(".cargo")))
+        .ok()?;
+    std::fs::read_dir(cargo_home.join("registry/src"))
+        .ok()?
+        .flatten()
+        .flat_map(|index| {
+            std::fs::read_dir(index.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .find(|krate| {
+            krate
+                .file_name()
+                .to_string_lossy()
+                .starts_with("tiktoken-rs-0.12")
+        })
+        .map(|krate| krate.path().join("assets"))
+}
+
+#[test]
+fn estimated_tokens_equal_tiktokens_reference_counts() {
+    let Some(python) = crate::python::python() else {
+        crate::support::skip("no Python venv with tiktoken (.venv; .ci/run builds it)");
+        return;
+    };
+    let assets = tiktoken_rs_assets().expect("tiktoken-rs sources in the cargo registry");
+    let design =
+        std::fs::read_to_string(crate::support::shared_fixtures().join("../DESIGN.md")).unwrap();
+    let texts = [
+        "Hello, world!",
+        "  leading and trailing   whitespace \n\n\t tabs  ",
+        "fn main() { println!(\"{}\", 1 + 2); } // code, with 12345 and 3.14159",
+        "naïve café — “quotes” … 日本語のテキスト 한국어 текст 🙂🚀👩‍👩‍👧",
+        "<|endoftext|> special markers <|im_start|> are plain text here",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &design,
+    ];
+    let models = [
+        "gpt-4o",
+        "gpt-4o-mini-2024-07-18",
+        "gpt-4.1",
+        "gpt-5",
+        "o3",
+        "gpt-4",
+        "gpt-3.5-turbo-0125",
+        "text-embedding-3-small",
+        "ft:gpt-4o-mini-2024-07-18:acme::x1",
+    ];
+    let mut text_cases = Vec::new();
+    for model in models {
+        for text in texts {
+            text_cases.push(json!({"model": model, "text": text}));
+        }
+    }
+    let chats = [
+        json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}]),
+        json!([{"role": "user", "name": "alice", "content": "Résumé, please: 日本"}, {"role": "assistant", "content": "Sure."}, {"role": "user", "content": design[..2000].to_string()}]),
+    ];
+    let mut chat_cases = Vec::new();
+    for model in ["gpt-4o", "gpt-4", "gpt-5-mini"] {
+        for messages in &chats {
+            chat_cases.push(json!({"model": model, "messages": messages}));
+        }
+    }
+    // the call sent end to end below, counted by the oracle too (last cases)
+    let question = "What does a 2 KB prompt cost? ¿Y en español? 🙂";
+    let answer = "About a fifth of a cent for gpt-4o-mini.";
+    text_cases.push(json!({"model": "gpt-4o-mini", "text": answer}));
+    chat_cases
+        .push(json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}));
+    let mut child = Command::new(python)
+        .arg(crate::python::script("token_oracle.py"))
+        .arg("--bpe-dir")
+        .arg(&assets)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let request = json!({"texts": text_cases, "chats": chat_cases});
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(request.to_string().as_bytes())
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "token_oracle.py failed");
+    let reference: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let mut wrong = Vec::new();
+    for (case, expected) in text_cases
+        .iter()
+        .zip(reference["texts"].as_array().unwrap())
+    {
+        let counter = llmtrace_cost::estimate::Counter::for_model(case["model"].as_str().unwrap());
+        assert!(counter.exact, "{}", case["model"]);
+        let got = counter.text(case["text"].as_str().unwrap());
+        if Some(got) != expected.as_i64() {
+            wrong.push(format!(
+                "{} {:?}…: {got} ≠ {expected}",
+                case["model"],
+                &case["text"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .take(30)
+                    .collect::<String>()
+            ));
+        }
+    }
+    for (case, expected) in chat_cases
+        .iter()
+        .zip(reference["chats"].as_array().unwrap())
+    {
+        let counter = llmtrace_cost::estimate::Counter::for_model(case["model"].as_str().unwrap());
+        let got = counter.messages(case["messages"].as_array().unwrap());
+        if Some(got) != expected.as_i64() {
+            wrong.push(format!("chat for {}: {got} ≠ {expected}", case["model"]));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // end to end: a call sent without usage is stored with the reference counts
+    let server = TestServer::start();
+    let span = json!({"traceId": format!("{:032x}", 31), "spanId": format!("{:016x}", 31), "name": "chat", "kind": 3,
+    "startTimeUnixNano": (now_ns() - 1_000_000_000).to_string(), "endTimeUnixNano": now_ns().to_string(),
+    "attributes": [
+        {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+        {"key": "gen_ai.provider.name", "value": {"stringValue": "openai"}},
+        {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o-mini"}},
+        {"key": "gen_ai.input.messages", "value": {"stringValue": json!([{"role": "user", "parts": [{"type": "text", "content": question}]}]).to_string()}},
+        {"key": "gen_ai.output.messages", "value": {"stringValue": json!([{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": "stop"}]).to_string()}}
+    ]});
+    send(&server, vec![span]);
+    let stored = row(&server, 31);
+    assert_eq!(
+        stored["input_tokens"],
+        *reference["chats"].as_array().unwrap().last().unwrap(),
+        "{stored:#}"
+    );
+    assert_eq!(
+        stored["output_tokens"],
+        *reference["texts"].as_array().unwrap().last().unwrap(),
+        "{stored:#}"
+    );
+    assert_eq!(stored["usage_source"], "estimated");
+    assert!(stored["total_cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(metric(&server, "llmtrace_tokens_estimated_total"), 1);
+}

@@ -274,6 +274,19 @@ smart = ["primary/fail", "backup/steady"]
     let span = spans_of(&server, "azure", 1).remove(0);
     assert_eq!(span["provider"], "azure");
     assert_eq!(span["model"], "gpt-4o-2024-11-20");
+    // priced as gpt-4o ($2.50 / $10 per million): 3 in + 1 out; the client was told before
+    // the body came
+    let expected = 3.0 * 2.5e-6 + 10e-6;
+    assert!(
+        (span["total_cost_usd"].as_f64().unwrap() - expected).abs() < 1e-15,
+        "{span:#}"
+    );
+    let header: f64 = reply
+        .header("x-llmtrace-cost-usd")
+        .expect("cost header")
+        .parse()
+        .unwrap();
+    assert!((header - expected).abs() < 1e-15, "{header}");
 
     // no response headers within first_byte_timeout → 504, status timeout
     let started = Instant::now();

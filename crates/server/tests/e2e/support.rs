@@ -19,6 +19,7 @@ pub struct TestServer {
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -30,6 +31,13 @@ impl Reply {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -59,6 +67,16 @@ fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
     let body = response
         .body_mut()
         .with_config()
@@ -68,6 +86,7 @@ fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
     Reply {
         status,
         content_type,
+        headers,
         body,
     }
 }
