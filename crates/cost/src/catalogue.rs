@@ -2,6 +2,7 @@
 //! for overrides from the config file.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,7 @@ struct CatalogueFile {
 /// A set of prices indexed by normalized name.
 #[derive(Debug, Clone, Default)]
 pub struct PriceList {
-    pub models: Vec<ModelPrice>,
+    pub models: Vec<Arc<ModelPrice>>,
     by_name: HashMap<String, Vec<usize>>,
 }
 
@@ -147,11 +148,14 @@ impl PriceList {
                     .push(index);
             }
         }
-        Ok(PriceList { models, by_name })
+        Ok(PriceList {
+            models: models.into_iter().map(Arc::new).collect(),
+            by_name,
+        })
     }
 
     /// Entries named exactly `name` (already normalized).
-    pub fn named(&self, name: &str) -> impl Iterator<Item = &ModelPrice> {
+    pub fn named(&self, name: &str) -> impl Iterator<Item = &Arc<ModelPrice>> {
         self.by_name
             .get(name)
             .into_iter()

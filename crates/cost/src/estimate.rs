@@ -5,6 +5,10 @@
 //! per message, the tokens of every value in it, 1 more for a `name`, and 3 that prime the
 //! reply. Other families are counted with `o200k_base` as an approximation and marked so.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
@@ -13,11 +17,24 @@ use crate::normalize;
 
 /// A tokenizer and whether it is the model's own.
 #[derive(Clone, Copy)]
-pub struct Counter {
+pub struct Counter<'a> {
     bpe: &'static CoreBPE,
     pub encoding: &'static str,
     pub exact: bool,
+    cache: Option<&'a TokenCache>,
 }
+
+/// Counts of texts seen before, by a 64-bit hash of (encoding, text). Chat calls resend
+/// their whole history, so most of what a busy ingest path counts it has counted already.
+#[derive(Default)]
+pub struct TokenCache {
+    counts: Mutex<HashMap<u64, i64>>,
+}
+
+/// Texts shorter than this are counted directly: hashing them costs about as much.
+const CACHE_FROM_BYTES: usize = 256;
+/// Remembered counts; past this the memory starts over.
+const CACHE_ENTRIES: usize = 100_000;
 
 fn bpe(tokenizer: Tokenizer) -> Option<(&'static CoreBPE, &'static str)> {
     Some(match tokenizer {
@@ -30,10 +47,10 @@ fn bpe(tokenizer: Tokenizer) -> Option<(&'static CoreBPE, &'static str)> {
     })
 }
 
-impl Counter {
+impl<'a> Counter<'a> {
     /// The tokenizer for `model`: its own when it is an OpenAI model tiktoken knows,
     /// otherwise `o200k_base`, marked inexact.
-    pub fn for_model(model: &str) -> Counter {
+    pub fn for_model(model: &str) -> Counter<'a> {
         let own = normalize::candidates(model, &Default::default())
             .iter()
             .find_map(|name| get_tokenizer(name))
@@ -43,18 +60,46 @@ impl Counter {
                 bpe,
                 encoding,
                 exact: true,
+                cache: None,
             },
             None => Counter {
                 bpe: tiktoken_rs::o200k_base_singleton(),
                 encoding: "o200k_base",
                 exact: false,
+                cache: None,
             },
+        }
+    }
+
+    /// The same counter, remembering long texts' counts in `cache`.
+    pub fn cached(self, cache: &'a TokenCache) -> Counter<'a> {
+        Counter {
+            cache: Some(cache),
+            ..self
         }
     }
 
     /// Tokens of plain text (special-token markers count as ordinary text).
     pub fn text(&self, text: &str) -> i64 {
-        self.bpe.encode_ordinary(text).len() as i64
+        let Some(cache) = self.cache.filter(|_| text.len() >= CACHE_FROM_BYTES) else {
+            return self.bpe.encode_ordinary(text).len() as i64;
+        };
+        let key = {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (self.encoding, text).hash(&mut hasher);
+            hasher.finish()
+        };
+        if let Some(count) = cache.counts.lock().ok().and_then(|c| c.get(&key).copied()) {
+            return count;
+        }
+        let count = self.bpe.encode_ordinary(text).len() as i64;
+        if let Ok(mut counts) = cache.counts.lock() {
+            if counts.len() >= CACHE_ENTRIES {
+                counts.clear();
+            }
+            counts.insert(key, count);
+        }
+        count
     }
 
     /// Tokens of a normalized message list (`{role, content:[parts], name, tool_calls}`).

@@ -9,7 +9,8 @@ pub mod estimate;
 pub mod normalize;
 pub mod price;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -61,6 +62,7 @@ struct Overrides {
     prices: PriceList,
     deployments: BTreeMap<String, String>,
     estimate_tokens: bool,
+    cache: RwLock<HashMap<u64, Vec<Remembered>>>,
 }
 
 impl Overrides {
@@ -74,6 +76,7 @@ impl Overrides {
                 .map(|(from, to)| (normalize::clean(from), normalize::clean(to)))
                 .collect(),
             estimate_tokens: config.estimate_tokens,
+            cache: RwLock::new(HashMap::new()),
         })
     }
 }
@@ -89,11 +92,22 @@ pub enum Origin {
 /// A price found for a model name.
 #[derive(Debug, Clone, Serialize)]
 pub struct Resolved {
-    pub price: ModelPrice,
+    pub price: Arc<ModelPrice>,
     pub origin: Origin,
     /// `pricing_version` of spans priced with it.
-    pub version: String,
+    pub version: Arc<str>,
 }
+
+/// One remembered resolution (the key's strings, to rule out hash collisions).
+struct Remembered {
+    project: String,
+    provider: Option<String>,
+    model: String,
+    resolved: Option<Resolved>,
+}
+
+/// Resolutions remembered per overrides generation; past this the memory starts over.
+const MAX_REMEMBERED: usize = 10_000;
 
 /// The catalogue, the current overrides and counters. Cheap to share; `reload` swaps the
 /// overrides atomically.
@@ -102,6 +116,7 @@ pub struct Pricer {
     overrides: RwLock<Arc<Overrides>>,
     pub stats: Stats,
     warned: Mutex<HashSet<String>>,
+    tokens: estimate::TokenCache,
 }
 
 /// Unknown model names are warned about once each, up to this many names.
@@ -125,6 +140,7 @@ impl Pricer {
             overrides: RwLock::new(Arc::new(Overrides::new(config)?)),
             stats: Stats::default(),
             warned: Mutex::new(HashSet::new()),
+            tokens: estimate::TokenCache::default(),
         })
     }
 
@@ -153,9 +169,57 @@ impl Pricer {
     /// overrides, then global overrides, then the catalogue, trying each candidate name
     /// (normalize.rs) in turn; among same-named entries the caller's provider wins.
     pub fn resolve(&self, project: &str, provider: Option<&str>, model: &str) -> Option<Resolved> {
-        let overrides = self.current();
+        self.resolve_in(&self.current(), project, provider, model)
+    }
+
+    /// `resolve`, remembered per (project, provider, model) until the overrides change:
+    /// a busy ingest path sees the same few names again and again.
+    fn resolve_in(
+        &self,
+        overrides: &Overrides,
+        project: &str,
+        provider: Option<&str>,
+        model: &str,
+    ) -> Option<Resolved> {
+        let key = {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (project, provider, model).hash(&mut hasher);
+            hasher.finish()
+        };
+        let same = |entry: &Remembered| {
+            entry.project == project
+                && entry.provider.as_deref() == provider
+                && entry.model == model
+        };
+        if let Ok(cache) = overrides.cache.read()
+            && let Some(entry) = cache.get(&key).into_iter().flatten().find(|e| same(e))
+        {
+            return entry.resolved.clone();
+        }
+        let resolved = self.lookup(overrides, project, provider, model);
+        if let Ok(mut cache) = overrides.cache.write() {
+            if cache.len() >= MAX_REMEMBERED {
+                cache.clear();
+            }
+            cache.entry(key).or_default().push(Remembered {
+                project: project.to_string(),
+                provider: provider.map(str::to_string),
+                model: model.to_string(),
+                resolved: resolved.clone(),
+            });
+        }
+        resolved
+    }
+
+    fn lookup(
+        &self,
+        overrides: &Overrides,
+        project: &str,
+        provider: Option<&str>,
+        model: &str,
+    ) -> Option<Resolved> {
         let family = provider.map(|p| provider_family(&normalize::clean(p)).to_string());
-        let pick = |entries: Vec<&ModelPrice>| -> Option<ModelPrice> {
+        let pick = |entries: Vec<&Arc<ModelPrice>>| -> Option<Arc<ModelPrice>> {
             entries
                 .iter()
                 .find(|entry| {
@@ -164,10 +228,10 @@ impl Pricer {
                             == family.as_deref()
                 })
                 .or(entries.first())
-                .map(|entry| (*entry).clone())
+                .map(|entry| Arc::clone(entry))
         };
         for name in normalize::candidates(model, &overrides.deployments) {
-            let configured: Vec<&ModelPrice> = overrides.prices.named(&name).collect();
+            let configured: Vec<&Arc<ModelPrice>> = overrides.prices.named(&name).collect();
             let for_project = configured
                 .iter()
                 .copied()
@@ -183,7 +247,7 @@ impl Pricer {
                     return Some(Resolved {
                         price,
                         origin: Origin::Config,
-                        version: "config".into(),
+                        version: Arc::from("config"),
                     });
                 }
             }
@@ -191,7 +255,7 @@ impl Pricer {
                 return Some(Resolved {
                     price,
                     origin: Origin::Catalogue,
-                    version: self.catalogue.version.clone(),
+                    version: Arc::from(self.catalogue.version.as_str()),
                 });
             }
         }
@@ -265,7 +329,9 @@ impl Pricer {
             );
             return;
         };
-        let Some(resolved) = self.resolve(&span.project, span.provider.as_deref(), &model) else {
+        let Some(resolved) =
+            self.resolve_in(&overrides, &span.project, span.provider.as_deref(), &model)
+        else {
             self.warn_unpriced(&model, "not in the catalogue or the config");
             set_cost_attribute(
                 span,
@@ -279,7 +345,7 @@ impl Pricer {
                 span.input_cost_usd = Some(cost.input_side());
                 span.output_cost_usd = Some(cost.output_side());
                 span.total_cost_usd = Some(cost.total());
-                span.pricing_version = Some(resolved.version.clone());
+                span.pricing_version = Some(resolved.version.to_string());
                 let mut detail = serde_json::to_value(cost).unwrap_or(Value::Null);
                 if let Value::Object(fields) = &mut detail {
                     fields.insert("source".into(), "computed".into());
@@ -304,7 +370,7 @@ impl Pricer {
         if !has_input && !has_output {
             return;
         }
-        let counter = estimate::Counter::for_model(model.unwrap_or(""));
+        let counter = estimate::Counter::for_model(model.unwrap_or("")).cached(&self.tokens);
         let input = counter.input(&span.input, &span.input_text);
         let output = if span.kind == llmtrace_model::SpanKind::Embedding {
             0

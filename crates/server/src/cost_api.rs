@@ -350,7 +350,7 @@ pub async fn reconciliation(
         state
             .pricer
             .resolve(&project, Some(&provider), model)
-            .map(|resolved| resolved.price.name)
+            .map(|resolved| resolved.price.name.clone())
             .unwrap_or_else(|| normalize::clean(model))
     };
     let mut table: BTreeMap<(String, String), (Option<Side>, Option<BilledRow>)> = BTreeMap::new();

@@ -10,6 +10,7 @@
 pub mod corpus;
 mod gateway;
 mod otlp;
+mod pricing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub enum BenchCommand {
     Store(StoreArgs),
     /// The gateway against a fake upstream, beside direct calls and LiteLLM.
     Gateway(gateway::GatewayArgs),
+    /// What pricing adds per span, with reported and with estimated tokens.
+    Pricing(pricing::PricingArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,6 +99,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => ingest(args),
         BenchCommand::Store(args) => store(args),
         BenchCommand::Gateway(args) => gateway::run(args),
+        BenchCommand::Pricing(args) => pricing::run(args),
     }
 }
 
