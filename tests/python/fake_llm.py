@@ -5,6 +5,8 @@ Responses are canned and deterministic (same ids, same timestamps), so a test ca
 directly and through the gateway and compare what the client got. JSON is compact, as the
 real APIs send it. The model name picks the behaviour:
   tool-*     chat answers with a tool call (streamed as argument fragments)
+  Responses calls that offer tools play a small agent run: hand off (`transfer_to_*`),
+  call `get_weather`, then answer with its result; each such answer has a new id.
   error-429  429 with an OpenAI error body;  error-500  500
   anything else: a text answer.
 """
@@ -81,6 +83,32 @@ def response_object(model, request, status="completed", output=None):
 
 MESSAGE_ITEM = {"type": "message", "id": "msg_fake1", "status": "completed", "role": "assistant",
                 "content": [{"type": "output_text", "text": "It is sunny in Paris.", "annotations": []}]}
+
+
+AGENT_CALLS = [0]
+
+
+def agent_response(model, request):
+    """One step of an agent run, decided by what the request offers and already holds."""
+    tools = [t.get("name", "") for t in request.get("tools") or []]
+    items = request.get("input") if isinstance(request.get("input"), list) else []
+    outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+    AGENT_CALLS[0] += 1
+    n = AGENT_CALLS[0]
+    weather = [o for o in outputs if "sunny" in str(o.get("output", ""))]
+    if weather:
+        output = [{"type": "message", "id": f"msg_agent{n}", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": f"It is {weather[-1]['output']}.", "annotations": []}]}]
+    elif "get_weather" in tools:
+        output = [{"type": "function_call", "id": f"fc_agent{n}", "call_id": f"call_weather{n}",
+                   "name": "get_weather", "arguments": dumps({"city": "Paris"}), "status": "completed"}]
+    else:
+        handoff = next(t for t in tools if t.startswith("transfer_to_"))
+        output = [{"type": "function_call", "id": f"fc_agent{n}", "call_id": f"call_handoff{n}",
+                   "name": handoff, "arguments": "{}", "status": "completed"}]
+    body = response_object(model, request, output=output)
+    body["id"] = f"resp_agent{n:04d}"
+    return body
 
 
 def responses_events(model, request):
@@ -198,6 +226,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path.endswith("/responses"):
             if request.get("stream"):
                 self.send_sse(responses_events(model, request))
+            elif request.get("tools"):
+                self.send_json(200, agent_response(model, request))
             else:
                 self.send_json(200, response_object(model, request, output=[MESSAGE_ITEM]))
         elif path.endswith("/embeddings"):

@@ -31,6 +31,7 @@ pub struct AppState {
     pub metrics_requests: std::sync::atomic::AtomicU64,
     pub log_records: std::sync::atomic::AtomicU64,
     pub join: tokio::sync::Mutex<crate::join::Pending>,
+    pub agent_traces: tokio::sync::Mutex<crate::agents::Traces>,
 }
 
 type Shared = Arc<AppState>;
@@ -45,6 +46,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/traces/{trace_id}", get(get_trace))
         .route("/api/v1/sessions/{session_id}", get(get_session))
         .route("/api/v1/aggregate", get(aggregate))
+        .route("/v1/traces/ingest", post(crate::agents::ingest))
         .route("/api/v1/pricing", get(crate::cost_api::pricing))
         .route("/api/v1/reprice", post(crate::cost_api::reprice_route))
         .route("/api/v1/billing", post(crate::cost_api::upload_billing))
@@ -209,7 +211,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The project a request writes to or reads from: `x-llmtrace-project`, else the default.
-fn project_of(state: &AppState, headers: &HeaderMap) -> Result<String, Error> {
+pub fn project_of(state: &AppState, headers: &HeaderMap) -> Result<String, Error> {
     match header_text(headers, "x-llmtrace-project") {
         Some(project) if valid_project(project) => Ok(project.to_string()),
         Some(project) => Err(Error::BadRequest(format!(
@@ -535,7 +537,12 @@ async fn get_trace(
     Path(trace_id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
+    // the Agents SDK shows its ids as `trace_<32 hex>`
     let trace_id = trace_id.to_ascii_lowercase();
+    let trace_id = trace_id
+        .strip_prefix("trace_")
+        .unwrap_or(&trace_id)
+        .to_string();
     if !llmtrace_model::span::is_valid_hex_id(&trace_id, 32) {
         return error_response(&Error::BadRequest(format!(
             "{trace_id:?} is not a 32-character hex trace id"

@@ -1,5 +1,6 @@
 //! `llmtrace`: one binary that takes LLM traces in and answers questions about them.
 
+mod agents;
 mod bench;
 mod config;
 mod cost_api;
@@ -252,6 +253,7 @@ async fn run(
         metrics_requests: Default::default(),
         log_records: Default::default(),
         join: Default::default(),
+        agent_traces: Default::default(),
     });
     let (stop_sender, stop) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

@@ -3,6 +3,7 @@
 //! Helpers outside `#[test]` functions unwrap too: a test helper should fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agents;
 mod api;
 mod cost;
 mod fixtures;
