@@ -304,6 +304,7 @@ pub fn apply_conventions(span: &mut Span, attrs: &Map<String, Value>) {
             "gen_ai.system",
             "llm.provider",
             "llm.system",
+            "llm.vendor",
         ],
     )
     .map(|p| p.to_ascii_lowercase());
@@ -429,6 +430,7 @@ pub fn apply_conventions(span: &mut Span, attrs: &Map<String, Value>) {
             "session.id",
             "traceloop.association.properties.session_id",
             "langfuse.session.id",
+            "thread.id",
         ],
     );
     span.user_id = text(

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod convert;
+pub mod jsonlog;
 pub mod logs;
 pub mod messages;
 pub mod otlp;

@@ -134,6 +134,14 @@ pub fn event_row(log: &LogEvent) -> Span {
     }
 }
 
+/// Whether a stored row is an event row (`event_row`) rather than a span of its own — JSON
+/// trace logs are stored with source `log` too.
+pub fn is_event_row(span: &Span) -> bool {
+    span.source == SpanSource::Log
+        && span.start_time == span.end_time
+        && matches!(span.events.as_slice(), [event] if event.name == span.name && event.time_unix_nano == span.start_time)
+}
+
 /// Adds events to a span (once each) and recomputes its columns with what they carry.
 pub fn merge_events(span: &mut Span, events: &[SpanEvent]) {
     for event in events {

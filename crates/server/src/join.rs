@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use llmtrace_ingest::logs::{LogEvent, event_row, merge_events};
-use llmtrace_model::{Error, Span, SpanFilter, SpanKey, SpanQuery, SpanSource, Store};
+use llmtrace_ingest::logs::{LogEvent, event_row, is_event_row, merge_events};
+use llmtrace_model::{Error, Span, SpanFilter, SpanKey, SpanQuery, Store};
 
 use crate::http::{AppState, run_store};
 
@@ -35,10 +35,7 @@ fn find_span(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Option<
     filter.trace_id = Some(key.trace_id.clone());
     filter.span_id = Some(key.span_id.clone());
     let page = store.search(&SpanQuery::new(filter))?;
-    Ok(page
-        .spans
-        .into_iter()
-        .find(|span| span.source != SpanSource::Log))
+    Ok(page.spans.into_iter().find(|span| !is_event_row(span)))
 }
 
 fn event_rows_of(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Vec<Span>> {
@@ -46,8 +43,7 @@ fn event_rows_of(store: &dyn Store, key: &SpanKey) -> llmtrace_model::Result<Vec
         .trace(&key.project, &key.trace_id)?
         .into_iter()
         .filter(|span| {
-            span.source == SpanSource::Log
-                && span.parent_span_id.as_deref() == Some(key.span_id.as_str())
+            is_event_row(span) && span.parent_span_id.as_deref() == Some(key.span_id.as_str())
         })
         .collect())
 }

@@ -2,6 +2,8 @@
 
 mod agents;
 mod bench;
+mod bulk;
+mod bulk_cli;
 mod config;
 mod cost_api;
 mod cost_cli;
@@ -49,6 +51,10 @@ enum Command {
     Reprice(cost_cli::RepriceArgs),
     /// Import a provider's usage and cost report and compare it with computed costs.
     Reconcile(cost_cli::ReconcileArgs),
+    /// Import files (OTLP/JSON, Agents SDK, JSON trace logs, llmtrace JSONL) into a server.
+    Import(bulk_cli::ImportArgs),
+    /// Export matching spans from a server as JSONL, CSV, Parquet or fine-tuning JSONL.
+    Export(bulk_cli::ExportArgs),
     /// Benchmarks (figures in docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -96,6 +102,8 @@ fn main() -> Result<()> {
         Command::Query(args) => query_cli::run(args),
         Command::Reprice(args) => cost_cli::reprice(args),
         Command::Reconcile(args) => cost_cli::reconcile(args),
+        Command::Import(args) => bulk_cli::import(args),
+        Command::Export(args) => bulk_cli::export(args),
         Command::Bench(command) => bench::run(command),
     }
 }

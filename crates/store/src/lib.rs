@@ -4,6 +4,7 @@
 
 mod engine;
 mod error;
+pub mod export;
 mod fsutil;
 pub mod index;
 mod manifest;

@@ -5,6 +5,7 @@
 
 mod agents;
 mod api;
+mod bulk;
 mod cost;
 mod fixtures;
 mod gateway;
