@@ -44,13 +44,13 @@ fn duration_of(value: &Value) -> Option<i64> {
                 && !text.ends_with("us")
                 && !text.ends_with("ns")
             {
-                return (seconds >= 0.0).then(|| (seconds * 1e9) as i64);
+                return (seconds >= 0.0).then_some((seconds * 1e9) as i64);
             }
             if let Some(ms) = text
                 .strip_suffix("ms")
                 .and_then(|n| n.trim().parse::<f64>().ok())
             {
-                return (ms >= 0.0).then(|| (ms * 1e6) as i64);
+                return (ms >= 0.0).then_some((ms * 1e6) as i64);
             }
             humantime::parse_duration(text)
                 .ok()
