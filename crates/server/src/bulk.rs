@@ -369,7 +369,7 @@ impl std::io::Write for StreamWriter {
 
 /// Where export pages go: a Parquet writer, or text lines.
 enum Sink<'a> {
-    Parquet(llmtrace_store::export::ParquetExport<&'a mut (dyn std::io::Write + Send)>),
+    Parquet(Box<llmtrace_store::export::ParquetExport<&'a mut (dyn std::io::Write + Send)>>),
     Text(&'a mut (dyn std::io::Write + Send), Format),
 }
 
@@ -419,7 +419,9 @@ pub fn export(
         out.write_all(b"\n")?;
     }
     let mut sink = match format {
-        Format::Parquet => Sink::Parquet(llmtrace_store::export::ParquetExport::new(out)?),
+        Format::Parquet => {
+            Sink::Parquet(Box::new(llmtrace_store::export::ParquetExport::new(out)?))
+        }
         _ => Sink::Text(out, format),
     };
     let mut rows = 0u64;
