@@ -5,6 +5,7 @@ Responses are canned and deterministic (same ids, same timestamps), so a test ca
 directly and through the gateway and compare what the client got. JSON is compact, as the
 real APIs send it. The model name picks the behaviour:
   tool-*     chat answers with a tool call (streamed as argument fragments)
+  chat calls with `store: true` get a new completion id each (chatcmpl-storedNNNN).
   Responses calls that offer tools play a small agent run: hand off (`transfer_to_*`),
   call `get_weather`, then answer with its result; each such answer has a new id.
   error-429  429 with an OpenAI error body;  error-500  500
@@ -27,6 +28,9 @@ def dumps(value):
     return json.dumps(value, separators=(",", ":"))
 
 
+STORED = [0]
+
+
 def chat_body(model, request):
     message = {"role": "assistant", "content": ANSWER, "refusal": None, "annotations": []}
     finish = "stop"
@@ -35,7 +39,12 @@ def chat_body(model, request):
                    "tool_calls": [{"id": "call_w1", "type": "function",
                                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}
         finish = "tool_calls"
-    return {"id": "chatcmpl-fake1", "object": "chat.completion", "created": 1795314700, "model": model + "-2024-07-18",
+    # stored completions need ids of their own; other answers stay byte-identical
+    completion_id = "chatcmpl-fake1"
+    if request.get("store") is True:
+        STORED[0] += 1
+        completion_id = f"chatcmpl-stored{STORED[0]:04d}"
+    return {"id": completion_id, "object": "chat.completion", "created": 1795314700, "model": model + "-2024-07-18",
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": CHAT_USAGE, "service_tier": "default", "system_fingerprint": "fp_fake"}
 

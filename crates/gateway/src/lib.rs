@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, post};
 use http_body_util::BodyExt;
 use llmtrace_model::span::is_valid_hex_id;
 use llmtrace_model::{SpanStatus, Store};
@@ -103,7 +103,8 @@ impl Gateway {
 /// other `/v1` path, so routes registered elsewhere for `/v1/...` take precedence.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", any(proxy))
+        // GET (list stored completions) is the server's: only calls are proxied here
+        .route("/v1/chat/completions", post(proxy))
         .route("/v1/responses", any(proxy))
         .route("/v1/embeddings", any(proxy))
         .route("/v1/completions", any(proxy))

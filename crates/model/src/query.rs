@@ -467,6 +467,8 @@ pub fn aggregate<'a>(
 pub struct Deletion {
     pub project: String,
     pub trace_id: Option<String>,
+    /// One span of `trace_id` (a stored completion, say) rather than the whole trace.
+    pub span_id: Option<String>,
     pub session_id: Option<String>,
     pub user_id: Option<String>,
     /// `[since, until)` on start time, ns.
@@ -486,12 +488,18 @@ impl Deletion {
                 "a deletion needs a trace_id, session_id, user_id or time range".into(),
             ));
         }
+        if self.span_id.is_some() && self.trace_id.is_none() {
+            return Err(Error::BadRequest(
+                "a deletion by span_id needs its trace_id".into(),
+            ));
+        }
         Ok(())
     }
 
     pub fn matches(&self, span: &Span) -> bool {
         span.project == self.project
             && eq_opt(&self.trace_id, Some(&span.trace_id))
+            && eq_opt(&self.span_id, Some(&span.span_id))
             && eq_opt(&self.session_id, span.session_id.as_ref())
             && eq_opt(&self.user_id, span.user_id.as_ref())
             && self.since.is_none_or(|since| span.start_time >= since)

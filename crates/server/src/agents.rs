@@ -5,7 +5,7 @@
 //! trace already stored — and are stored. A trace object that arrives after some of its
 //! spans re-stores those spans with its session. `response` spans (the SDK's default model
 //! only exports a response id and usage) are joined with the gateway's record of the same
-//! call, found by `gen_ai.response.id` near the span's time: the SDK span takes the call's
+//! call, found by its indexed `gen_ai.response.id`: the SDK span takes the call's
 //! model, messages, parameters and timings, and the gateway's span is rewritten as a stub
 //! that points to it, so the call is counted once.
 
@@ -33,16 +33,14 @@ pub struct Traces {
 /// what the trace said, and are asked instead).
 const MAX_TRACES: usize = 100_000;
 
-/// How far around an SDK `response` span the gateway's record of the call is looked for.
-const JOIN_WINDOW_NS: i64 = 30_000_000_000;
-
 fn response_id(span: &Span) -> Option<&str> {
     span.attributes
         .get("gen_ai.response.id")
         .and_then(Value::as_str)
 }
 
-/// The gateway's span of the call that produced `response_id`, if stored.
+/// The gateway's span of the call that produced `wanted` (a response id), if stored: the
+/// response id is an indexed attribute.
 fn gateway_call(
     store: &dyn Store,
     span: &Span,
@@ -51,24 +49,12 @@ fn gateway_call(
     let mut filter = SpanFilter::for_project(&span.project);
     filter.source = Some(SpanSource::Gateway);
     filter.kinds = vec![SpanKind::Llm];
-    filter.since = Some(span.start_time - JOIN_WINDOW_NS);
-    filter.until = Some(span.end_time + JOIN_WINDOW_NS);
-    let mut query = SpanQuery::new(filter);
-    query.limit = llmtrace_model::query::MAX_PAGE_LIMIT;
-    loop {
-        let page = store.search(&query)?;
-        if let Some(found) = page
-            .spans
-            .into_iter()
-            .find(|s| response_id(s) == Some(wanted))
-        {
-            return Ok(Some(found));
-        }
-        match page.next_cursor {
-            Some(cursor) => query.cursor = Some(cursor),
-            None => return Ok(None),
-        }
-    }
+    filter.attributes = vec![("gen_ai.response.id".into(), wanted.to_string())];
+    Ok(store
+        .search(&SpanQuery::new(filter))?
+        .spans
+        .into_iter()
+        .next())
 }
 
 /// The SDK span takes the call's content from the gateway span; the gateway span becomes

@@ -50,6 +50,15 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/ingest/logs", post(crate::bulk::ingest_logs))
         .route("/api/v1/import", post(crate::bulk::import_spans))
         .route("/api/v1/export", get(crate::bulk::export_route))
+        .route("/v1/chat/completions", get(crate::completions::list))
+        .route(
+            "/v1/chat/completions/{id}",
+            get(crate::completions::retrieve).delete(crate::completions::delete),
+        )
+        .route(
+            "/v1/chat/completions/{id}/messages",
+            get(crate::completions::messages),
+        )
         .route("/api/v1/pricing", get(crate::cost_api::pricing))
         .route("/api/v1/reprice", post(crate::cost_api::reprice_route))
         .route("/api/v1/billing", post(crate::cost_api::upload_billing))

@@ -1388,6 +1388,7 @@ impl Store for EmbeddedStore {
         let filter = SpanFilter {
             project: deletion.project.clone(),
             trace_id: deletion.trace_id.clone(),
+            span_id: deletion.span_id.clone(),
             session_id: deletion.session_id.clone(),
             user_id: deletion.user_id.clone(),
             since: deletion.since,

@@ -124,6 +124,7 @@ struct Fields {
     service: Field,
     source: Field,
     meta: Field,
+    response: Field,
     row: Field,
     start: Field,
     seq: Field,
@@ -162,6 +163,7 @@ fn schema() -> (Schema, Fields) {
     let service = add("service");
     let source = add("source");
     let meta = add("meta");
+    let response = add("response");
     let row = builder.add_u64_field("row", FAST);
     let start = builder.add_i64_field("start", FAST);
     let seq = builder.add_u64_field("seq", FAST);
@@ -181,6 +183,7 @@ fn schema() -> (Schema, Fields) {
         service,
         source,
         meta,
+        response,
         row,
         start,
         seq,
@@ -189,6 +192,10 @@ fn schema() -> (Schema, Fields) {
     };
     (builder.build(), fields)
 }
+
+/// The attribute holding a model call's response id (`chatcmpl-…`, `resp_…`, `msg_…`):
+/// indexed, so stored completions and the Agents SDK join find a call by it.
+pub const RESPONSE_ID_ATTRIBUTE: &str = "gen_ai.response.id";
 
 fn key_text(trace_id: &str, span_id: &str) -> String {
     format!("{trace_id}/{span_id}")
@@ -247,6 +254,13 @@ fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument
     doc.add_text(fields.source, span.source.as_str());
     for (key, value) in &span.metadata {
         doc.add_text(fields.meta, meta_text(key, value));
+    }
+    if let Some(id) = span
+        .attributes
+        .get(RESPONSE_ID_ATTRIBUTE)
+        .and_then(serde_json::Value::as_str)
+    {
+        doc.add_text(fields.response, id);
     }
     doc.add_u64(fields.row, row as u64);
     doc.add_i64(fields.start, span.start_time);
@@ -431,6 +445,11 @@ impl SegmentIndex {
         }
         for (key, value) in &filter.metadata {
             required.extend(term(f.meta, &meta_text(key, value)));
+        }
+        for (key, value) in &filter.attributes {
+            if key == RESPONSE_ID_ATTRIBUTE {
+                required.extend(term(f.response, value));
+            }
         }
         if let Some(text) = &filter.text {
             for word in terms(text) {

@@ -6,6 +6,7 @@
 mod agents;
 mod api;
 mod bulk;
+mod completions;
 mod cost;
 mod fixtures;
 mod gateway;
