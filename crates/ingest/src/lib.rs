@@ -7,5 +7,6 @@ pub mod jsonlog;
 pub mod logs;
 pub mod messages;
 pub mod otlp;
+pub mod stored;
 
 pub use convert::{Converted, convert_traces, valid_project};

@@ -14,15 +14,55 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ImportArgs {
+    #[command(subcommand)]
+    from: Option<ImportFrom>,
     /// Files to import (NDJSON/JSONL, or one JSON document per file).
-    #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "LLMTRACE_SERVER")]
     server: String,
     /// Store everything in this project (default: the project each span names, or the
     /// server's default).
+    #[arg(long)]
+    project: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum ImportFrom {
+    /// Backfill from an OpenAI-compatible stored-completions API (before OpenAI's ~30-day
+    /// expiry): resumable, and safe to run again.
+    Openai(OpenaiArgs),
+}
+
+#[derive(clap::Args)]
+pub struct OpenaiArgs {
+    /// The API's base URL.
+    #[arg(long, default_value = "https://api.openai.com/v1")]
+    base_url: String,
+    /// Environment variable holding the API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    key_env: String,
+    /// Only completions with this metadata, as key=value (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
+    /// Only completions created at or after this time (RFC 3339, YYYY-MM-DD, unix seconds).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only completions created before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// The provider name the imported calls carry.
+    #[arg(long, default_value = "openai")]
+    provider: String,
+    /// Where progress is kept, so an interrupted import continues where it stopped.
+    #[arg(long, default_value = "llmtrace-import-openai.state.json")]
+    state: PathBuf,
+    /// llmtrace server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "LLMTRACE_SERVER")]
+    server: String,
+    /// Project to store them in (default: the server's default project).
     #[arg(long)]
     project: Option<String>,
 }
@@ -258,6 +298,12 @@ impl<R: Read> Read for Counting<R> {
 }
 
 pub fn import(args: ImportArgs) -> Result<()> {
+    if let Some(ImportFrom::Openai(openai)) = args.from {
+        return import_openai(openai);
+    }
+    if args.files.is_empty() {
+        bail!("name the files to import (or `import openai` to backfill stored completions)");
+    }
     let mut sender = Sender {
         agent: agent(),
         server: args.server.trim_end_matches('/').to_string(),
@@ -399,6 +445,167 @@ pub fn export(args: ExportArgs) -> Result<()> {
             written as f64 / (1 << 20) as f64,
             started.elapsed().as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+fn unix_seconds(text: &str) -> Result<i64> {
+    let bytes = text.as_bytes();
+    let text = if bytes.len() == 10 && bytes[4] == b'-' && bytes[7] == b'-' {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let ns = crate::params::parse_time("time", &text, llmtrace_store::now_ns())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ns / 1_000_000_000)
+}
+
+/// Where an `import openai` run got to.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct ImportState {
+    source: String,
+    after: Option<String>,
+    imported: u64,
+}
+
+fn get_json(agent: &ureq::Agent, url: &str, key: &str) -> Result<Value> {
+    let mut response = agent
+        .get(url)
+        .header("authorization", &format!("Bearer {key}"))
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
+}
+
+fn import_openai(args: OpenaiArgs) -> Result<()> {
+    let key = std::env::var(&args.key_env)
+        .with_context(|| format!("set {} to the API key (or pass --key-env)", args.key_env))?;
+    let base = args.base_url.trim_end_matches('/');
+    let since = args.since.as_deref().map(unix_seconds).transpose()?;
+    let until = args.until.as_deref().map(unix_seconds).transpose()?;
+    let mut filters = String::new();
+    for pair in &args.metadata {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("--metadata {pair:?} is not key=value");
+        };
+        filters.push_str(&format!(
+            "&metadata%5B{}%5D={}",
+            encode(name),
+            encode(value)
+        ));
+    }
+    // a state file belongs to one source and filter set; another one starts afresh
+    let source = format!("{base}?{filters}&since={since:?}&until={until:?}");
+    let mut state: ImportState = std::fs::read(&args.state)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(|state: &ImportState| state.source == source)
+        .unwrap_or(ImportState {
+            source: source.clone(),
+            ..ImportState::default()
+        });
+    if let Some(after) = &state.after {
+        eprintln!(
+            "resuming after {after} ({} imported before)",
+            state.imported
+        );
+    }
+    let agent = agent();
+    let mut sender = Sender {
+        agent: agent.clone(),
+        server: args.server.trim_end_matches('/').to_string(),
+        project: args.project.clone(),
+        run: Vec::new(),
+        run_kind: None,
+        run_first_line: 1,
+        run_items: Vec::new(),
+        sent_lines: 0,
+        problems: Vec::new(),
+    };
+    let project = args.project.clone().unwrap_or_default();
+    let started = Instant::now();
+    let mut new = 0u64;
+    'pages: loop {
+        let mut url = format!("{base}/chat/completions?limit=100&order=asc{filters}");
+        if let Some(after) = &state.after {
+            url.push_str(&format!("&after={}", encode(after)));
+        }
+        let page = get_json(&agent, &url, &key)?;
+        let completions = page["data"].as_array().cloned().unwrap_or_default();
+        let mut lines = Vec::new();
+        let mut last = None;
+        for completion in &completions {
+            let Some(id) = completion["id"].as_str() else {
+                continue;
+            };
+            let created = completion["created"].as_i64().unwrap_or(0);
+            if until.is_some_and(|until| created >= until) {
+                break 'pages;
+            }
+            last = Some(id.to_string());
+            if since.is_some_and(|since| created < since) {
+                continue;
+            }
+            let mut messages = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut url = format!(
+                    "{base}/chat/completions/{}/messages?limit=100&order=asc",
+                    encode(id)
+                );
+                if let Some(after) = &after {
+                    url.push_str(&format!("&after={}", encode(after)));
+                }
+                let page = get_json(&agent, &url, &key)?;
+                let data = page["data"].as_array().cloned().unwrap_or_default();
+                after = data
+                    .last()
+                    .and_then(|m| m["id"].as_str())
+                    .map(str::to_string);
+                messages.extend(data);
+                if page["has_more"] != Value::Bool(true) || after.is_none() {
+                    break;
+                }
+            }
+            if let Some(span) =
+                llmtrace_ingest::stored::to_span(completion, &messages, &project, &args.provider)
+            {
+                lines.push(serde_json::to_string(&span)?);
+            }
+        }
+        if !lines.is_empty() {
+            new += lines.len() as u64;
+            let mut body = lines.join("\n").into_bytes();
+            body.push(b'\n');
+            sender.post("/api/v1/import", body, 1, "openai")?;
+        }
+        if let Some(last) = last {
+            state.after = Some(last);
+        }
+        state.imported += lines.len() as u64;
+        std::fs::write(&args.state, serde_json::to_vec_pretty(&state)?)
+            .with_context(|| format!("cannot write {}", args.state.display()))?;
+        eprint!(
+            "\r{} completions imported ({:.0}/s)   ",
+            new,
+            new as f64 / started.elapsed().as_secs_f64().max(1e-3)
+        );
+        if page["has_more"] != Value::Bool(true) || completions.is_empty() {
+            break;
+        }
+    }
+    eprintln!(
+        "\rimported {new} completions ({} in all from this source)",
+        state.imported
+    );
+    for problem in &sender.problems {
+        eprintln!("  {problem}");
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! OpenAI's stored-completions API over the chat calls the gateway recorded:
+//! OpenAI's stored-completions API over the chat calls the gateway recorded (and those
+//! `llmtrace import openai` brought in):
 //! `GET /v1/chat/completions` (limit, after, order, model, `metadata[key]=value`),
 //! `GET /v1/chat/completions/{id}`, `GET /v1/chat/completions/{id}/messages` and
 //! `DELETE /v1/chat/completions/{id}`, shaped like OpenAI's answers so the `openai` SDK's
@@ -9,8 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use llmtrace_model::{
-    Deletion, Error, Span, SpanFilter, SpanKind, SpanQuery, SpanSource, Store,
-    query::MAX_PAGE_LIMIT,
+    Deletion, Error, Span, SpanFilter, SpanKind, SpanQuery, Store, query::MAX_PAGE_LIMIT,
 };
 use serde_json::{Map, Value, json};
 
@@ -35,10 +35,9 @@ fn openai_error(err: &Error) -> Response {
         .into_response()
 }
 
-/// Chat calls the gateway recorded, in `project`.
+/// Chat calls the gateway recorded (or `import openai` brought in), in `project`.
 fn chat_filter(project: &str) -> SpanFilter {
     let mut filter = SpanFilter::for_project(project);
-    filter.source = Some(SpanSource::Gateway);
     filter.kinds = vec![SpanKind::Llm];
     filter.attributes = vec![("url.path".into(), "/v1/chat/completions".into())];
     filter
