@@ -101,6 +101,40 @@ pub fn document() -> Value {
                 "parameters": filter_params(&["tolerance"]),
                 "responses": page_response("rows with computed, billed, difference and flagged")
             }},
+            "/v1/traces/ingest": {"post": {
+                "summary": "OpenAI Agents SDK trace export ({data:[trace and span objects]}), as its BackendSpanExporter sends it",
+                "requestBody": {"content": {"application/json": {}}},
+                "responses": {"200": {"description": "{accepted, rejected, errors}"}, "400": {"description": "not an Agents SDK batch"}, "413": {"description": "body too large"}}
+            }},
+            "/api/v1/ingest/logs": {"post": {
+                "summary": "JSON trace logs, one line per finished operation (NDJSON; docs/INGEST.md)",
+                "requestBody": {"content": {"application/x-ndjson": {}}},
+                "responses": {"200": {"description": "{accepted, rejected, errors:[{line, error}]}"}, "400": {"description": "no line could be read"}}
+            }},
+            "/api/v1/import": {"post": {
+                "summary": "spans in llmtrace's JSONL export format, stored under their own ids",
+                "requestBody": {"content": {"application/x-ndjson": {}}},
+                "responses": {"200": {"description": "{accepted, rejected, errors:[{line, error}]}"}, "400": {"description": "no line could be read"}}
+            }},
+            "/api/v1/export": {"get": {
+                "summary": "matching spans streamed as jsonl, csv, parquet or openai-finetune (format=)",
+                "parameters": filter_params(&["format"]),
+                "responses": {"200": {"description": "the export, streamed"}, "400": {"description": "a parameter is unknown or malformed"}}
+            }},
+            "/v1/chat/completions": {"get": {
+                "summary": "stored completions (OpenAI's list shape) over recorded chat calls",
+                "parameters": [query_param("limit"), query_param("after"), query_param("order"), query_param("model")],
+                "responses": {"200": {"description": "{object:list, data, first_id, last_id, has_more}"}}
+            }},
+            "/v1/chat/completions/{completion_id}": {
+                "get": {"summary": "one stored completion", "parameters": [path_param("completion_id")], "responses": {"200": {"description": "chat.completion"}, "404": {"description": "unknown id"}}},
+                "delete": {"summary": "delete a stored completion", "parameters": [path_param("completion_id")], "responses": {"200": {"description": "chat.completion.deleted"}, "404": {"description": "unknown id"}}}
+            },
+            "/v1/chat/completions/{completion_id}/messages": {"get": {
+                "summary": "the request messages of a stored completion",
+                "parameters": [path_param("completion_id"), query_param("limit"), query_param("after"), query_param("order")],
+                "responses": {"200": {"description": "{object:list, data, first_id, last_id, has_more}"}, "404": {"description": "unknown id"}}
+            }},
             "/api/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     })

@@ -226,6 +226,8 @@ fn openapi_document_matches_the_server() {
                         "source",
                         "bucket",
                         "tolerance",
+                        "format",
+                        "order",
                         "group_by",
                         "project",
                         "tenant_id",
