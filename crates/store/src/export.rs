@@ -14,8 +14,9 @@ use parquet::file::properties::WriterProperties;
 use crate::error::{Error, Result};
 use crate::segment::{StoredSpan, schema, to_batch};
 
-/// Rows per row group: one export page or several make a group.
-const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Rows per row group: the writer holds one group in memory before writing it out, so this
+/// bounds an export's memory (16 pages of 1,000 rows).
+const ROW_GROUP_ROWS: usize = 16 * 1024;
 
 fn export_schema() -> SchemaRef {
     let full = schema();

@@ -8,6 +8,7 @@
 //!   fake upstream, beside direct calls and (optionally) the LiteLLM proxy.
 
 pub mod corpus;
+mod export;
 mod gateway;
 mod otlp;
 mod pricing;
@@ -33,6 +34,8 @@ pub enum BenchCommand {
     Gateway(gateway::GatewayArgs),
     /// What pricing adds per span, with reported and with estimated tokens.
     Pricing(pricing::PricingArgs),
+    /// Exports of a whole store over HTTP, with the server's memory sampled.
+    Export(export::ExportArgs),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +103,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Store(args) => store(args),
         BenchCommand::Gateway(args) => gateway::run(args),
         BenchCommand::Pricing(args) => pricing::run(args),
+        BenchCommand::Export(args) => export::run(args),
     }
 }
 

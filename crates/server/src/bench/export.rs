@@ -1,0 +1,151 @@
+//! `llmtrace bench export`: fills a store with corpus spans (once), serves it, and exports
+//! everything in each format over HTTP while sampling the server's resident memory, to show
+//! that an export holds one page in memory whatever its size.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use llmtrace_model::Store;
+use llmtrace_store::Durability;
+
+use super::corpus::Corpus;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Data directory: filled with `--spans` corpus spans if empty, reused otherwise.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 1_000_000)]
+    spans: u64,
+    /// New message text per call, bytes.
+    #[arg(long, default_value_t = 300)]
+    text_bytes: usize,
+    /// Formats to export, in order.
+    #[arg(long, value_delimiter = ',', default_value = "jsonl,parquet,csv")]
+    formats: Vec<String>,
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn fill(args: &ExportArgs) -> Result<()> {
+    let started = Instant::now();
+    let store = super::open(&args.dir, Durability::None)?;
+    let mut corpus = Corpus::new(5, args.spans, 30, llmtrace_store::now_ns(), args.text_bytes);
+    let mut left = args.spans;
+    while left > 0 {
+        let n = left.min(5000);
+        left -= n;
+        store.append((0..n).map(|_| corpus.next_span("bench")).collect())?;
+    }
+    store.close()?;
+    println!(
+        "filled {} spans in {:.0} s",
+        args.spans,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    if !args.dir.exists() || std::fs::read_dir(&args.dir)?.next().is_none() {
+        fill(&args)?;
+    }
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "off",
+        ])
+        .args(["--otlp-grpc-listen", "off", "--data-dir"])
+        .arg(&args.dir)
+        .env("LLMTRACE_LOG", "warn")
+        .env("LLMTRACE_RETENTION_DAYS", "0")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let base = line
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("http="))
+        .map(|address| format!("http://{address}"))
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    println!("| format | rows | bytes | time | rows/s | server RSS before → peak |");
+    println!("|---|---|---|---|---|---|");
+    for format in &args.formats {
+        let before = rss_kib(pid);
+        let peak = Arc::new(AtomicU64::new(before));
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let started = Instant::now();
+        let url = format!("{base}/api/v1/export?project=bench&format={format}");
+        let mut response = agent.get(&url).call()?;
+        if !response.status().is_success() {
+            bail!("{url} answered {}", response.status());
+        }
+        let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+        let (mut bytes, mut newlines) = (0u64, 0u64);
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = body.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            newlines += buffer[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        let _ = sampler.join();
+        // JSONL has one line per span; CSV text may hold newlines and Parquet has no lines
+        let rows = if format == "jsonl" {
+            newlines
+        } else {
+            args.spans
+        };
+        println!(
+            "| {format} | {rows} | {:.0} MiB | {seconds:.1} s | {:.0} | {} → {} MiB |",
+            bytes as f64 / (1 << 20) as f64,
+            rows as f64 / seconds,
+            before >> 10,
+            peak.load(Ordering::Relaxed) >> 10
+        );
+    }
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = child.wait();
+    Ok(())
+}
