@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::client::{agent, encode, unix_seconds};
+
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ImportArgs {
@@ -80,25 +82,6 @@ pub struct ExportArgs {
     server: String,
     /// Search filters as name=value (since=7d, model=gpt-4o, project=…, kind=llm, q=…).
     filters: Vec<String>,
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into()
 }
 
 /// What one line is.
@@ -305,7 +288,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         bail!("name the files to import (or `import openai` to backfill stored completions)");
     }
     let mut sender = Sender {
-        agent: agent(),
+        agent: agent(Duration::from_secs(600)),
         server: args.server.trim_end_matches('/').to_string(),
         project: args.project.clone(),
         run: Vec::new(),
@@ -405,7 +388,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
         };
         url.push_str(&format!("&{}={}", encode(name), encode(value)));
     }
-    let mut response = agent()
+    let mut response = agent(Duration::from_secs(600))
         .get(&url)
         .call()
         .with_context(|| format!("cannot reach {}", args.server))?;
@@ -447,18 +430,6 @@ pub fn export(args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn unix_seconds(text: &str) -> Result<i64> {
-    let bytes = text.as_bytes();
-    let text = if bytes.len() == 10 && bytes[4] == b'-' && bytes[7] == b'-' {
-        format!("{text}T00:00:00Z")
-    } else {
-        text.to_string()
-    };
-    let ns = crate::params::parse_time("time", &text, llmtrace_store::now_ns())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ns / 1_000_000_000)
 }
 
 /// Where an `import openai` run got to.
@@ -516,7 +487,7 @@ fn import_openai(args: OpenaiArgs) -> Result<()> {
             state.imported
         );
     }
-    let agent = agent();
+    let agent = agent(Duration::from_secs(600));
     let mut sender = Sender {
         agent: agent.clone(),
         server: args.server.trim_end_matches('/').to_string(),

@@ -3,10 +3,12 @@
 //! admin key stays with whoever runs it and never reaches the server.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::client::{agent, encode, unix_seconds};
 use crate::cost_api::BilledRow;
 
 #[derive(clap::Args)]
@@ -67,25 +69,6 @@ pub struct ReconcileArgs {
     json: bool,
 }
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
 /// Reads a JSON answer; any status other than 2xx is an error that quotes the body.
 fn answer(mut response: ureq::http::Response<ureq::Body>, url: &str) -> Result<Value> {
     let status = response.status();
@@ -114,25 +97,13 @@ pub fn reprice(args: RepriceArgs) -> Result<()> {
         };
         url.push_str(&format!("&{}={}", encode(name), encode(value)));
     }
-    let response = agent()
+    let response = agent(Duration::from_secs(120))
         .post(&url)
         .send_empty()
         .with_context(|| format!("cannot reach {}", args.server))?;
     let report = answer(response, &url)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-fn unix_seconds(text: &str) -> Result<i64> {
-    let is_day = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
-    let text = if is_day {
-        format!("{text}T00:00:00Z")
-    } else {
-        text.to_string()
-    };
-    let ns = crate::params::parse_time("time", &text, llmtrace_store::now_ns())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ns / 1_000_000_000)
 }
 
 fn day_of_unix(seconds: i64) -> String {
@@ -382,7 +353,7 @@ pub fn reconcile(args: ReconcileArgs) -> Result<()> {
     if start >= end {
         bail!("--since must be before --until");
     }
-    let agent = agent();
+    let agent = agent(Duration::from_secs(120));
     let bill = match args.provider {
         BillingProvider::Openai => openai_bill(&agent, base, &key, start, end)?,
         BillingProvider::Anthropic => anthropic_bill(&agent, base, &key, start, end)?,

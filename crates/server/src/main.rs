@@ -4,6 +4,7 @@ mod agents;
 mod bench;
 mod bulk;
 mod bulk_cli;
+mod client;
 mod completions;
 mod config;
 mod cost_api;

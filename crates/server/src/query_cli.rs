@@ -3,6 +3,8 @@
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::client::encode;
+
 #[derive(clap::Args)]
 pub struct QueryArgs {
     /// Server base URL.
@@ -111,17 +113,4 @@ pub fn run(args: QueryArgs) -> Result<()> {
         println!("(more: cursor={cursor})");
     }
     Ok(())
-}
-
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
 }
