@@ -131,6 +131,20 @@ struct Sender {
 const RUN_BYTES: usize = 4 << 20;
 
 impl Sender {
+    fn new(agent: ureq::Agent, server: &str, project: Option<String>) -> Sender {
+        Sender {
+            agent,
+            server: server.trim_end_matches('/').to_string(),
+            project,
+            run: Vec::new(),
+            run_kind: None,
+            run_first_line: 1,
+            run_items: Vec::new(),
+            sent_lines: 0,
+            problems: Vec::new(),
+        }
+    }
+
     fn post(&mut self, path: &str, body: Vec<u8>, first_line: usize, label: &str) -> Result<()> {
         let url = format!("{}{}", self.server, path);
         let mut request = self
@@ -287,17 +301,11 @@ pub fn import(args: ImportArgs) -> Result<()> {
     if args.files.is_empty() {
         bail!("name the files to import (or `import openai` to backfill stored completions)");
     }
-    let mut sender = Sender {
-        agent: agent(Duration::from_secs(600)),
-        server: args.server.trim_end_matches('/').to_string(),
-        project: args.project.clone(),
-        run: Vec::new(),
-        run_kind: None,
-        run_first_line: 1,
-        run_items: Vec::new(),
-        sent_lines: 0,
-        problems: Vec::new(),
-    };
+    let mut sender = Sender::new(
+        agent(Duration::from_secs(600)),
+        &args.server,
+        args.project.clone(),
+    );
     for path in &args.files {
         let label = path.display().to_string();
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {label}"))?;
@@ -488,17 +496,7 @@ fn import_openai(args: OpenaiArgs) -> Result<()> {
         );
     }
     let agent = agent(Duration::from_secs(600));
-    let mut sender = Sender {
-        agent: agent.clone(),
-        server: args.server.trim_end_matches('/').to_string(),
-        project: args.project.clone(),
-        run: Vec::new(),
-        run_kind: None,
-        run_first_line: 1,
-        run_items: Vec::new(),
-        sent_lines: 0,
-        problems: Vec::new(),
-    };
+    let mut sender = Sender::new(agent.clone(), &args.server, args.project.clone());
     let project = args.project.clone().unwrap_or_default();
     let started = Instant::now();
     let mut new = 0u64;
