@@ -378,6 +378,10 @@ pub struct AggregateRow {
     pub latency_p99_ms: f64,
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p95_ms: Option<f64>,
+    /// Earliest start and latest end (ns) of the group's spans: a session's first and last
+    /// activity. `None` only from rollups written before these were kept.
+    pub first_start_time: Option<i64>,
+    pub last_end_time: Option<i64>,
 }
 
 /// Nearest-rank percentile of sorted values: the smallest value with at least `q` of
@@ -400,6 +404,8 @@ struct Accumulator {
     total_cost_usd: f64,
     latencies: Vec<f64>,
     ttfts: Vec<f64>,
+    first_start_time: Option<i64>,
+    last_end_time: Option<i64>,
 }
 
 /// The reference aggregate: groups matching spans and computes every measure exactly.
@@ -432,6 +438,14 @@ pub fn aggregate<'a>(
         if let Some(ttft) = span.time_to_first_token_ms {
             acc.ttfts.push(ttft);
         }
+        acc.first_start_time = Some(
+            acc.first_start_time
+                .map_or(span.start_time, |first| first.min(span.start_time)),
+        );
+        acc.last_end_time = Some(
+            acc.last_end_time
+                .map_or(span.end_time, |last| last.max(span.end_time)),
+        );
     }
     groups
         .into_iter()
@@ -456,6 +470,8 @@ pub fn aggregate<'a>(
                 latency_p99_ms: percentile(&acc.latencies, 0.99),
                 ttft_p50_ms: ttft(0.50),
                 ttft_p95_ms: ttft(0.95),
+                first_start_time: acc.first_start_time,
+                last_end_time: acc.last_end_time,
             }
         })
         .collect()

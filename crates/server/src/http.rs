@@ -32,6 +32,8 @@ pub struct AppState {
     pub log_records: std::sync::atomic::AtomicU64,
     pub join: tokio::sync::Mutex<crate::join::Pending>,
     pub agent_traces: tokio::sync::Mutex<crate::agents::Traces>,
+    /// Acknowledged batches, for live-tail pages.
+    pub live: crate::ui::live::Batches,
 }
 
 type Shared = Arc<AppState>;

@@ -15,6 +15,7 @@ mod join;
 mod openapi;
 mod params;
 mod query_cli;
+mod ui;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -237,6 +238,8 @@ async fn run(
         inner: store,
         pricer: pricer.clone(),
     });
+    // the live tail sees each batch once it is acknowledged, priced
+    let (store, live) = ui::live::Tail::wrap(store);
     let billing = Arc::new(cost_api::Billing::open(&config.data_dir)?);
     let env: HashMap<String, String> = std::env::vars().collect();
     let gateway = Arc::new(
@@ -264,6 +267,7 @@ async fn run(
         log_records: Default::default(),
         join: Default::default(),
         agent_traces: Default::default(),
+        live,
     });
     let (stop_sender, stop) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -276,7 +280,9 @@ async fn run(
         (
             "http",
             &config.listen,
-            http::router(state.clone()).merge(llmtrace_gateway::router(gateway.clone())),
+            http::router(state.clone())
+                .merge(ui::router(state.clone()))
+                .merge(llmtrace_gateway::router(gateway.clone())),
         ),
         (
             "otlp_http",

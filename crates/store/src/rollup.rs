@@ -119,6 +119,19 @@ pub struct Measures {
     pub latency_sum_ms: f64,
     pub latency: Sketch,
     pub ttft: Sketch,
+    /// Absent in rollups written before they were kept.
+    #[serde(default)]
+    pub first_start_time: Option<i64>,
+    #[serde(default)]
+    pub last_end_time: Option<i64>,
+}
+
+fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
+}
+
+fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).max()
 }
 
 impl Measures {
@@ -136,6 +149,8 @@ impl Measures {
         if let Some(ttft) = span.time_to_first_token_ms {
             self.ttft.add(ttft);
         }
+        self.first_start_time = earlier(self.first_start_time, Some(span.start_time));
+        self.last_end_time = later(self.last_end_time, Some(span.end_time));
     }
 
     pub fn merge(&mut self, other: &Measures) {
@@ -148,6 +163,8 @@ impl Measures {
         self.latency_sum_ms += other.latency_sum_ms;
         self.latency.merge(&other.latency);
         self.ttft.merge(&other.ttft);
+        self.first_start_time = earlier(self.first_start_time, other.first_start_time);
+        self.last_end_time = later(self.last_end_time, other.last_end_time);
     }
 
     fn row(&self, bucket_start: Option<i64>, group: Vec<Option<String>>) -> AggregateRow {
@@ -170,6 +187,8 @@ impl Measures {
             latency_p99_ms: latency(0.99),
             ttft_p50_ms: self.ttft.quantile(0.50),
             ttft_p95_ms: self.ttft.quantile(0.95),
+            first_start_time: self.first_start_time,
+            last_end_time: self.last_end_time,
         }
     }
 }

@@ -189,6 +189,8 @@ fn assert_aggregates_agree(got: &[AggregateRow], exact: &[AggregateRow], what: &
             row.input_tokens,
             row.output_tokens,
             row.total_tokens,
+            row.first_start_time,
+            row.last_end_time,
         )
     };
     let got_keys: Vec<_> = got.iter().map(key).collect();

@@ -15,3 +15,4 @@ mod lifecycle;
 mod otlp;
 mod python;
 mod support;
+mod ui;

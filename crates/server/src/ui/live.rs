@@ -1,0 +1,188 @@
+//! Live tail: every batch the store acknowledges is offered to the pages watching, which
+//! receive the rows matching their filter as server-sent events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use llmtrace_model::{
+    AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanKind, SpanQuery, Store,
+    StoreStats,
+};
+use maud::html;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::{Shared, UiQuery, error_page, layout, render};
+use crate::http::run_store;
+
+/// Batches waiting for a slow page before it is told it missed some.
+const BACKLOG: usize = 256;
+
+pub type Batches = broadcast::Sender<Arc<Vec<Span>>>;
+
+/// A store that, after each acknowledged append, offers the batch to live-tail pages.
+/// Nothing is copied while no page is watching.
+pub struct Tail {
+    pub inner: Arc<dyn Store>,
+    pub sender: Batches,
+}
+
+impl Tail {
+    pub fn wrap(inner: Arc<dyn Store>) -> (Arc<dyn Store>, Batches) {
+        let (sender, _) = broadcast::channel(BACKLOG);
+        let tail = Tail {
+            inner,
+            sender: sender.clone(),
+        };
+        (Arc::new(tail), sender)
+    }
+}
+
+/// What a live row needs: the span without its message trees, attributes and events.
+fn summary(span: &Span) -> Span {
+    Span {
+        input: Value::Null,
+        output: Value::Null,
+        tools: Value::Null,
+        attributes: Value::Null,
+        events: Vec::new(),
+        ..span.clone()
+    }
+}
+
+impl Store for Tail {
+    fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
+        if self.sender.receiver_count() == 0 {
+            return self.inner.append(spans);
+        }
+        let batch: Vec<Span> = spans.iter().map(summary).collect();
+        self.inner.append(spans)?;
+        let _ = self.sender.send(Arc::new(batch));
+        Ok(())
+    }
+    fn search(&self, query: &SpanQuery) -> llmtrace_model::Result<Page> {
+        self.inner.search(query)
+    }
+    fn trace(&self, project: &str, trace_id: &str) -> llmtrace_model::Result<Vec<Span>> {
+        self.inner.trace(project, trace_id)
+    }
+    fn session(
+        &self,
+        project: &str,
+        session_id: &str,
+    ) -> llmtrace_model::Result<Vec<SessionTrace>> {
+        self.inner.session(project, session_id)
+    }
+    fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
+        self.inner.aggregate(query)
+    }
+    fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
+        self.inner.delete(deletion)
+    }
+    fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
+        self.inner.retention_sweep(now_ns)
+    }
+    fn flush(&self) -> llmtrace_model::Result<()> {
+        self.inner.flush()
+    }
+    fn stats(&self) -> llmtrace_model::Result<StoreStats> {
+        self.inner.stats()
+    }
+}
+
+const FIELDS: [&str; 8] = [
+    "model",
+    "provider",
+    "status",
+    "user_id",
+    "session_id",
+    "meta",
+    "q",
+    "kind",
+];
+
+/// `GET /live`: the newest rows, then new ones as they are stored.
+pub async fn page(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = UiQuery::new(pairs);
+    let now = llmtrace_store::now_ns();
+    let selection = match query.selection(
+        &state.default_project,
+        &[SpanKind::Llm, SpanKind::Embedding],
+        now,
+    ) {
+        Ok(selection) => selection,
+        Err(err) => return error_page("Live", &err),
+    };
+    let search = SpanQuery {
+        filter: selection.parsed.filter,
+        limit: 50,
+        cursor: None,
+    };
+    let page = match run_store(&state, move |store| store.search(&search)).await {
+        Ok(page) => page,
+        Err(err) => return error_page("Live", &err),
+    };
+    let events = query.filters_only().href("/ui/live/events", &[]);
+    let content = html! {
+        (layout::filter_bar("/live", &query, &FIELDS, html! {}))
+        p.live-status { span #live-state data-state="connecting" { "connecting…" } " · new calls appear at the top as they are stored" }
+        table.spans #spans {
+            (render::span_table_head())
+            tbody #live-rows data-events=(events) {
+                @for span in &page.spans {
+                    (render::span_row(span, &query.href("/traces", &[("open", Some(&render::open_param(span)))])))
+                }
+            }
+        }
+        (super::traces::drawer(None))
+    };
+    Html(layout::page("Live", "live", content).into_string()).into_response()
+}
+
+/// `GET /ui/live/events`: server-sent events, one `spans` event of table rows per stored
+/// batch that has matching rows; `lagged` when this page fell behind and missed batches.
+pub async fn events(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = UiQuery::new(pairs);
+    let now = llmtrace_store::now_ns();
+    let mut filter = match query.selection(
+        &state.default_project,
+        &[SpanKind::Llm, SpanKind::Embedding],
+        now,
+    ) {
+        Ok(selection) => selection.parsed.filter,
+        Err(err) => return crate::http::error_response(&err),
+    };
+    // a tail follows what arrives from now on, whatever its timestamps
+    filter.since = None;
+    filter.until = None;
+    let stream = BroadcastStream::new(state.live.subscribe()).filter_map(move |batch| match batch {
+        Ok(batch) => {
+            let rows: Vec<&Span> = batch.iter().filter(|span| filter.matches(span)).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let markup = html! {
+                @for span in rows.iter().rev() {
+                    (render::span_row(span, &format!("/traces?open={}", crate::client::encode(&render::open_param(span)))))
+                }
+            };
+            Some(Ok::<_, Infallible>(Event::default().event("spans").data(markup.into_string())))
+        }
+        Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Ok(Event::default().event("lagged").data(missed.to_string()))),
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,211 @@
+//! The traces page: filter bar, volume / cost / latency charts, the table of calls with
+//! cursor paging, and the detail drawer (also served alone as a fragment for the script).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use llmtrace_model::{AggregateQuery, AggregateRow, Error, Span, SpanFilter, SpanKind, SpanQuery};
+use maud::{Markup, html};
+
+use super::chart::{self, Series, Unit};
+use super::{Shared, UiQuery, error_page, layout, render};
+use crate::http::run_store;
+
+const FIELDS: [&str; 8] = [
+    "model",
+    "provider",
+    "status",
+    "user_id",
+    "session_id",
+    "meta",
+    "q",
+    "kind",
+];
+
+/// The span an `open=trace:span` parameter names, with the size of its trace.
+fn opened_span(
+    store: &dyn llmtrace_model::Store,
+    project: &str,
+    open: Option<&str>,
+) -> llmtrace_model::Result<Option<(Span, usize)>> {
+    let Some((trace_id, span_id)) = open.and_then(|open| open.split_once(':')) else {
+        return Ok(None);
+    };
+    find_span(store, project, trace_id, span_id)
+}
+
+fn find_span(
+    store: &dyn llmtrace_model::Store,
+    project: &str,
+    trace_id: &str,
+    span_id: &str,
+) -> llmtrace_model::Result<Option<(Span, usize)>> {
+    let trace = store.trace(project, trace_id)?;
+    let count = trace.len();
+    Ok(trace
+        .into_iter()
+        .find(|span| span.span_id == span_id)
+        .map(|span| (span, count)))
+}
+
+pub async fn page(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = UiQuery::new(pairs);
+    let now = llmtrace_store::now_ns();
+    let selection = match query.selection(
+        &state.default_project,
+        &[SpanKind::Llm, SpanKind::Embedding],
+        now,
+    ) {
+        Ok(selection) => selection,
+        Err(err) => return error_page("Traces", &err),
+    };
+    let filter = selection.parsed.filter.clone();
+    let search = SpanQuery {
+        filter: filter.clone(),
+        limit: selection.parsed.limit,
+        cursor: selection.parsed.cursor.clone(),
+    };
+    let window = selection.window;
+    let bucket = chart::bucket_seconds((window.1 - window.0) / 1_000_000_000);
+    let aggregate = AggregateQuery {
+        filter: SpanFilter {
+            since: Some(window.0),
+            ..filter.clone()
+        },
+        bucket_seconds: Some(bucket),
+        group_by: vec![],
+    };
+    let open = query.get("open").map(str::to_string);
+    let project = filter.project.clone();
+    let found = run_store(&state, move |store| {
+        let page = store.search(&search)?;
+        let rows = store.aggregate(&aggregate)?;
+        let opened = opened_span(store, &project, open.as_deref())?;
+        Ok((page, rows, opened))
+    })
+    .await;
+    let (page, rows, opened) = match found {
+        Ok(found) => found,
+        Err(err) => return error_page("Traces", &err),
+    };
+    let buckets = chart::buckets(window, bucket * 1_000_000_000, 400);
+    let content = html! {
+        (layout::filter_bar("/traces", &query, &FIELDS, html! {}))
+        (charts(&buckets, &rows))
+        table.spans #spans {
+            (render::span_table_head())
+            tbody {
+                @for span in &page.spans {
+                    (render::span_row(span, &query.href("/traces", &[("open", Some(&render::open_param(span)))])))
+                }
+            }
+        }
+        @if page.spans.is_empty() {
+            p.empty { "No spans match these filters in this time range." }
+        }
+        nav.pager {
+            @if query.get("cursor").is_some() {
+                a href=(query.href("/traces", &[("cursor", None), ("open", None)])) { "← Newest" }
+            }
+            @if let Some(next) = &page.next_cursor {
+                a #older href=(query.href("/traces", &[("cursor", Some(&next.encode())), ("open", None)])) { "Older →" }
+            }
+        }
+        (drawer(opened.as_ref().map(|(span, count)| render::span_detail(span, *count))))
+    };
+    Html(layout::page("Traces", "traces", content).into_string()).into_response()
+}
+
+/// The drawer, open when it holds a span.
+pub fn drawer(detail: Option<Markup>) -> Markup {
+    html! {
+        aside #drawer hidden[detail.is_none()] {
+            @if let Some(detail) = detail { (detail) }
+        }
+    }
+}
+
+/// Value per bucket of a measure, zero where a bucket had no rows.
+pub fn per_bucket(
+    buckets: &[i64],
+    rows: &[&AggregateRow],
+    measure: impl Fn(&AggregateRow) -> f64,
+) -> Vec<f64> {
+    buckets
+        .iter()
+        .map(|start| {
+            rows.iter()
+                .filter(|row| row.bucket_start == Some(*start))
+                .map(|row| measure(row))
+                .sum()
+        })
+        .collect()
+}
+
+fn charts(buckets: &[i64], rows: &[AggregateRow]) -> Markup {
+    let rows: Vec<&AggregateRow> = rows.iter().collect();
+    let latency = |measure: fn(&AggregateRow) -> f64| {
+        buckets
+            .iter()
+            .map(|start| {
+                rows.iter()
+                    .find(|row| row.bucket_start == Some(*start))
+                    .map_or(f64::NAN, |row| measure(row))
+            })
+            .collect::<Vec<f64>>()
+    };
+    html! {
+        div.charts {
+            (chart::bars("Calls", Unit::Count, buckets, &[
+                Series { name: "ok".into(), values: per_bucket(buckets, &rows, |r| (r.count - r.error_count) as f64) },
+                Series { name: "errors".into(), values: per_bucket(buckets, &rows, |r| r.error_count as f64) },
+            ]))
+            (chart::bars("Cost", Unit::Usd, buckets, &[
+                Series { name: "cost".into(), values: per_bucket(buckets, &rows, |r| r.total_cost_usd) },
+            ]))
+            (chart::lines("Latency", Unit::Ms, buckets, &[
+                Series { name: "p50".into(), values: latency(|r| r.latency_p50_ms) },
+                Series { name: "p95".into(), values: latency(|r| r.latency_p95_ms) },
+            ]))
+        }
+    }
+}
+
+/// `GET /ui/span/{trace_id}/{span_id}`: the drawer's content alone.
+pub async fn span_fragment(
+    State(state): State<Shared>,
+    Path((trace_id, span_id)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = UiQuery::new(pairs);
+    let project = query
+        .get("project")
+        .unwrap_or(&state.default_project)
+        .to_string();
+    let found = run_store(&state, move |store| {
+        find_span(store, &project, &trace_id, &span_id)
+    })
+    .await;
+    match found {
+        Ok(Some((span, count))) => {
+            Html(render::span_detail(&span, count).into_string()).into_response()
+        }
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Html("<p class=\"empty\">No such span.</p>"),
+        )
+            .into_response(),
+        Err(err) => {
+            let err: Error = err;
+            (
+                StatusCode::from_u16(err.code().http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                Html(html! { div.error { (err.to_string()) } }.into_string()),
+            )
+                .into_response()
+        }
+    }
+}
