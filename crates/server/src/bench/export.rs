@@ -46,11 +46,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn fill(args: &ExportArgs) -> Result<()> {
+/// Fills `dir` with `spans` corpus spans over 30 days (project `bench`), unless it already
+/// holds a store.
+pub fn fill_once(dir: &std::path::Path, spans: u64, text_bytes: usize) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Ok(());
+    }
     let started = Instant::now();
-    let store = super::open(&args.dir, Durability::None)?;
-    let mut corpus = Corpus::new(5, args.spans, 30, llmtrace_store::now_ns(), args.text_bytes);
-    let mut left = args.spans;
+    let store = super::open(dir, Durability::None)?;
+    let mut corpus = Corpus::new(5, spans, 30, llmtrace_store::now_ns(), text_bytes);
+    let mut left = spans;
     while left > 0 {
         let n = left.min(5000);
         left -= n;
@@ -58,17 +63,14 @@ fn fill(args: &ExportArgs) -> Result<()> {
     }
     store.close()?;
     println!(
-        "filled {} spans in {:.0} s",
-        args.spans,
+        "filled {spans} spans in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-pub fn run(args: ExportArgs) -> Result<()> {
-    if !args.dir.exists() || std::fs::read_dir(&args.dir)?.next().is_none() {
-        fill(&args)?;
-    }
+/// Starts `llmtrace serve` on `dir` (HTTP only, port 0); returns it and its base URL.
+pub fn serve(dir: &std::path::Path) -> Result<(std::process::Child, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "serve",
@@ -78,7 +80,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             "off",
         ])
         .args(["--otlp-grpc-listen", "off", "--data-dir"])
-        .arg(&args.dir)
+        .arg(dir)
         .env("LLMTRACE_LOG", "warn")
         .env("LLMTRACE_RETENTION_DAYS", "0")
         .stdout(Stdio::piped())
@@ -90,6 +92,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
         .find_map(|part| part.strip_prefix("http="))
         .map(|address| format!("http://{address}"))
         .with_context(|| format!("unexpected first line {line:?}"))?;
+    Ok((child, base))
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    fill_once(&args.dir, args.spans, args.text_bytes)?;
+    let (mut child, base) = serve(&args.dir)?;
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -5,13 +5,16 @@
 //! - `bench store`: the embedded store directly: durable ingest at several batch sizes, query
 //!   latencies and bytes on disk;
 //! - `bench gateway`: the gateway's added latency, throughput, streaming and memory against a
-//!   fake upstream, beside direct calls and (optionally) the LiteLLM proxy.
+//!   fake upstream, beside direct calls and (optionally) the LiteLLM proxy;
+//! - `bench pricing`, `bench export`, `bench ui`: pricing per span, exports' memory, and
+//!   every UI page's answer time against a filled store.
 
 pub mod corpus;
 mod export;
 mod gateway;
 mod otlp;
 mod pricing;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub enum BenchCommand {
     Pricing(pricing::PricingArgs),
     /// Exports of a whole store over HTTP, with the server's memory sampled.
     Export(export::ExportArgs),
+    /// Every UI page over HTTP against a filled store.
+    Ui(ui::UiArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +109,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Gateway(args) => gateway::run(args),
         BenchCommand::Pricing(args) => pricing::run(args),
         BenchCommand::Export(args) => export::run(args),
+        BenchCommand::Ui(args) => ui::run(args),
     }
 }
 

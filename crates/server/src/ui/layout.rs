@@ -4,8 +4,9 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::{RANGES, UiQuery};
 
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("traces", "/traces"),
+    ("agent runs", "/traces?kind=agent"),
     ("sessions", "/sessions"),
     ("dashboard", "/dashboard"),
     ("live", "/live"),

@@ -105,13 +105,13 @@ pub fn span_detail(span: &Span, trace_spans: usize) -> Markup {
                     @if let Some(message) = &span.status_message { pre.text { (message) } }
                 }
             }
-            section {
-                h3 { "Input" }
-                (messages(&span.input, &span.input_text))
+            section #detail-input {
+                h3 { "Input " button.copy type="button" data-copy="#detail-input .content" { "Copy" } }
+                div.content { (messages(&span.input, &span.input_text)) }
             }
-            section {
-                h3 { "Output" }
-                (messages(&span.output, &span.output_text))
+            section #detail-output {
+                h3 { "Output " button.copy type="button" data-copy="#detail-output .content" { "Copy" } }
+                div.content { (messages(&span.output, &span.output_text)) }
             }
             @if !span.tools.is_null() {
                 section {

@@ -3,7 +3,10 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use llmtrace_model::{AggregateQuery, Dimension, Error, SessionTrace, Span, SpanKind};
+use llmtrace_model::{
+    AggregateQuery, AggregateRow, Dimension, Error, SessionTrace, Span, SpanFilter, SpanKind,
+    SpanQuery,
+};
 use maud::{Markup, html};
 use serde_json::Value;
 
@@ -11,8 +14,62 @@ use super::traces::drawer;
 use super::{Shared, UiQuery, error_page, layout, render};
 use crate::http::run_store;
 
-/// Sessions listed on one page, most recently active first.
-const LIST_LIMIT: usize = 200;
+/// Sessions listed, most recently active first.
+const LIST_LIMIT: usize = 50;
+/// Calls walked to find them: the list costs the same at any store size.
+const SCAN_LIMIT: usize = 20_000;
+
+/// The sessions most recently active among the calls `filter` selects, newest first, each
+/// with its totals over all its calls. Walks the newest matching calls page by page (what
+/// the store answers fastest) instead of grouping every row of the range by session, then
+/// asks each session's totals by its id (indexed). The flag says whether the walk stopped
+/// before the range's oldest call.
+fn recent_sessions(
+    store: &dyn llmtrace_model::Store,
+    filter: &SpanFilter,
+) -> llmtrace_model::Result<(Vec<AggregateRow>, bool)> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut search = SpanQuery {
+        filter: filter.clone(),
+        limit: 200,
+        cursor: None,
+    };
+    let mut walked = 0;
+    let more = loop {
+        let page = store.search(&search)?;
+        walked += page.spans.len();
+        for session in page
+            .spans
+            .iter()
+            .filter_map(|span| span.session_id.as_ref())
+        {
+            if !ids.contains(session) {
+                ids.push(session.clone());
+            }
+        }
+        match page.next_cursor {
+            _ if ids.len() >= LIST_LIMIT => break true,
+            Some(cursor) if walked < SCAN_LIMIT => search.cursor = Some(cursor),
+            next => break next.is_some(),
+        }
+    };
+    ids.truncate(LIST_LIMIT);
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        let totals = AggregateQuery {
+            filter: SpanFilter {
+                project: filter.project.clone(),
+                session_id: Some(id.clone()),
+                kinds: filter.kinds.clone(),
+                ..SpanFilter::default()
+            },
+            bucket_seconds: None,
+            group_by: vec![Dimension::Session],
+        };
+        rows.extend(store.aggregate(&totals)?);
+    }
+    Ok((rows, more))
+}
 
 pub async fn list(
     State(state): State<Shared>,
@@ -24,7 +81,7 @@ pub async fn list(
         return Redirect::to(&session_href(id.trim(), query.get("project"))).into_response();
     }
     let now = llmtrace_store::now_ns();
-    let mut selection = match query.selection(
+    let selection = match query.selection(
         &state.default_project,
         &[SpanKind::Llm, SpanKind::Embedding],
         now,
@@ -32,27 +89,21 @@ pub async fn list(
         Ok(selection) => selection,
         Err(err) => return error_page("Sessions", &err),
     };
-    selection.parsed.filter.since = Some(selection.window.0);
-    let aggregate = AggregateQuery {
-        filter: selection.parsed.filter.clone(),
-        bucket_seconds: None,
-        group_by: vec![Dimension::Session],
-    };
-    let mut rows = match run_store(&state, move |store| store.aggregate(&aggregate)).await {
-        Ok(rows) => rows,
+    let filter = selection.parsed.filter;
+    let (rows, more) = match run_store(&state, move |store| recent_sessions(store, &filter)).await {
+        Ok(found) => found,
         Err(err) => return error_page("Sessions", &err),
     };
-    rows.retain(|row| row.group.first().is_some_and(Option::is_some));
-    rows.sort_by_key(|row| std::cmp::Reverse(row.last_end_time));
-    let total = rows.len();
-    rows.truncate(LIST_LIMIT);
     let content = html! {
         form.session-search method="get" action="/sessions" {
             label { span { "Session id" } input type="search" name="id" placeholder="paste a session id" autofocus; }
             button type="submit" { "Open" }
         }
         (layout::filter_bar("/sessions", &query, &["model", "user_id", "meta", "q"], html! {}))
-        p.summary { (total) " sessions with model calls in this range" @if total > LIST_LIMIT { ", the " (LIST_LIMIT) " most recent shown" } }
+        p.summary {
+            "The " (rows.len()) " most recently active sessions with calls matching the filters; totals cover each whole session."
+            @if more { " Narrow the range or the filters, or open a session by its id, to reach older ones." }
+        }
         table.spans #spans {
             thead { tr { th { "Session" } th.num { "Model calls" } th.num { "Tokens" } th.num { "Cost" } th.num { "Duration" } th { "Last activity (UTC)" } th.num { "Errors" } } }
             tbody {

@@ -567,6 +567,11 @@ fn pages_work_in_headless_chromium() {
     );
     assert!(browser.text("#drawer").contains("The blue kettle"));
     browser.screenshot("traces-drawer");
+    browser.click("#detail-input button.copy");
+    browser.wait(
+        "the copy button",
+        "document.querySelector('#detail-input button.copy').textContent === 'Copied'",
+    );
     let first = browser.run("return document.querySelector('#drawer .detail').dataset.spanId;");
     browser.key("j");
     browser.wait("the next span in the drawer", &format!("document.querySelector('#drawer .detail') && document.querySelector('#drawer .detail').dataset.spanId !== {first}"));
