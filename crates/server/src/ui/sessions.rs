@@ -194,10 +194,11 @@ pub async fn conversation(
     Html(layout::page("Session", "sessions", content).into_string()).into_response()
 }
 
-/// One model call of the transcript, with what its input adds to the conversation.
+/// One model call of the transcript, with what its input adds to the conversation; or a
+/// trace without model calls (`call` is `None`).
 struct Turn<'a> {
     trace: &'a SessionTrace,
-    call: &'a Span,
+    call: Option<&'a Span>,
     /// Messages not sent before (`None` when the input is not a message list).
     added: Option<Vec<Value>>,
     repeated: usize,
@@ -210,6 +211,14 @@ fn turns(traces: &[SessionTrace]) -> Vec<Turn<'_>> {
     let mut seen: Vec<Value> = Vec::new();
     let mut out = Vec::new();
     for trace in traces {
+        if !trace.spans.iter().any(Span::is_model_call) {
+            out.push(Turn {
+                trace,
+                call: None,
+                added: None,
+                repeated: 0,
+            });
+        }
         for call in trace.spans.iter().filter(|s| s.is_model_call()) {
             let input = messages_of(&call.input);
             let repeated = common_prefix(&seen, &input);
@@ -217,7 +226,7 @@ fn turns(traces: &[SessionTrace]) -> Vec<Turn<'_>> {
             remember(&mut seen, input, &call.output);
             out.push(Turn {
                 trace,
-                call,
+                call: Some(call),
                 added,
                 repeated,
             });
@@ -231,34 +240,44 @@ fn transcript(query: &UiQuery, session_id: &str, traces: &[SessionTrace]) -> Mar
     let turns = turns(traces);
     html! {
         div.transcript {
-            @for trace in traces.iter().filter(|t| !t.spans.iter().any(Span::is_model_call)) {
-                div.turn.other {
-                    a href=(format!("/runs/{}", crate::client::encode(&trace.trace_id))) { (trace.spans.first().map(|s| s.name.as_str()).unwrap_or("trace")) }
-                    " · " (layout::time(trace.start_time)) " · " (trace.spans.len()) " spans, no model call"
-                }
-            }
             @for turn in &turns {
-                @let call = turn.call;
-                @let href = query.href(&format!("/sessions/{}", crate::client::encode(session_id)), &[("open", Some(&render::open_param(call)))]);
-                section.turn tabindex="0" data-span=(render::span_url(call)) data-open=(render::open_param(call)) {
-                    header {
-                        a href=(href) { (layout::time(call.start_time)) }
-                        " · " (call.model.as_deref().or(call.request_model.as_deref()).unwrap_or(&call.name))
-                        " · " (layout::duration(call.duration_ms))
-                        @if let Some(cost) = call.total_cost_usd { " · " (layout::cost(cost)) }
-                        " · " (layout::status_badge(call.status.as_str()))
-                        @if turn.trace.spans.len() > 1 {
-                            " · " a href=(format!("/runs/{}", crate::client::encode(&turn.trace.trace_id))) { "run (" (turn.trace.spans.len()) " spans)" }
+                @match turn.call {
+                    None => {
+                        div.turn.other {
+                            a href=(format!("/runs/{}", crate::client::encode(&turn.trace.trace_id))) { (turn.trace.spans.first().map(|s| s.name.as_str()).unwrap_or("trace")) }
+                            " · " (layout::time(turn.trace.start_time)) " · " (turn.trace.spans.len()) " spans, no model call"
                         }
-                        @if turn.repeated > 0 { span.earlier { " · " (turn.repeated) " earlier messages not repeated" } }
                     }
-                    @match &turn.added {
-                        Some(messages) => { div.chat { @for message in messages { (render::chat_message(message)) } } }
-                        None => { (render::messages(&call.input, &call.input_text)) }
-                    }
-                    (render::messages(&call.output, &call.output_text))
+                    Some(call) => { (turn_markup(query, session_id, turn, call)) }
                 }
             }
+        }
+    }
+}
+
+fn turn_markup(query: &UiQuery, session_id: &str, turn: &Turn, call: &Span) -> Markup {
+    let href = query.href(
+        &format!("/sessions/{}", crate::client::encode(session_id)),
+        &[("open", Some(&render::open_param(call)))],
+    );
+    html! {
+        section.turn tabindex="0" data-span=(render::span_url(call)) data-open=(render::open_param(call)) {
+            header {
+                a href=(href) { (layout::time(call.start_time)) }
+                " · " (call.model.as_deref().or(call.request_model.as_deref()).unwrap_or(&call.name))
+                " · " (layout::duration(call.duration_ms))
+                @if let Some(cost) = call.total_cost_usd { " · " (layout::cost(cost)) }
+                " · " (layout::status_badge(call.status.as_str()))
+                @if turn.trace.spans.len() > 1 {
+                    " · " a href=(format!("/runs/{}", crate::client::encode(&turn.trace.trace_id))) { "run (" (turn.trace.spans.len()) " spans)" }
+                }
+                @if turn.repeated > 0 { span.earlier { " · " (turn.repeated) " earlier messages not repeated" } }
+            }
+            @match &turn.added {
+                Some(messages) => { div.chat { @for message in messages { (render::chat_message(message)) } } }
+                None => { (render::messages(&call.input, &call.input_text)) }
+            }
+            (render::messages(&call.output, &call.output_text))
         }
     }
 }
