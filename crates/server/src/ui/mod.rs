@@ -148,6 +148,17 @@ impl UiQuery {
             .map(|(_, value)| value.as_str())
     }
 
+    /// The project the page reads (`project`, else the server's default), checked.
+    pub fn project(&self, default_project: &str) -> Result<String, Error> {
+        match self.get("project") {
+            None => Ok(default_project.to_string()),
+            Some(project) if llmtrace_ingest::valid_project(project) => Ok(project.to_string()),
+            Some(project) => Err(Error::BadRequest(format!(
+                "project={project:?} is not a valid project name"
+            ))),
+        }
+    }
+
     pub fn range(&self) -> &str {
         match self.get("range") {
             Some(range) if range == "custom" || RANGES.iter().any(|r| r.0 == range) => range,

@@ -64,10 +64,10 @@ pub async fn page(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let project = query
-        .get("project")
-        .unwrap_or(&state.default_project)
-        .to_string();
+    let project = match query.project(&state.default_project) {
+        Ok(project) => project,
+        Err(err) => return error_page("Trace", &err),
+    };
     let trace_id = trace_id.to_ascii_lowercase();
     let trace_id = trace_id
         .strip_prefix("trace_")

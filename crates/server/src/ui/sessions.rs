@@ -141,10 +141,10 @@ pub async fn conversation(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let project = query
-        .get("project")
-        .unwrap_or(&state.default_project)
-        .to_string();
+    let project = match query.project(&state.default_project) {
+        Ok(project) => project,
+        Err(err) => return error_page("Session", &err),
+    };
     let wanted = session_id.clone();
     let traces = match run_store(&state, move |store| store.session(&project, &wanted)).await {
         Ok(traces) if traces.is_empty() => {

@@ -181,14 +181,15 @@ pub async fn span_fragment(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let project = query
-        .get("project")
-        .unwrap_or(&state.default_project)
-        .to_string();
-    let found = run_store(&state, move |store| {
-        find_span(store, &project, &trace_id, &span_id)
-    })
-    .await;
+    let found = match query.project(&state.default_project) {
+        Err(err) => Err(err),
+        Ok(project) => {
+            run_store(&state, move |store| {
+                find_span(store, &project, &trace_id, &span_id)
+            })
+            .await
+        }
+    };
     match found {
         Ok(Some((span, count))) => {
             Html(render::span_detail(&span, count).into_string()).into_response()

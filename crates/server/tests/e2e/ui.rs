@@ -310,6 +310,11 @@ fn pages_render_and_escape_hostile_content() {
         bad.text()
     );
     assert_eq!(server.get("/ui/span/00/00").status, 404);
+    for page in ["/ui/span/00/00", "/runs/00", "/sessions/x", "/traces"] {
+        let reply = server.get(&format!("{page}?project=..%2Fetc"));
+        assert_eq!(reply.status, 400, "{page}: {}", reply.text());
+        assert!(reply.text().contains("not a valid project name"), "{page}");
+    }
     assert_eq!(
         server.get("/runs/ffffffffffffffffffffffffffffffff").status,
         404
