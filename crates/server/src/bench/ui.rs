@@ -56,16 +56,20 @@ fn measure(args: &UiArgs, base: &str) -> Result<()> {
     let probe: Value = serde_json::from_str(&probe)?;
     let span = probe["data"][0].clone();
     let text = |key: &str| span[key].as_str().unwrap_or_default().to_string();
-    let word = text("output_text")
+    // a corpus filled without message text has no word to search for
+    let word = format!("{} {}", text("output_text"), text("input_text"))
         .split(|c: char| !c.is_alphanumeric())
         .find(|w| w.len() > 3)
-        .context("the probe span has no output text")?
-        .to_string();
+        .map(str::to_string);
     let encode = crate::client::encode;
     let pages = [
         (
             "traces, last 24 h".to_string(),
             "/traces?project=bench".to_string(),
+        ),
+        (
+            "its charts (fragment)".into(),
+            "/ui/charts?project=bench".into(),
         ),
         (
             "traces, last 30 days".into(),
@@ -84,9 +88,16 @@ fn measure(args: &UiArgs, base: &str) -> Result<()> {
             "/traces?project=bench&meta=tier%3Dpro".into(),
         ),
         (
-            format!("traces, text {word:?}"),
-            format!("/traces?project=bench&q={}", encode(&word)),
+            "its charts (fragment)".to_string(),
+            "/ui/charts?project=bench&meta=tier%3Dpro".into(),
         ),
+        match &word {
+            Some(word) => (
+                format!("traces, text {word:?}"),
+                format!("/traces?project=bench&q={}", encode(word)),
+            ),
+            None => (String::new(), String::new()),
+        },
         (
             "traces, drawer open (shared link)".into(),
             format!(
@@ -148,6 +159,9 @@ fn measure(args: &UiArgs, base: &str) -> Result<()> {
     println!("| page | median | slowest | bytes |");
     println!("|---|---|---|---|");
     for (name, path) in pages {
+        if name.is_empty() {
+            continue;
+        }
         let path = if path.is_empty() {
             fourth.clone()
         } else {

@@ -44,6 +44,7 @@ pub fn router(state: Shared) -> Router {
         .route("/dashboard", get(dashboard::page))
         .route("/live", get(live::page))
         .route("/ui/span/{trace_id}/{span_id}", get(traces::span_fragment))
+        .route("/ui/charts", get(traces::charts_fragment))
         .route("/ui/live/events", get(live::events))
         .route("/ui/app.css", get(stylesheet))
         .route("/ui/app.js", get(script))

@@ -68,33 +68,26 @@ pub async fn page(
         limit: selection.parsed.limit,
         cursor: selection.parsed.cursor.clone(),
     };
-    let window = selection.window;
-    let bucket = chart::bucket_seconds((window.1 - window.0) / 1_000_000_000);
-    let aggregate = AggregateQuery {
-        filter: SpanFilter {
-            since: Some(window.0),
-            ..filter.clone()
-        },
-        bucket_seconds: Some(bucket),
-        group_by: vec![],
-    };
     let open = query.get("open").map(str::to_string);
     let project = filter.project.clone();
     let found = run_store(&state, move |store| {
         let page = store.search(&search)?;
-        let rows = store.aggregate(&aggregate)?;
         let opened = opened_span(store, &project, open.as_deref())?;
-        Ok((page, rows, opened))
+        Ok((page, opened))
     })
     .await;
-    let (page, rows, opened) = match found {
+    let (page, opened) = match found {
         Ok(found) => found,
         Err(err) => return error_page("Traces", &err),
     };
-    let buckets = chart::buckets(window, bucket * 1_000_000_000, 400);
+    let filters = query.filters_only();
     let content = html! {
         (layout::filter_bar("/traces", &query, &FIELDS, html! {}))
-        (charts(&buckets, &rows))
+        // the charts come in their own request: with a filter the rollups cannot answer
+        // (metadata, say) they read every row of the range, and the table need not wait
+        div #charts data-src=(filters.href("/ui/charts", &[])) {
+            a href=(filters.href("/dashboard", &[])) { "Charts of these calls on the dashboard" }
+        }
         table.spans #spans {
             (render::span_table_head())
             tbody {
@@ -145,6 +138,48 @@ pub fn per_bucket(
         .collect()
 }
 
+/// `GET /ui/charts`: calls, cost and latency over the range of the traces page's filter.
+pub async fn charts_fragment(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = UiQuery::new(pairs);
+    let now = llmtrace_store::now_ns();
+    let selection = match query.selection(
+        &state.default_project,
+        &[SpanKind::Llm, SpanKind::Embedding],
+        now,
+    ) {
+        Ok(selection) => selection,
+        Err(err) => return fragment_error(err),
+    };
+    let window = selection.window;
+    let bucket = chart::bucket_seconds((window.1 - window.0) / 1_000_000_000);
+    let aggregate = AggregateQuery {
+        filter: SpanFilter {
+            since: Some(window.0),
+            ..selection.parsed.filter
+        },
+        bucket_seconds: Some(bucket),
+        group_by: vec![],
+    };
+    match run_store(&state, move |store| store.aggregate(&aggregate)).await {
+        Ok(rows) => {
+            let buckets = chart::buckets(window, bucket * 1_000_000_000, 400);
+            Html(charts(&buckets, &rows).into_string()).into_response()
+        }
+        Err(err) => fragment_error(err),
+    }
+}
+
+fn fragment_error(err: Error) -> Response {
+    (
+        StatusCode::from_u16(err.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Html(html! { div.error { (err.to_string()) } }.into_string()),
+    )
+        .into_response()
+}
+
 fn charts(buckets: &[i64], rows: &[AggregateRow]) -> Markup {
     let rows: Vec<&AggregateRow> = rows.iter().collect();
     let latency = |measure: fn(&AggregateRow) -> f64| {
@@ -158,6 +193,7 @@ fn charts(buckets: &[i64], rows: &[AggregateRow]) -> Markup {
             .collect::<Vec<f64>>()
     };
     html! {
+        @if rows.is_empty() { p.empty { "No calls in this range to chart." } }
         div.charts {
             (chart::bars("Calls", Unit::Count, buckets, &[
                 Series { name: "ok".into(), values: per_bucket(buckets, &rows, |r| (r.count - r.error_count) as f64) },
@@ -199,14 +235,6 @@ pub async fn span_fragment(
             Html("<p class=\"empty\">No such span.</p>"),
         )
             .into_response(),
-        Err(err) => {
-            let err: Error = err;
-            (
-                StatusCode::from_u16(err.code().http_status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                Html(html! { div.error { (err.to_string()) } }.into_string()),
-            )
-                .into_response()
-        }
+        Err(err) => fragment_error(err),
     }
 }

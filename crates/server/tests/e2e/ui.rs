@@ -221,6 +221,7 @@ fn pages_render_and_escape_hostile_content() {
     let pages = [
         "/traces".to_string(),
         "/traces?q=refund&model=gpt-4o-mini".into(),
+        "/ui/charts?q=refund&meta=feature%3Drefunds".into(),
         format!("/traces?open={:032x}:{:016x}", 0xbad, 0xbad),
         format!("/ui/span/{:032x}/{:016x}", 0xbad, 0xbad),
         "/sessions".into(),
@@ -300,6 +301,12 @@ fn pages_render_and_escape_hostile_content() {
         sessions.contains("support-42") && sessions.contains("agent-session-7"),
         "{sessions}"
     );
+    // the traces page's charts follow its filter: two calls mention the kettle, one failed
+    let charts = server.get("/ui/charts?q=kettle").text();
+    assert!(charts.contains("ok: 2") && !charts.contains("errors: "), "{charts}");
+    let charts = server.get("/ui/charts?status=error").text();
+    assert!(charts.contains("errors: 1"), "{charts}");
+    assert!(server.get("/ui/charts?q=zzzunmatched").text().contains("No calls in this range"));
     // a bad filter is a 400 page naming it
     let bad = server.get("/traces?status=weird");
     assert_eq!(bad.status, 400);

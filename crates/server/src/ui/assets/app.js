@@ -108,6 +108,13 @@
     if (custom) custom.hidden = event.target.value !== "custom";
   });
 
+  const charts = document.querySelector("#charts[data-src]");
+  if (charts) {
+    fetch(charts.dataset.src, { headers: { accept: "text/html" } })
+      .then((response) => response.text())
+      .then((html) => { charts.innerHTML = html; charts.dataset.loaded = "true"; });
+  }
+
   const live = document.getElementById("live-rows");
   if (live && live.dataset.events && window.EventSource) {
     const state = document.getElementById("live-state");
