@@ -508,7 +508,7 @@ impl EmbeddedStore {
 
     /// Every live span matching `filter`, whole, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        let collected = collect(&self.shared, filter, None, None)?;
+        let collected = collect(&self.shared, filter, None, None, None)?;
         Collected::whole(&collected.segments, collected.found)
     }
 }
@@ -794,11 +794,16 @@ impl Frontier<'_> {
 /// Segment rows come back light (see `Projection`); `Collected::whole` completes the ones
 /// kept. With `rollup_window`, the rows of that window in segments whose rollup is current
 /// are left out, and those rollups returned instead.
+///
+/// With `lean` (`Some(whether metadata is needed)`), segment rows carry only what filters,
+/// aggregates and deletions read (`Projection::lean`): for callers that count or aggregate
+/// rows and never hand them out.
 fn collect(
     shared: &Shared,
     filter: &SpanFilter,
     page: Option<&SpanQuery>,
     rollup_window: Option<(i64, i64)>,
+    lean: Option<bool>,
 ) -> Result<Collected> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // Cheap conditions first; the text, the costly one, only for rows that pass them.
@@ -902,6 +907,8 @@ fn collect(
         whole: false,
         attributes: !filter.attributes.is_empty(),
         text: segment_check.text.is_some(),
+        lean: lean.is_some(),
+        metadata: lean.is_none_or(|metadata| metadata),
     };
     let mut rollups = Vec::new();
     let rolled_up: Vec<Option<(i64, i64)>> = segments
@@ -1342,7 +1349,7 @@ impl Store for EmbeddedStore {
             mut found,
             segments,
             ..
-        } = collect(&self.shared, &filter, Some(query), None)?;
+        } = collect(&self.shared, &filter, Some(query), None, None)?;
         // Only the page (and one more, to know there is more) is read whole.
         found.sort_by(|a, b| b.span.order().cmp(&a.span.order()));
         found.truncate(query.limit.saturating_add(1));
@@ -1370,7 +1377,18 @@ impl Store for EmbeddedStore {
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
         let window = rollup::rollup_window(query);
-        let collected = collect(&self.shared, &query.filter, None, window)?;
+        let needs_metadata = !query.filter.metadata.is_empty()
+            || query
+                .group_by
+                .iter()
+                .any(|dimension| matches!(dimension, llmtrace_model::Dimension::Metadata(_)));
+        let collected = collect(
+            &self.shared,
+            &query.filter,
+            None,
+            window,
+            Some(needs_metadata),
+        )?;
         let mut aggregation = Aggregation::new(query);
         for found in &collected.found {
             aggregation.add_span(&found.span);
@@ -1395,7 +1413,9 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let removed = collect(&self.shared, &filter, None, None)?.found.len() as u64;
+        let removed = collect(&self.shared, &filter, None, None, Some(false))?
+            .found
+            .len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),

@@ -17,12 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, PrimitiveArray,
+    RecordBatch, StringArray, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{
-    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
-    UInt64Type,
+    ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit,
+    TimestampNanosecondType, UInt64Type,
 };
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
 use parquet::arrow::arrow_reader::{
@@ -305,11 +305,16 @@ pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
 
 /// Which columns a read decodes. Light reads skip the heavy JSON columns (`input`,
 /// `output`, `tools`, `events`), plus `attributes` and the text columns unless asked for.
+/// Lean reads, for aggregates, also skip what neither filters, measures, groups nor
+/// deletions look at (`LEAN_SKIPPED`), and `metadata` unless asked for: rows come back
+/// with those fields empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Projection {
     pub whole: bool,
     pub attributes: bool,
     pub text: bool,
+    pub lean: bool,
+    pub metadata: bool,
 }
 
 impl Projection {
@@ -317,8 +322,40 @@ impl Projection {
         whole: true,
         attributes: true,
         text: true,
+        lean: false,
+        metadata: true,
+    };
+
+    /// Light: everything but the heavy JSON, the attributes and the text.
+    pub const LIGHT: Projection = Projection {
+        whole: false,
+        attributes: false,
+        text: false,
+        lean: false,
+        metadata: true,
     };
 }
+
+/// Columns a lean read leaves out.
+const LEAN_SKIPPED: [&str; 17] = [
+    "name",
+    "parent_span_id",
+    "status_message",
+    "error_type",
+    "http_status",
+    "operation",
+    "stream",
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "finish_reason",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "usage_source",
+    "input_cost_usd",
+    "output_cost_usd",
+    "pricing_version",
+];
 
 /// Loads (and checks) a segment's footer, page index included, to be reused by every read.
 pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
@@ -392,6 +429,12 @@ pub fn read_rows(
         }
         if !projection.text {
             skipped.extend(["input_text", "output_text"]);
+        }
+        if projection.lean {
+            skipped.extend(LEAN_SKIPPED);
+        }
+        if !projection.metadata {
+            skipped.push("metadata");
         }
     }
     let full_schema = schema();
@@ -476,56 +519,104 @@ impl<'a> Columns<'a> {
             .ok_or_else(|| format!("column {name} is missing"))
     }
 
-    fn text(&self, name: &str, row: usize) -> Result<Option<String>, String> {
-        let column = self.column(name)?;
-        let array = column
-            .as_string_opt::<i32>()
-            .ok_or_else(|| format!("column {name} is not text"))?;
-        Ok((!array.is_null(row)).then(|| array.value(row).to_string()))
+    /// A column the read left out (a lean read) reads as null.
+    fn present(&self, name: &str) -> Option<&'a ArrayRef> {
+        self.0.get(name).copied()
     }
 
-    fn required_text(&self, name: &str, row: usize) -> Result<String, String> {
-        self.text(name, row)?
-            .ok_or_else(|| format!("column {name} is null in row {row}"))
+    fn text_column(&self, name: &'static str) -> Result<TextColumn<'a>, String> {
+        let array = self
+            .present(name)
+            .map(|column| {
+                column
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| format!("column {name} is not text"))
+            })
+            .transpose()?;
+        Ok(TextColumn { name, array })
     }
 
-    /// Text of a column the read may have left out (then empty).
-    fn optional_column_text(&self, name: &str, row: usize) -> Result<String, String> {
-        if !self.0.contains_key(name) {
-            return Ok(String::new());
-        }
-        Ok(self.text(name, row)?.unwrap_or_default())
+    fn number_column<T: ArrowPrimitiveType>(
+        &self,
+        name: &'static str,
+    ) -> Result<NumberColumn<'a, T>, String> {
+        let array = self
+            .present(name)
+            .map(|column| {
+                column
+                    .as_primitive_opt::<T>()
+                    .ok_or_else(|| format!("column {name} is not {}", T::DATA_TYPE))
+            })
+            .transpose()?;
+        Ok(NumberColumn { name, array })
     }
 
-    fn int(&self, name: &str, row: usize) -> Result<Option<i64>, String> {
-        let column = self.column(name)?;
-        let array = column
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| format!("column {name} is not int64"))?;
-        Ok((!array.is_null(row)).then(|| array.value(row)))
+    fn int_column(&self, name: &'static str) -> Result<NumberColumn<'a, Int64Type>, String> {
+        self.number_column(name)
     }
 
-    fn float(&self, name: &str, row: usize) -> Result<Option<f64>, String> {
-        let column = self.column(name)?;
-        let array = column
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| format!("column {name} is not float64"))?;
-        Ok((!array.is_null(row)).then(|| array.value(row)))
+    fn float_column(&self, name: &'static str) -> Result<NumberColumn<'a, Float64Type>, String> {
+        self.number_column(name)
     }
 
-    fn time(&self, name: &str, row: usize) -> Result<i64, String> {
-        let column = self.column(name)?;
-        let array = column
-            .as_primitive_opt::<TimestampNanosecondType>()
-            .ok_or_else(|| format!("column {name} is not a timestamp"))?;
-        Ok(array.value(row))
+    fn time_column(
+        &self,
+        name: &'static str,
+    ) -> Result<NumberColumn<'a, TimestampNanosecondType>, String> {
+        self.number_column(name)
+    }
+}
+
+/// A text column, typed once per batch; `array` is `None` when the read left it out.
+struct TextColumn<'a> {
+    name: &'static str,
+    array: Option<&'a StringArray>,
+}
+
+impl TextColumn<'_> {
+    fn value(&self, row: usize) -> Option<&str> {
+        self.array
+            .and_then(|array| (!array.is_null(row)).then(|| array.value(row)))
     }
 
-    fn json(&self, name: &str, row: usize) -> Result<Value, String> {
-        match self.text(name, row)? {
+    fn get(&self, row: usize) -> Option<String> {
+        self.value(row).map(str::to_string)
+    }
+
+    fn required_str(&self, row: usize) -> Result<&str, String> {
+        self.value(row)
+            .ok_or_else(|| format!("column {} is null in row {row}", self.name))
+    }
+
+    fn required(&self, row: usize) -> Result<String, String> {
+        self.required_str(row).map(str::to_string)
+    }
+
+    fn json(&self, row: usize) -> Result<Value, String> {
+        match self.value(row) {
             None => Ok(Value::Null),
-            Some(text) => serde_json::from_str(&text).map_err(|e| format!("column {name}: {e}")),
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| format!("column {}: {e}", self.name))
+            }
         }
+    }
+}
+
+/// A numeric column, typed once per batch.
+struct NumberColumn<'a, T: ArrowPrimitiveType> {
+    name: &'static str,
+    array: Option<&'a PrimitiveArray<T>>,
+}
+
+impl<T: ArrowPrimitiveType> NumberColumn<'_, T> {
+    fn get(&self, row: usize) -> Option<T::Native> {
+        self.array
+            .and_then(|array| (!array.is_null(row)).then(|| array.value(row)))
+    }
+
+    fn required(&self, row: usize) -> Result<T::Native, String> {
+        self.get(row)
+            .ok_or_else(|| format!("column {} is null in row {row}", self.name))
     }
 }
 
@@ -541,78 +632,129 @@ fn from_batch(
         .ok_or("column _seq is not uint64")?
         .clone();
     let stream = columns
-        .column("stream")?
-        .as_boolean_opt()
-        .ok_or("column stream is not boolean")?;
+        .present("stream")
+        .map(|column| {
+            column
+                .as_boolean_opt()
+                .ok_or("column stream is not boolean")
+        })
+        .transpose()?;
+    let col_project = columns.text_column("project")?;
+    let col_trace_id = columns.text_column("trace_id")?;
+    let col_span_id = columns.text_column("span_id")?;
+    let col_kind = columns.text_column("kind")?;
+    let col_status = columns.text_column("status")?;
+    let col_source = columns.text_column("source")?;
+    let col_input_text = columns.text_column("input_text")?;
+    let col_output_text = columns.text_column("output_text")?;
+    let col_metadata = columns.text_column("metadata")?;
+    let col_parent_span_id = columns.text_column("parent_span_id")?;
+    let col_name = columns.text_column("name")?;
+    let col_service_name = columns.text_column("service_name")?;
+    let col_status_message = columns.text_column("status_message")?;
+    let col_error_type = columns.text_column("error_type")?;
+    let col_session_id = columns.text_column("session_id")?;
+    let col_user_id = columns.text_column("user_id")?;
+    let col_provider = columns.text_column("provider")?;
+    let col_request_model = columns.text_column("request_model")?;
+    let col_model = columns.text_column("model")?;
+    let col_routing_alias = columns.text_column("routing_alias")?;
+    let col_operation = columns.text_column("operation")?;
+    let col_finish_reason = columns.text_column("finish_reason")?;
+    let col_usage_source = columns.text_column("usage_source")?;
+    let col_pricing_version = columns.text_column("pricing_version")?;
+    let col_events = columns.text_column("events")?;
+    let col_max_tokens = columns.int_column("max_tokens")?;
+    let col_http_status = columns.int_column("http_status")?;
+    let col_input_tokens = columns.int_column("input_tokens")?;
+    let col_output_tokens = columns.int_column("output_tokens")?;
+    let col_cached_input_tokens = columns.int_column("cached_input_tokens")?;
+    let col_reasoning_tokens = columns.int_column("reasoning_tokens")?;
+    let col_total_tokens = columns.int_column("total_tokens")?;
+    let col_duration_ms = columns.float_column("duration_ms")?;
+    let col_time_to_first_token_ms = columns.float_column("time_to_first_token_ms")?;
+    let col_temperature = columns.float_column("temperature")?;
+    let col_top_p = columns.float_column("top_p")?;
+    let col_input_cost_usd = columns.float_column("input_cost_usd")?;
+    let col_output_cost_usd = columns.float_column("output_cost_usd")?;
+    let col_total_cost_usd = columns.float_column("total_cost_usd")?;
+    let col_start_time = columns.time_column("start_time")?;
+    let col_end_time = columns.time_column("end_time")?;
+    let col_attributes = columns.text_column("attributes")?;
+    let col_input = columns.text_column("input")?;
+    let col_output = columns.text_column("output")?;
+    let col_tools = columns.text_column("tools")?;
     for row in 0..batch.num_rows() {
-        let enum_text = |name: &str| columns.required_text(name, row);
-        let kind_text = enum_text("kind")?;
-        let status_text = enum_text("status")?;
-        let source_text = enum_text("source")?;
-        let metadata_text = enum_text("metadata")?;
-        let metadata: BTreeMap<String, String> =
-            serde_json::from_str(&metadata_text).map_err(|e| format!("column metadata: {e}"))?;
+        let kind_text = col_kind.required_str(row)?;
+        let status_text = col_status.required_str(row)?;
+        let source_text = col_source.required_str(row)?;
+        let metadata: BTreeMap<String, String> = match col_metadata.value(row) {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| format!("column metadata: {e}"))?
+            }
+            None => BTreeMap::new(),
+        };
         let mut span = Span {
-            project: columns.required_text("project", row)?,
-            trace_id: columns.required_text("trace_id", row)?,
-            span_id: columns.required_text("span_id", row)?,
-            parent_span_id: columns.text("parent_span_id", row)?,
-            name: columns.required_text("name", row)?,
-            kind: SpanKind::parse(&kind_text).ok_or_else(|| format!("unknown kind {kind_text}"))?,
-            source: SpanSource::parse(&source_text)
+            project: col_project.required(row)?,
+            trace_id: col_trace_id.required(row)?,
+            span_id: col_span_id.required(row)?,
+            parent_span_id: col_parent_span_id.get(row),
+            name: col_name.get(row).unwrap_or_default(),
+            kind: SpanKind::parse(kind_text).ok_or_else(|| format!("unknown kind {kind_text}"))?,
+            source: SpanSource::parse(source_text)
                 .ok_or_else(|| format!("unknown source {source_text}"))?,
-            service_name: columns.text("service_name", row)?,
-            start_time: columns.time("start_time", row)?,
-            end_time: columns.time("end_time", row)?,
-            duration_ms: columns.float("duration_ms", row)?.unwrap_or(0.0),
-            time_to_first_token_ms: columns.float("time_to_first_token_ms", row)?,
-            status: SpanStatus::parse(&status_text)
+            service_name: col_service_name.get(row),
+            start_time: col_start_time.required(row)?,
+            end_time: col_end_time.required(row)?,
+            duration_ms: col_duration_ms.get(row).unwrap_or(0.0),
+            time_to_first_token_ms: col_time_to_first_token_ms.get(row),
+            status: SpanStatus::parse(status_text)
                 .ok_or_else(|| format!("unknown status {status_text}"))?,
-            status_message: columns.text("status_message", row)?,
-            error_type: columns.text("error_type", row)?,
-            http_status: columns
-                .int("http_status", row)?
+            status_message: col_status_message.get(row),
+            error_type: col_error_type.get(row),
+            http_status: col_http_status
+                .get(row)
                 .and_then(|code| u16::try_from(code).ok()),
-            session_id: columns.text("session_id", row)?,
-            user_id: columns.text("user_id", row)?,
-            provider: columns.text("provider", row)?,
-            request_model: columns.text("request_model", row)?,
-            model: columns.text("model", row)?,
-            routing_alias: columns.text("routing_alias", row)?,
-            operation: columns.text("operation", row)?,
-            stream: (!stream.is_null(row)).then(|| stream.value(row)),
-            temperature: columns.float("temperature", row)?,
-            max_tokens: columns.int("max_tokens", row)?,
-            top_p: columns.float("top_p", row)?,
-            finish_reason: columns.text("finish_reason", row)?,
-            input_tokens: columns.int("input_tokens", row)?,
-            output_tokens: columns.int("output_tokens", row)?,
-            cached_input_tokens: columns.int("cached_input_tokens", row)?,
-            reasoning_tokens: columns.int("reasoning_tokens", row)?,
-            total_tokens: columns.int("total_tokens", row)?,
-            usage_source: columns.text("usage_source", row)?,
-            input_cost_usd: columns.float("input_cost_usd", row)?,
-            output_cost_usd: columns.float("output_cost_usd", row)?,
-            total_cost_usd: columns.float("total_cost_usd", row)?,
-            pricing_version: columns.text("pricing_version", row)?,
+            session_id: col_session_id.get(row),
+            user_id: col_user_id.get(row),
+            provider: col_provider.get(row),
+            request_model: col_request_model.get(row),
+            model: col_model.get(row),
+            routing_alias: col_routing_alias.get(row),
+            operation: col_operation.get(row),
+            stream: stream.and_then(|stream| (!stream.is_null(row)).then(|| stream.value(row))),
+            temperature: col_temperature.get(row),
+            max_tokens: col_max_tokens.get(row),
+            top_p: col_top_p.get(row),
+            finish_reason: col_finish_reason.get(row),
+            input_tokens: col_input_tokens.get(row),
+            output_tokens: col_output_tokens.get(row),
+            cached_input_tokens: col_cached_input_tokens.get(row),
+            reasoning_tokens: col_reasoning_tokens.get(row),
+            total_tokens: col_total_tokens.get(row),
+            usage_source: col_usage_source.get(row),
+            input_cost_usd: col_input_cost_usd.get(row),
+            output_cost_usd: col_output_cost_usd.get(row),
+            total_cost_usd: col_total_cost_usd.get(row),
+            pricing_version: col_pricing_version.get(row),
             input: Value::Null,
             output: Value::Null,
             // Absent when the read left the text columns out.
-            input_text: columns.optional_column_text("input_text", row)?,
-            output_text: columns.optional_column_text("output_text", row)?,
+            input_text: col_input_text.get(row).unwrap_or_default(),
+            output_text: col_output_text.get(row).unwrap_or_default(),
             tools: Value::Null,
             metadata,
             attributes: Value::Null,
             events: Vec::new(),
         };
         if projection.whole || projection.attributes {
-            span.attributes = columns.json("attributes", row)?;
+            span.attributes = col_attributes.json(row)?;
         }
         if projection.whole {
-            span.input = columns.json("input", row)?;
-            span.output = columns.json("output", row)?;
-            span.tools = columns.json("tools", row)?;
-            if let Some(text) = columns.text("events", row)? {
+            span.input = col_input.json(row)?;
+            span.output = col_output.json(row)?;
+            span.tools = col_tools.json(row)?;
+            if let Some(text) = col_events.get(row) {
                 span.events =
                     serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
             }
@@ -704,11 +846,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             expected
         );
-        let light = Projection {
-            whole: false,
-            attributes: false,
-            text: false,
-        };
+        let light = Projection::LIGHT;
         let read = read_rows(&path, &metadata, &wanted, light).unwrap();
         for (row, n) in read.iter().zip(&wanted) {
             assert_eq!(row.span.start_time, i64::from(*n));

@@ -79,20 +79,20 @@ pub async fn page(
             group_by,
         },
     ];
-    let answered = run_store(&state, move |store| {
-        queries
-            .iter()
-            .map(|q| store.aggregate(q))
-            .collect::<llmtrace_model::Result<Vec<_>>>()
-    })
-    .await;
-    let mut answers = match answered {
-        Ok(answers) => answers,
-        Err(err) => return error_page("Dashboard", &err),
+    // side by side on the blocking pool: a breakdown the rollups cannot answer reads rows
+    // twice, and the machine has more than one core
+    let [overall, grouped, totals] = queries;
+    let (overall, grouped, totals) = tokio::join!(
+        run_store(&state, move |store| store.aggregate(&overall)),
+        run_store(&state, move |store| store.aggregate(&grouped)),
+        run_store(&state, move |store| store.aggregate(&totals)),
+    );
+    let (overall, grouped, mut totals) = match (overall, grouped, totals) {
+        (Ok(overall), Ok(grouped), Ok(totals)) => (overall, grouped, totals),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            return error_page("Dashboard", &err);
+        }
     };
-    let mut totals = answers.pop().unwrap_or_default();
-    let grouped = answers.pop().unwrap_or_default();
-    let overall = answers.pop().unwrap_or_default();
     totals.sort_by(|a, b| b.count.cmp(&a.count).then(a.group.cmp(&b.group)));
     let buckets = chart::buckets(window, bucket * 1_000_000_000, 400);
     // the biggest groups get a series each; the rest are summed into one

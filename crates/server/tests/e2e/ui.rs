@@ -303,10 +303,18 @@ fn pages_render_and_escape_hostile_content() {
     );
     // the traces page's charts follow its filter: two calls mention the kettle, one failed
     let charts = server.get("/ui/charts?q=kettle").text();
-    assert!(charts.contains("ok: 2") && !charts.contains("errors: "), "{charts}");
+    assert!(
+        charts.contains("ok: 2") && !charts.contains("errors: "),
+        "{charts}"
+    );
     let charts = server.get("/ui/charts?status=error").text();
     assert!(charts.contains("errors: 1"), "{charts}");
-    assert!(server.get("/ui/charts?q=zzzunmatched").text().contains("No calls in this range"));
+    assert!(
+        server
+            .get("/ui/charts?q=zzzunmatched")
+            .text()
+            .contains("No calls in this range")
+    );
     // a bad filter is a 400 page naming it
     let bad = server.get("/traces?status=weird");
     assert_eq!(bad.status, 400);
