@@ -40,6 +40,9 @@ pub struct Exchange {
     pub caller: Option<String>,
     pub request: Bytes,
     pub http_status: Option<u16>,
+    /// The upstream response's `content-encoding`, when it compressed anyway (the gateway
+    /// asks for identity): the record decodes its copy.
+    pub response_encoding: Option<String>,
     pub streamed: bool,
     /// What the client was sent; `None` when no upstream answered.
     pub response: Option<Captured>,
@@ -891,6 +894,7 @@ pub(crate) mod tests {
                     .to_string(),
             ),
             http_status: Some(200),
+            response_encoding: None,
             streamed: false,
             response: Some(Captured {
                 body: Bytes::from(body.to_string()),

@@ -467,6 +467,7 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         caller: caller_fingerprint(headers),
         request: body,
         http_status: None,
+        response_encoding: None,
         streamed,
         response: None,
         failure: None,
@@ -506,6 +507,12 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
     let (upstream_parts, upstream_body) = response.into_parts();
     let mut exchange = exchange;
     exchange.http_status = Some(upstream_parts.status.as_u16());
+    exchange.response_encoding = upstream_parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v != "identity");
     let is_sse = upstream_parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -138,10 +138,46 @@ fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, in
             }
         }
         let spans: Vec<Span> = batch
-            .iter()
-            .map(|exchange| span_of(exchange, infer.then_some(&mut sessions)))
+            .iter_mut()
+            .map(|exchange| {
+                decode_response(exchange);
+                span_of(exchange, infer.then_some(&mut sessions))
+            })
             .collect();
         append(store.as_ref(), spans, &stats);
+    }
+}
+
+/// Upstream answers compressed with gzip or deflate are recorded decoded (what the client
+/// was sent is untouched). Decoding stops at `MAX_DECODED` bytes; other encodings are
+/// recorded as they came, and a body that does not decode is kept compressed.
+fn decode_response(exchange: &mut Exchange) {
+    use std::io::Read;
+    const MAX_DECODED: u64 = 64 << 20;
+    let Some(captured) = exchange.response.as_mut() else {
+        return;
+    };
+    let compressed = captured.body.clone();
+    let mut decoded = Vec::new();
+    let read = match exchange.response_encoding.as_deref() {
+        Some("gzip" | "x-gzip") => flate2::read::MultiGzDecoder::new(&compressed[..])
+            .take(MAX_DECODED)
+            .read_to_end(&mut decoded),
+        Some("deflate") => flate2::read::ZlibDecoder::new(&compressed[..])
+            .take(MAX_DECODED)
+            .read_to_end(&mut decoded),
+        _ => return,
+    };
+    // a body cut at the capture limit decodes as far as it goes
+    if read.is_ok() || (captured.truncated && !decoded.is_empty()) {
+        let length = decoded.len();
+        captured.body = bytes::Bytes::from(decoded);
+        // chunk boundaries were offsets into the compressed bytes: keep only the last
+        // chunk's time, at the end of the decoded body
+        if let Some(&(_, last)) = captured.chunk_times.last() {
+            captured.chunk_times = vec![(length, last)];
+        }
+        exchange.response_encoding = None;
     }
 }
 

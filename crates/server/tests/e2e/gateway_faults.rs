@@ -66,6 +66,22 @@ async fn chat(seen: Arc<Seen>, body: Bytes) -> Response {
             });
             sse(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
         }
+        // compressed although the gateway asked for identity
+        "gzip" => {
+            use std::io::Write;
+            let answer = json!({
+                "id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gzip",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine, compressed"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            });
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(answer.to_string().as_bytes()).unwrap();
+            (
+                [(header::CONTENT_TYPE, "application/json"), (header::CONTENT_ENCODING, "gzip")],
+                encoder.finish().unwrap(),
+            )
+                .into_response()
+        }
         model => axum::Json(json!({
             "id": "chatcmpl-ok", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
@@ -341,6 +357,30 @@ smart = ["primary/fail", "backup/steady"]
     let span = spans_of(&server, "cut", 1).remove(0);
     assert_eq!(span["status"], "error", "{span:#}");
     assert_eq!(span["output_text"], "half");
+
+    // an upstream that compresses anyway: relayed as it came, recorded decoded
+    let reply = server.post(
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-llmtrace-user-id", "gzip"),
+        ],
+        br#"{"model": "gzip", "messages": [{"role": "user", "content": "squeeze"}]}"#,
+    );
+    assert_eq!(reply.status, 200);
+    let mut relayed = String::new();
+    if reply.body.starts_with(&[0x1f, 0x8b]) {
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&reply.body[..])
+            .read_to_string(&mut relayed)
+            .unwrap();
+    } else {
+        relayed = reply.text();
+    }
+    assert!(relayed.contains("fine, compressed"), "{relayed}");
+    let span = spans_of(&server, "gzip", 1).remove(0);
+    assert_eq!(span["output_text"], "fine, compressed", "{span:#}");
+    assert_eq!(span["output_tokens"], 2);
 
     // the client goes away mid-stream: upstream call cancelled, partial output kept
     let mut socket = open_stream(
