@@ -127,6 +127,10 @@ pub struct GatewayConfig {
     /// Send `x-llmtrace-cost-usd` on complete (non-streamed) answers of up to 1 MiB: the
     /// answer is read whole before it is relayed, so its usage can be priced first.
     pub cost_header: bool,
+    /// Where the gateway keeps its state between runs (the session-inference table); set
+    /// by the server to its data directory, not configurable on its own.
+    #[serde(skip)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -143,6 +147,7 @@ impl Default for GatewayConfig {
             queue_capacity: 10_000,
             max_capture_bytes: 16 << 20,
             cost_header: true,
+            state_dir: None,
         }
     }
 }

@@ -66,6 +66,10 @@ impl Gateway {
             RecorderConfig {
                 capacity: config.queue_capacity,
                 infer_sessions: config.infer_sessions,
+                sessions_file: config
+                    .state_dir
+                    .as_ref()
+                    .map(|dir| dir.join("gateway").join("sessions.json")),
             },
         );
         Ok(Gateway {

@@ -73,7 +73,14 @@ pub struct Recorder {
 pub struct RecorderConfig {
     pub capacity: usize,
     pub infer_sessions: bool,
+    /// Where the session-inference table is saved between runs.
+    pub sessions_file: Option<std::path::PathBuf>,
 }
+
+/// Sessions remembered for inference, oldest forgotten first.
+const SESSION_STATES: usize = 200_000;
+/// How often a changed session table is saved while running.
+const SAVE_EVERY: Duration = Duration::from_secs(60);
 
 const BATCH: usize = 512;
 /// How long the recorder lets calls accumulate before storing them (well inside the 1 s in
@@ -87,7 +94,15 @@ impl Recorder {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("gateway-recorder".into())
-            .spawn(move || run(receiver, store, thread_stats, config.infer_sessions))
+            .spawn(move || {
+                run(
+                    receiver,
+                    store,
+                    thread_stats,
+                    config.infer_sessions,
+                    config.sessions_file,
+                )
+            })
             .ok();
         if thread.is_none() {
             tracing::error!("cannot start the gateway recorder thread: calls will not be recorded");
@@ -112,11 +127,33 @@ impl Recorder {
     }
 }
 
-fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, infer: bool) {
-    let mut sessions = Sessions::new(200_000);
+fn run(
+    receiver: Receiver<Message>,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    infer: bool,
+    sessions_file: Option<std::path::PathBuf>,
+) {
+    let mut sessions = match (&sessions_file, infer) {
+        (Some(path), true) => Sessions::load(path, SESSION_STATES),
+        _ => Sessions::new(SESSION_STATES),
+    };
+    let mut saved_at = std::time::Instant::now();
+    let mut save = |sessions: &mut Sessions, now: bool| {
+        let Some(path) = &sessions_file else { return };
+        if sessions.dirty && (now || saved_at.elapsed() >= SAVE_EVERY) {
+            saved_at = std::time::Instant::now();
+            if let Err(err) = sessions.save(path) {
+                tracing::warn!(path = %path.display(), %err, "cannot save the gateway's session table");
+            }
+        }
+    };
     let mut stop = false;
     while !stop {
-        let Ok(first) = receiver.recv() else { return };
+        let Ok(first) = receiver.recv() else {
+            save(&mut sessions, true);
+            return;
+        };
         let mut batch = Vec::new();
         let take = |message: Message, batch: &mut Vec<Box<Exchange>>| match message {
             Message::Exchange(exchange) => {
@@ -145,6 +182,7 @@ fn run(receiver: Receiver<Message>, store: Arc<dyn Store>, stats: Arc<Stats>, in
             })
             .collect();
         append(store.as_ref(), spans, &stats);
+        save(&mut sessions, stop);
     }
 }
 
@@ -333,6 +371,7 @@ mod tests {
             RecorderConfig {
                 capacity: 8,
                 infer_sessions: true,
+                sessions_file: None,
             },
         );
         let started = Instant::now();

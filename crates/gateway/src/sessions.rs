@@ -6,8 +6,10 @@
 //! in `previous_response_id` (Responses API). Otherwise it starts a new session. Inferred
 //! ids start with `auto-` and the span carries `llmtrace.session_inferred = true`.
 //!
-//! Only hashes are remembered, in memory and bounded (oldest forgotten first), so after a
-//! restart a continuing conversation starts a new session.
+//! Only hashes are remembered, in memory and bounded (oldest forgotten first). The table is
+//! saved to a file (`save`) at shutdown and every minute while it changes, and loaded at
+//! start, so a conversation continues its session across a restart; a crash forgets at
+//! most the last minute.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +23,15 @@ pub struct Sessions {
     states: HashMap<u64, String>,
     order: VecDeque<u64>,
     capacity: usize,
+    /// Changed since the last save.
+    pub dirty: bool,
+}
+
+/// The saved form: states oldest first.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    version: u32,
+    states: Vec<(u64, String)>,
 }
 
 /// The parts of a message that survive a client re-sending it: role, text, tool calls.
@@ -64,10 +75,60 @@ impl Sessions {
             states: HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
+            dirty: false,
         }
     }
 
+    /// The table saved at `path`, or an empty one when there is none; a file that cannot
+    /// be read is reported and ignored (sessions then start afresh).
+    pub fn load(path: &std::path::Path, capacity: usize) -> Sessions {
+        let mut sessions = Sessions::new(capacity);
+        let saved = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<Saved>(&bytes).map_err(|e| e.to_string()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return sessions,
+            Err(err) => Err(err.to_string()),
+        };
+        match saved {
+            Ok(saved) if saved.version == 1 => {
+                for (key, session) in &saved.states {
+                    sessions.remember(*key, session);
+                }
+                sessions.dirty = false;
+                tracing::info!(states = sessions.states.len(), path = %path.display(), "gateway sessions loaded");
+            }
+            Ok(saved) => {
+                tracing::warn!(version = saved.version, path = %path.display(), "gateway sessions file of another version ignored")
+            }
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "gateway sessions file unreadable, ignored")
+            }
+        }
+        sessions
+    }
+
+    /// Writes the table to `path` atomically (a temporary file renamed over it).
+    pub fn save(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        let saved = Saved {
+            version: 1,
+            states: self
+                .order
+                .iter()
+                .filter_map(|key| Some((*key, self.states.get(key)?.clone())))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, bytes)?;
+        std::fs::rename(&temporary, path)?;
+        self.dirty = false;
+        Ok(())
+    }
+
     fn remember(&mut self, key: u64, session: &str) {
+        self.dirty = true;
         if self.states.insert(key, session.to_string()).is_none() {
             self.order.push_back(key);
             while self.order.len() > self.capacity {
@@ -213,6 +274,32 @@ mod tests {
         let mut next = call("b2", json!([user("and?")]), json!([]));
         sessions.apply(&mut next, "s", Some("resp_1"));
         assert_eq!(next.session_id.as_deref(), Some("conv-9"));
+    }
+
+    #[test]
+    fn the_table_survives_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.json");
+        let mut sessions = Sessions::new(10);
+        let mut first = call("t1", json!([user("hi")]), json!([assistant("hello")]));
+        sessions.apply(&mut first, "scope", None);
+        sessions.save(&path).unwrap();
+        assert!(!sessions.dirty);
+        let mut loaded = Sessions::load(&path, 10);
+        let mut second = call(
+            "t2",
+            json!([user("hi"), assistant("hello"), user("more")]),
+            json!([assistant("sure")]),
+        );
+        loaded.apply(&mut second, "scope", None);
+        assert_eq!(second.session_id, first.session_id);
+        std::fs::write(&path, b"not json").unwrap();
+        assert!(Sessions::load(&path, 10).states.is_empty());
+        assert!(
+            Sessions::load(&dir.path().join("absent"), 10)
+                .states
+                .is_empty()
+        );
     }
 
     #[test]

@@ -244,7 +244,10 @@ async fn run(
     let env: HashMap<String, String> = std::env::vars().collect();
     let gateway = Arc::new(
         llmtrace_gateway::Gateway::new(
-            config.gateway.clone(),
+            llmtrace_gateway::config::GatewayConfig {
+                state_dir: Some(config.data_dir.clone()),
+                ..config.gateway.clone()
+            },
             store.clone(),
             config.default_project.clone(),
             config.max_body_bytes,

@@ -408,3 +408,45 @@ smart = ["primary/fail", "backup/steady"]
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A conversation without session ids keeps its inferred session across a restart: the
+/// table is saved at shutdown and loaded at start.
+#[test]
+fn inferred_sessions_continue_across_a_restart() {
+    let upstream = start_upstream(Arc::new(Seen::default()));
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let provider = format!("primary={upstream}");
+    let flags = ["--provider", provider.as_str()];
+    let mut server = TestServer::start_in(&data, &flags);
+    let (status, _) = call(
+        &server,
+        "restart",
+        json!({"model": "steady", "messages": [{"role": "user", "content": "hello there"}]}),
+    );
+    assert_eq!(status, 200);
+    let first = spans_of(&server, "restart", 1).remove(0);
+    let session = first["session_id"].as_str().unwrap().to_string();
+    assert!(session.starts_with("auto-"), "{first:#}");
+    assert_eq!(server.terminate(), Some(0));
+    assert!(data.join("gateway/sessions.json").exists());
+
+    let server = TestServer::start_in(&data, &flags);
+    let (status, _) = call(
+        &server,
+        "restart",
+        json!({"model": "steady", "messages": [
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": "fine"},
+            {"role": "user", "content": "and then?"}
+        ]}),
+    );
+    assert_eq!(status, 200);
+    let spans = spans_of(&server, "restart", 2);
+    assert!(
+        spans
+            .iter()
+            .all(|span| span["session_id"] == session.as_str()),
+        "{spans:#?}"
+    );
+}
