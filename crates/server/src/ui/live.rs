@@ -12,7 +12,6 @@ use llmtrace_model::{
     StoreStats,
 };
 use maud::html;
-use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -44,24 +43,29 @@ impl Tail {
     }
 }
 
-/// What a live row needs: the span without its message trees, attributes and events.
-fn summary(span: &Span) -> Span {
-    Span {
-        input: Value::Null,
-        output: Value::Null,
-        tools: Value::Null,
-        attributes: Value::Null,
-        events: Vec::new(),
-        ..span.clone()
-    }
+/// What a live row needs: the span without its message trees, attributes and events
+/// (moved out while the rest is copied, so they are never cloned).
+fn summary(span: &mut Span) -> Span {
+    let input = std::mem::take(&mut span.input);
+    let output = std::mem::take(&mut span.output);
+    let tools = std::mem::take(&mut span.tools);
+    let attributes = std::mem::take(&mut span.attributes);
+    let events = std::mem::take(&mut span.events);
+    let light = span.clone();
+    span.input = input;
+    span.output = output;
+    span.tools = tools;
+    span.attributes = attributes;
+    span.events = events;
+    light
 }
 
 impl Store for Tail {
-    fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
+    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
         if self.sender.receiver_count() == 0 {
             return self.inner.append(spans);
         }
-        let batch: Vec<Span> = spans.iter().map(summary).collect();
+        let batch: Vec<Span> = spans.iter_mut().map(summary).collect();
         self.inner.append(spans)?;
         let _ = self.sender.send(Arc::new(batch));
         Ok(())
@@ -96,17 +100,6 @@ impl Store for Tail {
     }
 }
 
-const FIELDS: [&str; 8] = [
-    "model",
-    "provider",
-    "status",
-    "user_id",
-    "session_id",
-    "meta",
-    "q",
-    "kind",
-];
-
 /// `GET /live`: the newest rows, then new ones as they are stored.
 pub async fn page(
     State(state): State<Shared>,
@@ -133,7 +126,7 @@ pub async fn page(
     };
     let events = query.filters_only().href("/ui/live/events", &[]);
     let content = html! {
-        (layout::filter_bar("/live", &query, &FIELDS, html! {}))
+        (layout::filter_bar("/live", &query, &super::traces::FIELDS, html! {}))
         p.live-status { span #live-state data-state="connecting" { "connecting…" } " · new calls appear at the top as they are stored" }
         table.spans #spans {
             (render::span_table_head())

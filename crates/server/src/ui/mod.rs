@@ -241,14 +241,14 @@ impl UiQuery {
         format!("{path}?{}", query.join("&"))
     }
 
-    /// Only the names that select data (no cursor, drawer or view state), for links that
-    /// carry a filter to another page.
+    /// Only the names that select data (no cursor or open drawer), for links that carry a
+    /// filter to another page.
     pub fn filters_only(&self) -> UiQuery {
         UiQuery {
             pairs: self
                 .pairs
                 .iter()
-                .filter(|(name, _)| !matches!(name.as_str(), "cursor" | "open" | "view"))
+                .filter(|(name, _)| !matches!(name.as_str(), "cursor" | "open"))
                 .cloned()
                 .collect(),
         }

@@ -11,7 +11,8 @@ use super::chart::{self, Series, Unit};
 use super::{Shared, UiQuery, error_page, layout, render};
 use crate::http::run_store;
 
-const FIELDS: [&str; 8] = [
+/// The filters the traces and live pages offer.
+pub const FIELDS: [&str; 8] = [
     "model",
     "provider",
     "status",
