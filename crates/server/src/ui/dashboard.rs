@@ -82,13 +82,25 @@ pub async fn page(
     // side by side on the blocking pool: a breakdown the rollups cannot answer reads rows
     // twice, and the machine has more than one core
     let [overall, grouped, totals] = queries;
+    let broken_down = dimension.is_some();
     let (overall, grouped, totals) = tokio::join!(
         run_store(&state, move |store| store.aggregate(&overall)),
-        run_store(&state, move |store| store.aggregate(&grouped)),
+        // without a breakdown the grouped series are the overall ones
+        run_store(&state, move |store| match broken_down {
+            true => store.aggregate(&grouped),
+            false => Ok(Vec::new()),
+        }),
         run_store(&state, move |store| store.aggregate(&totals)),
     );
     let (overall, grouped, mut totals) = match (overall, grouped, totals) {
-        (Ok(overall), Ok(grouped), Ok(totals)) => (overall, grouped, totals),
+        (Ok(overall), Ok(grouped), Ok(totals)) => {
+            let grouped = if broken_down {
+                grouped
+            } else {
+                overall.clone()
+            };
+            (overall, grouped, totals)
+        }
         (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
             return error_page("Dashboard", &err);
         }

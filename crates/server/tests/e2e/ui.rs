@@ -228,6 +228,7 @@ fn pages_render_and_escape_hostile_content() {
         "/sessions/support-42".into(),
         format!("/sessions/{hostile_session}"),
         format!("/runs/{:032x}", 0xa9e47),
+        "/dashboard".into(),
         "/dashboard?group=model".into(),
         "/dashboard?group_key=feature&range=7d".into(),
         "/live".into(),
@@ -315,6 +316,9 @@ fn pages_render_and_escape_hostile_content() {
             .text()
             .contains("No calls in this range")
     );
+    // the dashboard without a breakdown charts every call as one series
+    let dashboard = server.get("/dashboard").text();
+    assert!(dashboard.contains("<rect"), "the dashboard draws bars");
     // a bad filter is a 400 page naming it
     let bad = server.get("/traces?status=weird");
     assert_eq!(bad.status, 400);
