@@ -441,6 +441,15 @@ impl Store for Priced {
     fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
         self.inner.delete(deletion)
     }
+    fn put_scores(&self, scores: Vec<llmtrace_model::Score>) -> llmtrace_model::Result<()> {
+        self.inner.put_scores(scores)
+    }
+    fn scores(
+        &self,
+        query: &llmtrace_model::ScoreQuery,
+    ) -> llmtrace_model::Result<Vec<llmtrace_model::Score>> {
+        self.inner.scores(query)
+    }
     fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
         self.inner.retention_sweep(now_ns)
     }

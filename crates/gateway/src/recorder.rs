@@ -314,6 +314,15 @@ mod tests {
         fn delete(&self, _: &Deletion) -> llmtrace_model::Result<u64> {
             unimplemented!()
         }
+        fn put_scores(&self, _: Vec<llmtrace_model::Score>) -> llmtrace_model::Result<()> {
+            unimplemented!()
+        }
+        fn scores(
+            &self,
+            _: &llmtrace_model::ScoreQuery,
+        ) -> llmtrace_model::Result<Vec<llmtrace_model::Score>> {
+            unimplemented!()
+        }
         fn retention_sweep(&self, _: i64) -> llmtrace_model::Result<u64> {
             unimplemented!()
         }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod query;
+pub mod score;
 pub mod span;
 
 pub use error::{Error, ErrorCode, Result};
@@ -10,6 +11,7 @@ pub use query::{
     AggregateQuery, AggregateRow, Cursor, Deletion, Dimension, Page, SessionTrace, SpanFilter,
     SpanQuery,
 };
+pub use score::{Score, ScoreQuery};
 pub use span::{Span, SpanEvent, SpanKey, SpanKind, SpanSource, SpanStatus};
 
 /// Size and shape of what a store holds.
@@ -38,8 +40,13 @@ pub trait Store: Send + Sync {
     fn session(&self, project: &str, session_id: &str) -> Result<Vec<SessionTrace>>;
     /// Time buckets × dimensions with counts, error rate, token and cost sums, latency.
     fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>>;
-    /// Deletes what matches; returns how many live spans it removed.
+    /// Deletes what matches, with the scores of the traces it touches; returns how many
+    /// live spans it removed.
     fn delete(&self, deletion: &Deletion) -> Result<u64>;
+    /// Writes scores; durable when it returns. The same `(project, id)` replaces.
+    fn put_scores(&self, scores: Vec<Score>) -> Result<()>;
+    /// Scores matching the query, newest first, at most `query.limit`.
+    fn scores(&self, query: &ScoreQuery) -> Result<Vec<Score>>;
     /// Drops data older than each project's retention; returns rows dropped.
     fn retention_sweep(&self, now_ns: i64) -> Result<u64>;
     /// Moves what is in memory to durable columnar segments.

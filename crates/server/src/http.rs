@@ -61,6 +61,10 @@ pub fn router(state: Shared) -> Router {
             "/v1/chat/completions/{id}/messages",
             get(crate::completions::messages),
         )
+        .route(
+            "/api/v1/scores",
+            get(crate::scores::list).post(crate::scores::put),
+        )
         .route("/api/v1/pricing", get(crate::cost_api::pricing))
         .route("/api/v1/reprice", post(crate::cost_api::reprice_route))
         .route("/api/v1/billing", post(crate::cost_api::upload_billing))

@@ -15,6 +15,7 @@ mod join;
 mod openapi;
 mod params;
 mod query_cli;
+mod scores;
 mod ui;
 
 use std::collections::HashMap;

@@ -96,6 +96,24 @@ pub fn document() -> Value {
                 "requestBody": {"content": {"application/json": {}}},
                 "responses": {"200": {"description": "rows stored"}, "400": {"description": "malformed upload; the message names the problem"}}
             }},
+            "/api/v1/scores": {
+                "get": {
+                    "summary": "scores of a project, newest first, by trace, span or name",
+                    "parameters": [
+                        {"name": "project", "in": "query", "schema": {"type": "string"}},
+                        {"name": "trace_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "span_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "name", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+                    ],
+                    "responses": {"200": {"description": "{data:[scores]}"}, "400": {"description": "a parameter is unknown or malformed"}}
+                },
+                "post": {
+                    "summary": "store scores: {trace_id, span_id?, name, value?, label?, comment?, source?, id?} or an array of them (all or none)",
+                    "requestBody": {"content": {"application/json": {}}},
+                    "responses": {"200": {"description": "{stored, ids}"}, "400": {"description": "a score is malformed; the message names it"}, "413": {"description": "too many scores in one request"}}
+                }
+            },
             "/api/v1/reconciliation": {"get": {
                 "summary": "computed versus billed tokens and cost per day and model (provider= required)",
                 "parameters": filter_params(&["tolerance"]),

@@ -267,6 +267,7 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     background: Mutex<Option<JoinHandle<()>>>,
     recovery: RecoveryReport,
+    scores: crate::scores::ScoreTable,
 }
 
 impl EmbeddedStore {
@@ -365,6 +366,8 @@ impl EmbeddedStore {
             stopping: AtomicBool::new(false),
             config: config.clone(),
         });
+        let scores = crate::scores::ScoreTable::open(&data_dir.join("scores.sqlite"))
+            .map_err(|e| Error::Scores(e.to_string()))?;
         let (sender, receiver) = mpsc::sync_channel(8192);
         let wal_thread = WalThread {
             shared: shared.clone(),
@@ -384,6 +387,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(writer)),
             background: Mutex::new(None),
             recovery: report,
+            scores,
         };
         if config.background {
             store.start_background();
@@ -1413,14 +1417,29 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let removed = collect(&self.shared, &filter, None, None, Some(false))?
-            .found
-            .len() as u64;
+        let found = collect(&self.shared, &filter, None, None, Some(false))?.found;
+        let traces: std::collections::BTreeSet<String> =
+            found.iter().map(|f| f.span.trace_id.clone()).collect();
+        let removed = found.len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),
         )?;
+        // scores go with their spans (a user's data deleted is deleted everywhere)
+        self.scores
+            .delete_traces(&deletion.project, &traces, deletion.span_id.as_deref())?;
         Ok(removed)
+    }
+
+    fn put_scores(&self, scores: Vec<llmtrace_model::Score>) -> llmtrace_model::Result<()> {
+        self.scores.put(&scores)
+    }
+
+    fn scores(
+        &self,
+        query: &llmtrace_model::ScoreQuery,
+    ) -> llmtrace_model::Result<Vec<llmtrace_model::Score>> {
+        self.scores.query(query)
     }
 
     fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {

@@ -15,6 +15,8 @@ pub enum Error {
     Segment { path: PathBuf, message: String },
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
+    #[error("scores table: {0}")]
+    Scores(String),
     #[error("the store is shutting down")]
     Closed,
     #[error("the store is behind: {0} bytes wait to be flushed; retry later")]

@@ -1,6 +1,6 @@
 //! The embedded span store: a write-ahead log in front of a memtable and immutable
 //! Parquet segments, read back as one view. See `engine` for the invariants and `wal` and
-//! `segment` for the on-disk formats.
+//! `segment` for the on-disk formats; `scores` keeps the scores table beside it.
 
 mod engine;
 mod error;
@@ -10,6 +10,7 @@ pub mod index;
 mod manifest;
 mod memtable;
 pub mod rollup;
+pub mod scores;
 pub mod segment;
 pub mod wal;
 mod writer;

@@ -7,7 +7,7 @@
 use maud::{Markup, html};
 use serde_json::Value;
 
-use llmtrace_model::Span;
+use llmtrace_model::{Score, Span};
 
 use super::layout;
 
@@ -72,8 +72,18 @@ pub fn span_table_head() -> Markup {
     }
 }
 
-/// The detail of one span: chat, parameters, metadata, usage and cost, timings, raw JSON.
-pub fn span_detail(span: &Span, trace_spans: usize) -> Markup {
+/// The scores shown with a span: its own and its trace's.
+pub fn scores_of<'a>(span: &Span, trace_scores: &'a [Score]) -> Vec<&'a Score> {
+    trace_scores
+        .iter()
+        .filter(|score| score.span_id.as_ref().is_none_or(|id| *id == span.span_id))
+        .collect()
+}
+
+/// The detail of one span: chat, scores, parameters, metadata, usage and cost, timings,
+/// raw JSON. `trace_scores` are the scores of its trace.
+pub fn span_detail(span: &Span, trace_spans: usize, trace_scores: &[Score]) -> Markup {
+    let scores = scores_of(span, trace_scores);
     let raw = serde_json::to_string_pretty(span).unwrap_or_default();
     html! {
         article.detail data-trace=(span.trace_id) data-span-id=(span.span_id) {
@@ -112,6 +122,26 @@ pub fn span_detail(span: &Span, trace_spans: usize) -> Markup {
             section #detail-output {
                 h3 { "Output " button.copy type="button" data-copy="#detail-output .content" { "Copy" } }
                 div.content { (messages(&span.output, &span.output_text)) }
+            }
+            @if !scores.is_empty() {
+                section.scores {
+                    h3 { "Scores" }
+                    table {
+                        thead { tr { th { "Name" } th.num { "Value" } th { "Label" } th { "Of" } th { "Source" } th { "Comment" } } }
+                        tbody {
+                            @for score in &scores {
+                                tr {
+                                    td { (score.name) }
+                                    td.num { (score.value.map(|v| v.to_string()).unwrap_or_default()) }
+                                    td { (score.label.as_deref().unwrap_or("")) }
+                                    td { (if score.span_id.is_some() { "span" } else { "trace" }) }
+                                    td { (score.source) }
+                                    td { (score.comment.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
             }
             @if !span.tools.is_null() {
                 section {

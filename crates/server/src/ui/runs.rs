@@ -74,14 +74,20 @@ pub async fn page(
         .unwrap_or(&trace_id)
         .to_string();
     let wanted = trace_id.clone();
-    let spans = match run_store(&state, move |store| store.trace(&project, &wanted)).await {
-        Ok(spans) if spans.is_empty() => {
+    let found = run_store(&state, move |store| {
+        let spans = store.trace(&project, &wanted)?;
+        let scores = super::traces::trace_scores(store, &project, &wanted)?;
+        Ok((spans, scores))
+    })
+    .await;
+    let (spans, scores) = match found {
+        Ok((spans, _)) if spans.is_empty() => {
             return error_page(
                 "Trace",
                 &Error::NotFound(format!("no spans of trace {trace_id}")),
             );
         }
-        Ok(spans) => spans,
+        Ok(found) => found,
         Err(err) => return error_page("Trace", &err),
     };
     let start = spans.iter().map(|s| s.start_time).min().unwrap_or(0);
@@ -142,7 +148,7 @@ pub async fn page(
                 }
             }
         }
-        (drawer(opened.map(|span| render::span_detail(span, spans.len()))))
+        (drawer(opened.map(|span| render::span_detail(span, spans.len(), &scores))))
     };
     Html(layout::page("Run", "traces", content).into_string()).into_response()
 }

@@ -146,6 +146,7 @@ pub async fn conversation(
         Err(err) => return error_page("Session", &err),
     };
     let wanted = session_id.clone();
+    let scores_project = project.clone();
     let traces = match run_store(&state, move |store| store.session(&project, &wanted)).await {
         Ok(traces) if traces.is_empty() => {
             return error_page(
@@ -178,6 +179,17 @@ pub async fn conversation(
                 .copied()
                 .find(|s| s.trace_id == trace && s.span_id == span)
         });
+    let opened_scores = match opened {
+        Some(span) => {
+            let trace_id = span.trace_id.clone();
+            run_store(&state, move |store| {
+                super::traces::trace_scores(store, &scores_project, &trace_id)
+            })
+            .await
+            .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     let opened_count = opened.map_or(0, |o| {
         spans.iter().filter(|s| s.trace_id == o.trace_id).count()
     });
@@ -189,7 +201,7 @@ pub async fn conversation(
             @if !users.is_empty() { " · user " (users.join(", ")) }
         }
         (transcript(&query, &session_id, &traces))
-        (drawer(opened.map(|span| render::span_detail(span, opened_count))))
+        (drawer(opened.map(|span| render::span_detail(span, opened_count, &opened_scores))))
     };
     Html(layout::page("Session", "sessions", content).into_string()).into_response()
 }

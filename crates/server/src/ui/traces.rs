@@ -4,7 +4,9 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use llmtrace_model::{AggregateQuery, AggregateRow, Error, Span, SpanFilter, SpanKind, SpanQuery};
+use llmtrace_model::{
+    AggregateQuery, AggregateRow, Error, Score, ScoreQuery, Span, SpanFilter, SpanKind, SpanQuery,
+};
 use maud::{Markup, html};
 
 use super::chart::{self, Series, Unit};
@@ -23,12 +25,15 @@ pub const FIELDS: [&str; 8] = [
     "kind",
 ];
 
-/// The span an `open=trace:span` parameter names, with the size of its trace.
+/// A span shown in the drawer, with the size of its trace and the trace's scores.
+pub type Opened = (Span, usize, Vec<Score>);
+
+/// The span an `open=trace:span` parameter names.
 fn opened_span(
     store: &dyn llmtrace_model::Store,
     project: &str,
     open: Option<&str>,
-) -> llmtrace_model::Result<Option<(Span, usize)>> {
+) -> llmtrace_model::Result<Option<Opened>> {
     let Some((trace_id, span_id)) = open.and_then(|open| open.split_once(':')) else {
         return Ok(None);
     };
@@ -40,13 +45,28 @@ fn find_span(
     project: &str,
     trace_id: &str,
     span_id: &str,
-) -> llmtrace_model::Result<Option<(Span, usize)>> {
+) -> llmtrace_model::Result<Option<Opened>> {
     let trace = store.trace(project, trace_id)?;
     let count = trace.len();
-    Ok(trace
-        .into_iter()
-        .find(|span| span.span_id == span_id)
-        .map(|span| (span, count)))
+    let Some(span) = trace.into_iter().find(|span| span.span_id == span_id) else {
+        return Ok(None);
+    };
+    let scores = trace_scores(store, project, trace_id)?;
+    Ok(Some((span, count, scores)))
+}
+
+/// Every score of one trace (scores are few: a page of them).
+pub fn trace_scores(
+    store: &dyn llmtrace_model::Store,
+    project: &str,
+    trace_id: &str,
+) -> llmtrace_model::Result<Vec<Score>> {
+    store.scores(&ScoreQuery {
+        project: project.to_string(),
+        trace_id: Some(trace_id.to_string()),
+        limit: 1000,
+        ..ScoreQuery::default()
+    })
 }
 
 pub async fn page(
@@ -108,7 +128,7 @@ pub async fn page(
                 a #older href=(query.href("/traces", &[("cursor", Some(&next.encode())), ("open", None)])) { "Older →" }
             }
         }
-        (drawer(opened.as_ref().map(|(span, count)| render::span_detail(span, *count))))
+        (drawer(opened.as_ref().map(|(span, count, scores)| render::span_detail(span, *count, scores))))
     };
     Html(layout::page("Traces", "traces", content).into_string()).into_response()
 }
@@ -228,8 +248,8 @@ pub async fn span_fragment(
         }
     };
     match found {
-        Ok(Some((span, count))) => {
-            Html(render::span_detail(&span, count).into_string()).into_response()
+        Ok(Some((span, count, scores))) => {
+            Html(render::span_detail(&span, count, &scores).into_string()).into_response()
         }
         Ok(None) => (
             StatusCode::NOT_FOUND,

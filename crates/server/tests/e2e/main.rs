@@ -14,5 +14,6 @@ mod gateway_faults;
 mod lifecycle;
 mod otlp;
 mod python;
+mod scores;
 mod support;
 mod ui;

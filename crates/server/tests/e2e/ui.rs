@@ -17,7 +17,7 @@ const HOSTILE_HANDLER: &str = "<img src=x onerror=\"window.pwned='img'\">";
 const HOSTILE_MARKDOWN: &str = "[click me](javascript:window.pwned='md') **bold** <b>html</b>";
 const HOSTILE_SESSION: &str = "s\"><script>window.pwned='session'</script>";
 
-fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -66,7 +66,7 @@ fn call(trace: u64, span: u64, start: i64, input: Vec<Value>, output: &str) -> S
 
 /// A support session of three turns (each resending the history), an agent run with a
 /// tool and a handoff, a failed call, and calls whose content is hostile.
-fn corpus(now: i64) -> Vec<Span> {
+pub fn corpus(now: i64) -> Vec<Span> {
     let minute = 60_000_000_000;
     let mut spans = Vec::new();
     let system = text_message("system", "You are the refund assistant.");
@@ -192,7 +192,7 @@ fn corpus(now: i64) -> Vec<Span> {
     spans
 }
 
-fn import(server: &TestServer, spans: &[Span]) {
+pub fn import(server: &TestServer, spans: &[Span]) {
     let body: String = spans
         .iter()
         .map(|span| serde_json::to_string(span).unwrap() + "\n")
