@@ -14,9 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use llmtrace_model::{
-    AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanQuery, Store, StoreStats,
-};
+use llmtrace_model::{AppendLayer, Span, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -409,55 +407,18 @@ fn remove_cost_attribute(span: &mut Span) {
     }
 }
 
-/// A store that prices every span before it is stored; reads pass through.
+/// The layer that prices every span before it is stored (put in front of a store with
+/// `llmtrace_model::Layered`; reads pass through).
 pub struct Priced {
-    pub inner: Arc<dyn Store>,
     pub pricer: Arc<Pricer>,
 }
 
-impl Store for Priced {
-    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
+impl AppendLayer for Priced {
+    fn append(&self, mut spans: Vec<Span>, below: &dyn Store) -> llmtrace_model::Result<()> {
         for span in &mut spans {
             self.pricer.price(span);
         }
-        self.inner.append(spans)
-    }
-    fn search(&self, query: &SpanQuery) -> llmtrace_model::Result<Page> {
-        self.inner.search(query)
-    }
-    fn trace(&self, project: &str, trace_id: &str) -> llmtrace_model::Result<Vec<Span>> {
-        self.inner.trace(project, trace_id)
-    }
-    fn session(
-        &self,
-        project: &str,
-        session_id: &str,
-    ) -> llmtrace_model::Result<Vec<SessionTrace>> {
-        self.inner.session(project, session_id)
-    }
-    fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        self.inner.aggregate(query)
-    }
-    fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
-        self.inner.delete(deletion)
-    }
-    fn put_scores(&self, scores: Vec<llmtrace_model::Score>) -> llmtrace_model::Result<()> {
-        self.inner.put_scores(scores)
-    }
-    fn scores(
-        &self,
-        query: &llmtrace_model::ScoreQuery,
-    ) -> llmtrace_model::Result<Vec<llmtrace_model::Score>> {
-        self.inner.scores(query)
-    }
-    fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
-        self.inner.retention_sweep(now_ns)
-    }
-    fn flush(&self) -> llmtrace_model::Result<()> {
-        self.inner.flush()
-    }
-    fn stats(&self) -> llmtrace_model::Result<StoreStats> {
-        self.inner.stats()
+        below.append(spans)
     }
 }
 

@@ -53,3 +53,52 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<()>;
     fn stats(&self) -> Result<StoreStats>;
 }
+
+/// A stage every batch passes on its way into a store (pricing, the live tail): it gets the
+/// batch and the store below it and decides what is appended. `Layered` puts one in front
+/// of a store; every read passes straight through.
+pub trait AppendLayer: Send + Sync {
+    fn append(&self, spans: Vec<Span>, below: &dyn Store) -> Result<()>;
+}
+
+/// A store with an [`AppendLayer`] in front of its appends.
+pub struct Layered<L> {
+    pub inner: std::sync::Arc<dyn Store>,
+    pub layer: L,
+}
+
+impl<L: AppendLayer> Store for Layered<L> {
+    fn append(&self, spans: Vec<Span>) -> Result<()> {
+        self.layer.append(spans, self.inner.as_ref())
+    }
+    fn search(&self, query: &SpanQuery) -> Result<Page> {
+        self.inner.search(query)
+    }
+    fn trace(&self, project: &str, trace_id: &str) -> Result<Vec<Span>> {
+        self.inner.trace(project, trace_id)
+    }
+    fn session(&self, project: &str, session_id: &str) -> Result<Vec<SessionTrace>> {
+        self.inner.session(project, session_id)
+    }
+    fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>> {
+        self.inner.aggregate(query)
+    }
+    fn delete(&self, deletion: &Deletion) -> Result<u64> {
+        self.inner.delete(deletion)
+    }
+    fn put_scores(&self, scores: Vec<Score>) -> Result<()> {
+        self.inner.put_scores(scores)
+    }
+    fn scores(&self, query: &ScoreQuery) -> Result<Vec<Score>> {
+        self.inner.scores(query)
+    }
+    fn retention_sweep(&self, now_ns: i64) -> Result<u64> {
+        self.inner.retention_sweep(now_ns)
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+    fn stats(&self) -> Result<StoreStats> {
+        self.inner.stats()
+    }
+}

@@ -235,9 +235,11 @@ async fn run(
             .context("[pricing]")?,
     );
     // every door in stores through the pricer: one place computes cost
-    let store: Arc<dyn Store> = Arc::new(llmtrace_cost::Priced {
+    let store: Arc<dyn Store> = Arc::new(llmtrace_model::Layered {
         inner: store,
-        pricer: pricer.clone(),
+        layer: llmtrace_cost::Priced {
+            pricer: pricer.clone(),
+        },
     });
     // the live tail sees each batch once it is acknowledged, priced
     let (store, live) = ui::live::Tail::wrap(store);

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use llmtrace_model::{
-    AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanKind, SpanQuery, Store,
-    StoreStats,
-};
+use llmtrace_model::{AppendLayer, Layered, Span, SpanKind, SpanQuery, Store};
 use maud::html;
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -25,21 +22,20 @@ const BACKLOG: usize = 256;
 
 pub type Batches = broadcast::Sender<Arc<Vec<Span>>>;
 
-/// A store that, after each acknowledged append, offers the batch to live-tail pages.
+/// The layer that, after each acknowledged append, offers the batch to live-tail pages.
 /// Nothing is copied while no page is watching.
 pub struct Tail {
-    pub inner: Arc<dyn Store>,
-    pub sender: Batches,
+    sender: Batches,
 }
 
 impl Tail {
+    /// `inner` with the tail in front of it, and the channel pages subscribe to.
     pub fn wrap(inner: Arc<dyn Store>) -> (Arc<dyn Store>, Batches) {
         let (sender, _) = broadcast::channel(BACKLOG);
-        let tail = Tail {
-            inner,
+        let layer = Tail {
             sender: sender.clone(),
         };
-        (Arc::new(tail), sender)
+        (Arc::new(Layered { inner, layer }), sender)
     }
 }
 
@@ -60,52 +56,15 @@ fn summary(span: &mut Span) -> Span {
     light
 }
 
-impl Store for Tail {
-    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
+impl AppendLayer for Tail {
+    fn append(&self, mut spans: Vec<Span>, below: &dyn Store) -> llmtrace_model::Result<()> {
         if self.sender.receiver_count() == 0 {
-            return self.inner.append(spans);
+            return below.append(spans);
         }
         let batch: Vec<Span> = spans.iter_mut().map(summary).collect();
-        self.inner.append(spans)?;
+        below.append(spans)?;
         let _ = self.sender.send(Arc::new(batch));
         Ok(())
-    }
-    fn search(&self, query: &SpanQuery) -> llmtrace_model::Result<Page> {
-        self.inner.search(query)
-    }
-    fn trace(&self, project: &str, trace_id: &str) -> llmtrace_model::Result<Vec<Span>> {
-        self.inner.trace(project, trace_id)
-    }
-    fn session(
-        &self,
-        project: &str,
-        session_id: &str,
-    ) -> llmtrace_model::Result<Vec<SessionTrace>> {
-        self.inner.session(project, session_id)
-    }
-    fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        self.inner.aggregate(query)
-    }
-    fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
-        self.inner.delete(deletion)
-    }
-    fn put_scores(&self, scores: Vec<llmtrace_model::Score>) -> llmtrace_model::Result<()> {
-        self.inner.put_scores(scores)
-    }
-    fn scores(
-        &self,
-        query: &llmtrace_model::ScoreQuery,
-    ) -> llmtrace_model::Result<Vec<llmtrace_model::Score>> {
-        self.inner.scores(query)
-    }
-    fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
-        self.inner.retention_sweep(now_ns)
-    }
-    fn flush(&self) -> llmtrace_model::Result<()> {
-        self.inner.flush()
-    }
-    fn stats(&self) -> llmtrace_model::Result<StoreStats> {
-        self.inner.stats()
     }
 }
 
