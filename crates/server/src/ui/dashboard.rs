@@ -4,7 +4,7 @@
 
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
-use llmtrace_model::{AggregateQuery, AggregateRow, Dimension, SpanFilter, SpanKind};
+use llmtrace_model::{AggregateQuery, AggregateRow, Dimension, SpanFilter};
 use maud::html;
 
 use super::chart::{self, PALETTE, Series, Unit};
@@ -43,13 +43,8 @@ pub async fn page(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let now = llmtrace_store::now_ns();
     let selection = query
-        .selection(
-            &state.default_project,
-            &[SpanKind::Llm, SpanKind::Embedding],
-            now,
-        )
+        .selection(&state.default_project)
         .and_then(|selection| Ok((selection, dimension(&query)?)));
     let (selection, dimension) = match selection {
         Ok(found) => found,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use llmtrace_model::{AppendLayer, Layered, Span, SpanKind, SpanQuery, Store};
+use llmtrace_model::{AppendLayer, Layered, Span, SpanQuery, Store};
 use maud::html;
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -74,12 +74,7 @@ pub async fn page(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let now = llmtrace_store::now_ns();
-    let selection = match query.selection(
-        &state.default_project,
-        &[SpanKind::Llm, SpanKind::Embedding],
-        now,
-    ) {
+    let selection = match query.selection(&state.default_project) {
         Ok(selection) => selection,
         Err(err) => return error_page("Live", &err),
     };
@@ -116,12 +111,7 @@ pub async fn events(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let now = llmtrace_store::now_ns();
-    let mut filter = match query.selection(
-        &state.default_project,
-        &[SpanKind::Llm, SpanKind::Embedding],
-        now,
-    ) {
+    let mut filter = match query.selection(&state.default_project) {
         Ok(selection) => selection.parsed.filter,
         Err(err) => return crate::http::error_response(&err),
     };

@@ -167,9 +167,18 @@ impl UiQuery {
         }
     }
 
+    /// The filter of the query model, now: model calls unless the page asked for a kind.
+    pub fn selection(&self, default_project: &str) -> Result<Selection, Error> {
+        self.selection_at(
+            default_project,
+            &[SpanKind::Llm, SpanKind::Embedding],
+            llmtrace_store::now_ns(),
+        )
+    }
+
     /// The filter of the query model, with the time window resolved against `now`.
     /// `default_kinds` applies when the page was not asked for a kind.
-    pub fn selection(
+    fn selection_at(
         &self,
         default_project: &str,
         default_kinds: &[SpanKind],
@@ -292,7 +301,7 @@ mod tests {
             ("model", ""),
             ("q", "refund"),
         ])
-        .selection("default", &[SpanKind::Llm], now)
+        .selection_at("default", &[SpanKind::Llm], now)
         .unwrap();
         let filter = &selection.parsed.filter;
         assert_eq!(filter.since, Some(now - 3_600 * 1_000_000_000));
@@ -301,11 +310,11 @@ mod tests {
         assert_eq!(filter.text.as_deref(), Some("refund"));
         assert_eq!(filter.kinds, vec![SpanKind::Llm]);
         let all = query(&[("kind", "all")])
-            .selection("default", &[SpanKind::Llm], now)
+            .selection_at("default", &[SpanKind::Llm], now)
             .unwrap();
         assert!(all.parsed.filter.kinds.is_empty());
         let bad = query(&[("meta", "no-equals")])
-            .selection("default", &[], now)
+            .selection_at("default", &[], now)
             .err()
             .unwrap();
         assert!(bad.to_string().contains("key=value"), "{bad}");

@@ -4,8 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use llmtrace_model::{
-    AggregateQuery, AggregateRow, Dimension, Error, SessionTrace, Span, SpanFilter, SpanKind,
-    SpanQuery,
+    AggregateQuery, AggregateRow, Dimension, Error, SessionTrace, Span, SpanFilter, SpanQuery,
 };
 use maud::{Markup, html};
 use serde_json::Value;
@@ -80,12 +79,7 @@ pub async fn list(
     if let Some(id) = query.get("id") {
         return Redirect::to(&session_href(id.trim(), query.get("project"))).into_response();
     }
-    let now = llmtrace_store::now_ns();
-    let selection = match query.selection(
-        &state.default_project,
-        &[SpanKind::Llm, SpanKind::Embedding],
-        now,
-    ) {
+    let selection = match query.selection(&state.default_project) {
         Ok(selection) => selection,
         Err(err) => return error_page("Sessions", &err),
     };

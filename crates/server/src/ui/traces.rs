@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use llmtrace_model::{
-    AggregateQuery, AggregateRow, Error, Score, ScoreQuery, Span, SpanFilter, SpanKind, SpanQuery,
+    AggregateQuery, AggregateRow, Error, Score, ScoreQuery, Span, SpanFilter, SpanQuery,
 };
 use maud::{Markup, html};
 
@@ -74,12 +74,7 @@ pub async fn page(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let now = llmtrace_store::now_ns();
-    let selection = match query.selection(
-        &state.default_project,
-        &[SpanKind::Llm, SpanKind::Embedding],
-        now,
-    ) {
+    let selection = match query.selection(&state.default_project) {
         Ok(selection) => selection,
         Err(err) => return error_page("Traces", &err),
     };
@@ -165,12 +160,7 @@ pub async fn charts_fragment(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = UiQuery::new(pairs);
-    let now = llmtrace_store::now_ns();
-    let selection = match query.selection(
-        &state.default_project,
-        &[SpanKind::Llm, SpanKind::Embedding],
-        now,
-    ) {
+    let selection = match query.selection(&state.default_project) {
         Ok(selection) => selection,
         Err(err) => return fragment_error(err),
     };
