@@ -791,6 +791,40 @@ impl Frontier<'_> {
     }
 }
 
+/// Optional column groups of a lean read (`collect`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Lean {
+    metadata: bool,
+    /// Models, provider, routing alias, service.
+    descriptive: bool,
+}
+
+impl Lean {
+    /// What an aggregate's filter and groups read.
+    fn for_aggregate(query: &AggregateQuery) -> Lean {
+        use llmtrace_model::Dimension;
+        let filter = &query.filter;
+        let groups = |wanted: fn(&Dimension) -> bool| query.group_by.iter().any(wanted);
+        Lean {
+            metadata: !filter.metadata.is_empty()
+                || groups(|d| matches!(d, Dimension::Metadata(_))),
+            descriptive: filter.model.is_some()
+                || filter.provider.is_some()
+                || filter.routing_alias.is_some()
+                || filter.service_name.is_some()
+                || groups(|d| {
+                    matches!(
+                        d,
+                        Dimension::Model
+                            | Dimension::Provider
+                            | Dimension::RoutingAlias
+                            | Dimension::Service
+                    )
+                }),
+        }
+    }
+}
+
 /// Every live span matching `filter`. With `page`, only the newest `limit + 1` of them are
 /// guaranteed (candidates are taken newest first and the scan stops once that many matches
 /// are newer than every candidate left).
@@ -799,15 +833,15 @@ impl Frontier<'_> {
 /// kept. With `rollup_window`, the rows of that window in segments whose rollup is current
 /// are left out, and those rollups returned instead.
 ///
-/// With `lean` (`Some(whether metadata is needed)`), segment rows carry only what filters,
-/// aggregates and deletions read (`Projection::lean`): for callers that count or aggregate
-/// rows and never hand them out.
+/// With `lean`, segment rows carry only what filters, aggregates and deletions read
+/// (`Projection::lean`, plus the column groups `lean` asks for): for callers that count or
+/// aggregate rows and never hand them out.
 fn collect(
     shared: &Shared,
     filter: &SpanFilter,
     page: Option<&SpanQuery>,
     rollup_window: Option<(i64, i64)>,
-    lean: Option<bool>,
+    lean: Option<Lean>,
 ) -> Result<Collected> {
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // Cheap conditions first; the text, the costly one, only for rows that pass them.
@@ -912,7 +946,8 @@ fn collect(
         attributes: !filter.attributes.is_empty(),
         text: segment_check.text.is_some(),
         lean: lean.is_some(),
-        metadata: lean.is_none_or(|metadata| metadata),
+        metadata: lean.is_none_or(|lean| lean.metadata),
+        descriptive: lean.is_none_or(|lean| lean.descriptive),
     };
     let mut rollups = Vec::new();
     let rolled_up: Vec<Option<(i64, i64)>> = segments
@@ -1381,17 +1416,12 @@ impl Store for EmbeddedStore {
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
         let window = rollup::rollup_window(query);
-        let needs_metadata = !query.filter.metadata.is_empty()
-            || query
-                .group_by
-                .iter()
-                .any(|dimension| matches!(dimension, llmtrace_model::Dimension::Metadata(_)));
         let collected = collect(
             &self.shared,
             &query.filter,
             None,
             window,
-            Some(needs_metadata),
+            Some(Lean::for_aggregate(query)),
         )?;
         let mut aggregation = Aggregation::new(query);
         for found in &collected.found {
@@ -1417,7 +1447,7 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let found = collect(&self.shared, &filter, None, None, Some(false))?.found;
+        let found = collect(&self.shared, &filter, None, None, Some(Lean::default()))?.found;
         let traces: std::collections::BTreeSet<String> =
             found.iter().map(|f| f.span.trace_id.clone()).collect();
         let removed = found.len() as u64;

@@ -308,7 +308,8 @@ pub fn rollup_window(query: &AggregateQuery) -> Option<(i64, i64)> {
 pub struct Aggregation<'a> {
     query: &'a AggregateQuery,
     bucket_ns: Option<i64>,
-    groups: BTreeMap<(Option<i64>, Vec<Option<String>>), Measures>,
+    // hashed, not ordered: a row scan looks a group up per row; `finish` sorts once
+    groups: std::collections::HashMap<(Option<i64>, Vec<Option<String>>), Measures>,
 }
 
 impl<'a> Aggregation<'a> {
@@ -318,7 +319,7 @@ impl<'a> Aggregation<'a> {
             bucket_ns: query
                 .bucket_seconds
                 .map(|seconds| seconds.max(1).saturating_mul(1_000_000_000)),
-            groups: BTreeMap::new(),
+            groups: std::collections::HashMap::new(),
         }
     }
 
@@ -355,7 +356,9 @@ impl<'a> Aggregation<'a> {
     }
 
     pub fn finish(self) -> Vec<AggregateRow> {
-        self.groups
+        let mut groups: Vec<_> = self.groups.into_iter().collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        groups
             .into_iter()
             .map(|((bucket, group), measures)| measures.row(bucket, group))
             .collect()

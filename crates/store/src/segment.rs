@@ -306,8 +306,9 @@ pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
 /// Which columns a read decodes. Light reads skip the heavy JSON columns (`input`,
 /// `output`, `tools`, `events`), plus `attributes` and the text columns unless asked for.
 /// Lean reads, for aggregates, also skip what neither filters, measures, groups nor
-/// deletions look at (`LEAN_SKIPPED`), and `metadata` unless asked for: rows come back
-/// with those fields empty.
+/// deletions look at (`LEAN_SKIPPED`), `metadata` unless asked for, and the descriptive
+/// columns (`DESCRIPTIVE`: models, provider, alias, service) unless asked for: rows come
+/// back with those fields empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Projection {
     pub whole: bool,
@@ -315,6 +316,7 @@ pub struct Projection {
     pub text: bool,
     pub lean: bool,
     pub metadata: bool,
+    pub descriptive: bool,
 }
 
 impl Projection {
@@ -324,6 +326,7 @@ impl Projection {
         text: true,
         lean: false,
         metadata: true,
+        descriptive: true,
     };
 
     /// Light: everything but the heavy JSON, the attributes and the text.
@@ -333,8 +336,18 @@ impl Projection {
         text: false,
         lean: false,
         metadata: true,
+        descriptive: true,
     };
 }
+
+/// Columns a lean read leaves out unless a filter or a group names them.
+pub const DESCRIPTIVE: [&str; 5] = [
+    "model",
+    "request_model",
+    "provider",
+    "routing_alias",
+    "service_name",
+];
 
 /// Columns a lean read leaves out.
 const LEAN_SKIPPED: [&str; 17] = [
@@ -435,6 +448,9 @@ pub fn read_rows(
         }
         if !projection.metadata {
             skipped.push("metadata");
+        }
+        if !projection.descriptive {
+            skipped.extend(DESCRIPTIVE);
         }
     }
     let full_schema = schema();
