@@ -10,7 +10,7 @@
 //! - Segment files leave the manifest before they leave the disk, and are unlinked only
 //!   when no reader holds them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1448,8 +1448,7 @@ impl Store for EmbeddedStore {
             ..SpanFilter::default()
         };
         let found = collect(&self.shared, &filter, None, None, Some(Lean::default()))?.found;
-        let traces: std::collections::BTreeSet<String> =
-            found.iter().map(|f| f.span.trace_id.clone()).collect();
+        let traces: BTreeSet<String> = found.iter().map(|f| f.span.trace_id.clone()).collect();
         let removed = found.len() as u64;
         self.submit(
             EncodedEntry::deletion(deletion)?,
@@ -1473,7 +1472,36 @@ impl Store for EmbeddedStore {
     }
 
     fn retention_sweep(&self, now_ns: i64) -> llmtrace_model::Result<u64> {
-        Ok(retention(&self.shared, now_ns)?)
+        let projects: BTreeSet<String> = self
+            .shared
+            .read_state()
+            .manifest
+            .segments
+            .iter()
+            .map(|meta| meta.project.clone())
+            .collect();
+        let dropped = retention(&self.shared, now_ns)?;
+        if dropped > 0 {
+            // scores of traces whose spans expired go with them
+            for project in projects {
+                let orphans: BTreeSet<String> = self
+                    .scores
+                    .traces(&project)?
+                    .into_iter()
+                    .filter(|trace_id| {
+                        let mut query = SpanQuery::new(SpanFilter {
+                            project: project.clone(),
+                            trace_id: Some(trace_id.clone()),
+                            ..SpanFilter::default()
+                        });
+                        query.limit = 1;
+                        self.search(&query).is_ok_and(|page| page.spans.is_empty())
+                    })
+                    .collect();
+                self.scores.delete_traces(&project, &orphans, None)?;
+            }
+        }
+        Ok(dropped)
     }
 
     fn flush(&self) -> llmtrace_model::Result<()> {

@@ -157,6 +157,19 @@ impl ScoreTable {
         transaction.commit().map_err(storage)
     }
 
+    /// The traces of `project` that have scores.
+    pub fn traces(&self, project: &str) -> Result<Vec<String>> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare_cached("SELECT DISTINCT trace_id FROM scores WHERE project = ?1")
+            .map_err(storage)?;
+        let rows = statement
+            .query_map(params![project], |row| row.get(0))
+            .map_err(storage)?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(storage)
+    }
+
     pub fn count(&self) -> Result<u64> {
         let connection = self.connection();
         let count: Option<i64> = connection

@@ -87,3 +87,26 @@ fn scores_survive_a_reopen_and_go_with_their_spans() {
         .unwrap_err();
     assert!(err.to_string().contains("name must be"), "{err}");
 }
+
+#[test]
+fn retention_takes_the_scores_of_expired_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = Durability::Fsync;
+    config.background = false;
+    config.default_retention_days = 7;
+    let store = EmbeddedStore::open(config).unwrap();
+    let day = 86_400 * 1_000_000_000_i64;
+    let now = 1_795_000_000_000_000_000_i64;
+    let mut old = span(1, "alice");
+    old.start_time = now - 30 * day;
+    let mut recent = span(2, "alice");
+    recent.start_time = now - day;
+    store.append(vec![old, recent]).unwrap();
+    store.flush().unwrap();
+    store
+        .put_scores(vec![score(1, "helpful"), score(2, "helpful")])
+        .unwrap();
+    assert!(store.retention_sweep(now).unwrap() > 0);
+    assert_eq!(all(&store), vec!["2-helpful"]);
+}
