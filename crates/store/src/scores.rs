@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use llmtrace_model::{Error, Result, Score, ScoreQuery};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 pub struct ScoreTable {
     connection: Mutex<Connection>,
@@ -172,11 +172,10 @@ impl ScoreTable {
 
     pub fn count(&self) -> Result<u64> {
         let connection = self.connection();
-        let count: Option<i64> = connection
+        let count: i64 = connection
             .query_row("SELECT COUNT(*) FROM scores", [], |row| row.get(0))
-            .optional()
             .map_err(storage)?;
-        Ok(count.unwrap_or(0).max(0) as u64)
+        Ok(count.max(0) as u64)
     }
 }
 

@@ -2,29 +2,36 @@
 //! everything in each format over HTTP while sampling the server's resident memory, to show
 //! that an export holds one page in memory whatever its size.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use llmtrace_model::Store;
 use llmtrace_store::Durability;
 
 use super::corpus::Corpus;
 
+/// A store of corpus calls that benchmarks serve: filled once, reused by later runs.
 #[derive(clap::Args)]
-pub struct ExportArgs {
+pub struct FilledStore {
     /// Data directory: filled with `--spans` corpus spans if empty, reused otherwise.
     #[arg(long)]
-    dir: PathBuf,
+    pub dir: PathBuf,
     #[arg(long, default_value_t = 1_000_000)]
-    spans: u64,
+    pub spans: u64,
     /// New message text per call, bytes.
     #[arg(long, default_value_t = 300)]
-    text_bytes: usize,
+    pub text_bytes: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    store: FilledStore,
     /// Formats to export, in order.
     #[arg(long, value_delimiter = ',', default_value = "jsonl,parquet,csv")]
     formats: Vec<String>,
@@ -46,58 +53,35 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Fills `dir` with `spans` corpus spans over 30 days (project `bench`), unless it already
-/// holds a store.
-pub fn fill_once(dir: &std::path::Path, spans: u64, text_bytes: usize) -> Result<()> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        return Ok(());
+impl FilledStore {
+    /// Fills `dir` with `spans` corpus spans over 30 days (project `bench`), unless it
+    /// already holds a store.
+    pub fn fill_once(&self) -> Result<()> {
+        let (dir, spans) = (&self.dir, self.spans);
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let store = super::open(dir, Durability::None)?;
+        let mut corpus = Corpus::new(5, spans, 30, llmtrace_store::now_ns(), self.text_bytes);
+        let mut left = spans;
+        while left > 0 {
+            let n = left.min(5000);
+            left -= n;
+            store.append((0..n).map(|_| corpus.next_span("bench")).collect())?;
+        }
+        store.close()?;
+        println!(
+            "filled {spans} spans in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
-    let started = Instant::now();
-    let store = super::open(dir, Durability::None)?;
-    let mut corpus = Corpus::new(5, spans, 30, llmtrace_store::now_ns(), text_bytes);
-    let mut left = spans;
-    while left > 0 {
-        let n = left.min(5000);
-        left -= n;
-        store.append((0..n).map(|_| corpus.next_span("bench")).collect())?;
-    }
-    store.close()?;
-    println!(
-        "filled {spans} spans in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-/// Starts `llmtrace serve` on `dir` (HTTP only, port 0); returns it and its base URL.
-pub fn serve(dir: &std::path::Path) -> Result<(std::process::Child, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-http-listen",
-            "off",
-        ])
-        .args(["--otlp-grpc-listen", "off", "--data-dir"])
-        .arg(dir)
-        .env("LLMTRACE_LOG", "warn")
-        .env("LLMTRACE_RETENTION_DAYS", "0")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let base = line
-        .split_whitespace()
-        .find_map(|part| part.strip_prefix("http="))
-        .map(|address| format!("http://{address}"))
-        .with_context(|| format!("unexpected first line {line:?}"))?;
-    Ok((child, base))
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    fill_once(&args.dir, args.spans, args.text_bytes)?;
-    let (mut child, base) = serve(&args.dir)?;
+    args.store.fill_once()?;
+    let (mut child, base) = super::serve(&args.store.dir, &[], Stdio::inherit())?;
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -143,7 +127,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         let rows = if format == "jsonl" {
             newlines
         } else {
-            args.spans
+            args.store.spans
         };
         println!(
             "| {format} | {rows} | {:.0} MiB | {seconds:.1} s | {:.0} | {} → {} MiB |",

@@ -3,7 +3,6 @@
 //! machine. The fake upstream runs in this process on its own thread; llmtrace and LiteLLM
 //! run as child processes, so their CPU time and memory can be read from /proc.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -228,32 +227,16 @@ impl Drop for Proxy {
 }
 
 fn start_llmtrace(upstream: &str, dir: &std::path::Path) -> Result<Proxy> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-http-listen",
-            "off",
-        ])
-        .args(["--otlp-grpc-listen", "off", "--data-dir"])
-        .arg(dir)
-        .arg("--provider")
-        .arg(format!("bench=http://{upstream}/v1"))
-        .env("LLMTRACE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.with_extension("log"))?)
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let address = line
-        .split_whitespace()
-        .find_map(|part| part.strip_prefix("http="))
-        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let provider = format!("bench=http://{upstream}/v1");
+    let (child, base) = super::serve(
+        dir,
+        &["--provider", &provider],
+        Stdio::from(std::fs::File::create(dir.with_extension("log"))?),
+    )?;
     Ok(Proxy {
         name: "llmtrace",
         child,
-        base: format!("http://{address}"),
+        base,
         auth: None,
     })
 }

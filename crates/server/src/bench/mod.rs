@@ -278,6 +278,40 @@ fn time<T>(repeat: usize, mut work: impl FnMut() -> Result<T>) -> Result<(Durati
 /// A query run for timing; answers how many rows it returned.
 type TimedQuery<'a> = Box<dyn Fn() -> Result<usize> + 'a>;
 
+/// Starts this binary's `serve` on `dir` (HTTP on a free port, no OTLP ports, retention
+/// off) with `extra` flags; returns it and its base URL.
+fn serve(
+    dir: &std::path::Path,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "off",
+        ])
+        .args(["--otlp-grpc-listen", "off", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("LLMTRACE_LOG", "warn")
+        .env("LLMTRACE_RETENTION_DAYS", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let base = line
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("http="))
+        .map(|address| format!("http://{address}"))
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    Ok((child, base))
+}
+
 fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> {
     let mut config = StoreConfig::new(dir);
     config.durability = durability;

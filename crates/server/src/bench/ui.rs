@@ -1,32 +1,25 @@
 //! `llmtrace bench ui`: fills a store with corpus spans (once), serves it, and times every
 //! UI page over HTTP, whole responses, the way a browser asks for them.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::export::{fill_once, serve};
+use super::export::FilledStore;
 
 #[derive(clap::Args)]
 pub struct UiArgs {
-    /// Data directory: filled with `--spans` corpus spans if empty, reused otherwise.
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(long, default_value_t = 1_000_000)]
-    spans: u64,
-    /// New message text per call, bytes.
-    #[arg(long, default_value_t = 300)]
-    text_bytes: usize,
+    #[command(flatten)]
+    store: FilledStore,
     /// Requests per page (median and slowest reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
 }
 
 pub fn run(args: UiArgs) -> Result<()> {
-    fill_once(&args.dir, args.spans, args.text_bytes)?;
-    let (mut child, base) = serve(&args.dir)?;
+    args.store.fill_once()?;
+    let (mut child, base) = super::serve(&args.store.dir, &[], std::process::Stdio::inherit())?;
     let outcome = measure(&args, &base);
     let _ = std::process::Command::new("kill")
         .arg(child.id().to_string())
