@@ -5,6 +5,7 @@ pub mod error;
 pub mod query;
 pub mod score;
 pub mod span;
+pub mod sql;
 
 pub use error::{Error, ErrorCode, Result};
 pub use query::{
@@ -13,6 +14,7 @@ pub use query::{
 };
 pub use score::{Score, ScoreQuery};
 pub use span::{Span, SpanEvent, SpanKey, SpanKind, SpanSource, SpanStatus};
+pub use sql::{SqlAnswer, SqlColumn, SqlEngine, SqlQuery};
 
 /// Size and shape of what a store holds.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -40,6 +42,12 @@ pub trait Store: Send + Sync {
     fn session(&self, project: &str, session_id: &str) -> Result<Vec<SessionTrace>>;
     /// Time buckets × dimensions with counts, error rate, token and cost sums, latency.
     fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>>;
+    /// Several aggregates at once, one answer per query in order (a page showing series
+    /// and totals of one selection). A store may answer the queries that share a filter
+    /// from a single read.
+    fn aggregate_many(&self, queries: &[AggregateQuery]) -> Result<Vec<Vec<AggregateRow>>> {
+        queries.iter().map(|query| self.aggregate(query)).collect()
+    }
     /// Deletes what matches, with the scores of the traces it touches; returns how many
     /// live spans it removed.
     fn delete(&self, deletion: &Deletion) -> Result<u64>;
@@ -82,6 +90,9 @@ impl<L: AppendLayer> Store for Layered<L> {
     }
     fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>> {
         self.inner.aggregate(query)
+    }
+    fn aggregate_many(&self, queries: &[AggregateQuery]) -> Result<Vec<Vec<AggregateRow>>> {
+        self.inner.aggregate_many(queries)
     }
     fn delete(&self, deletion: &Deletion) -> Result<u64> {
         self.inner.delete(deletion)

@@ -12,7 +12,8 @@ use axum::{Json, Router};
 use llmtrace_ingest::otlp::{self, Encoding};
 use llmtrace_ingest::{convert_traces, valid_project};
 use llmtrace_model::{
-    AggregateQuery, Error, ErrorCode, Span, SpanKind, SpanQuery, SpanSource, Store,
+    AggregateQuery, Error, ErrorCode, Span, SpanKind, SpanQuery, SpanSource, SqlEngine, SqlQuery,
+    Store,
 };
 use prost::Message;
 use serde_json::{Value, json};
@@ -22,6 +23,7 @@ use crate::params;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub sql: Arc<dyn SqlEngine>,
     pub gateway: Arc<llmtrace_gateway::Gateway>,
     pub pricer: Arc<llmtrace_cost::Pricer>,
     pub billing: Arc<crate::cost_api::Billing>,
@@ -48,6 +50,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/traces/{trace_id}", get(get_trace))
         .route("/api/v1/sessions/{session_id}", get(get_session))
         .route("/api/v1/aggregate", get(aggregate))
+        .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/v1/traces/ingest", post(crate::agents::ingest))
         .route("/api/v1/ingest/logs", post(crate::bulk::ingest_logs))
         .route("/api/v1/import", post(crate::bulk::import_spans))
@@ -622,6 +625,110 @@ async fn aggregate(
         Ok(rows) => Json(json!({"group_by": names, "data": rows})).into_response(),
         Err(err) => error_response(&err),
     }
+}
+
+/// Ceilings on what one SQL request may ask for.
+const SQL_MAX_ROWS: usize = 1_000_000;
+const SQL_MAX_SCAN_ROWS: u64 = 200_000_000;
+const SQL_MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `POST /api/v1/sql` with `{"sql", "project"?, "max_rows"?, "max_scan_rows"?, "timeout_ms"?}`.
+async fn sql_post(State(state): State<Shared>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(request)) => Value::Object(request),
+        Ok(_) => {
+            return error_response(&Error::BadRequest("the body must be a JSON object".into()));
+        }
+        Err(err) => {
+            return error_response(&Error::BadRequest(format!("the body is not JSON: {err}")));
+        }
+    };
+    let mut pairs = Vec::new();
+    for (name, value) in request.as_object().into_iter().flatten() {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            _ => {
+                return error_response(&Error::BadRequest(format!(
+                    "{name} must be a string or a number"
+                )));
+            }
+        };
+        pairs.push((name.clone(), text));
+    }
+    run_sql(&state, &pairs).await
+}
+
+/// `GET /api/v1/sql?q=…`: the same, with the statement in `q` (or `sql`).
+async fn sql_get(
+    State(state): State<Shared>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    run_sql(&state, &pairs).await
+}
+
+async fn run_sql(state: &AppState, pairs: &[(String, String)]) -> Response {
+    let query = match sql_query(state, pairs) {
+        Ok(query) => query,
+        Err(err) => return error_response(&err),
+    };
+    let engine = state.sql.clone();
+    let started = std::time::Instant::now();
+    let answered = tokio::task::spawn_blocking(move || engine.sql(&query))
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))
+        .and_then(|answer| answer);
+    match answered {
+        Ok(answer) => {
+            let mut body = json!(answer);
+            body["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+            Json(body).into_response()
+        }
+        Err(err) => error_response(&err),
+    }
+}
+
+fn sql_query(state: &AppState, pairs: &[(String, String)]) -> Result<SqlQuery, Error> {
+    let mut query = SqlQuery::new(state.default_project.clone(), String::new());
+    let number = |name: &str, value: &str, most: u64| -> Result<u64, Error> {
+        match value.parse::<u64>() {
+            Ok(n) if (1..=most).contains(&n) => Ok(n),
+            _ => Err(Error::BadRequest(format!(
+                "{name}={value:?} must be a whole number from 1 to {most}"
+            ))),
+        }
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "q" | "sql" => query.sql = value.clone(),
+            "project" if valid_project(value) => query.project = value.clone(),
+            "project" => {
+                return Err(Error::BadRequest(format!(
+                    "project={value:?} is not a valid project name"
+                )));
+            }
+            "max_rows" => {
+                query.max_rows = number(name, value, SQL_MAX_ROWS as u64)? as usize;
+            }
+            "max_scan_rows" => query.max_scan_rows = number(name, value, SQL_MAX_SCAN_ROWS)?,
+            "timeout_ms" => {
+                let most = SQL_MAX_TIMEOUT.as_millis() as u64;
+                query.timeout = std::time::Duration::from_millis(number(name, value, most)?);
+            }
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "unknown parameter {other:?}; known: sql (or q), project, max_rows, \
+                     max_scan_rows, timeout_ms"
+                )));
+            }
+        }
+    }
+    if query.sql.trim().is_empty() {
+        return Err(Error::BadRequest(
+            "no statement: give it as sql (or q)".into(),
+        ));
+    }
+    Ok(query)
 }
 
 async fn openapi() -> Response {

@@ -16,6 +16,7 @@ mod openapi;
 mod params;
 mod query_cli;
 mod scores;
+mod sql_cli;
 mod ui;
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ enum Command {
     Serve(ServeArgs),
     /// Search a running server and print the matching LLM calls.
     Query(query_cli::QueryArgs),
+    /// Run a read-only SQL statement over the spans and scores tables of a running server.
+    Sql(sql_cli::SqlArgs),
     /// Recompute the cost of stored calls after a price change (on a running server).
     Reprice(cost_cli::RepriceArgs),
     /// Import a provider's usage and cost report and compare it with computed costs.
@@ -104,6 +107,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Query(args) => query_cli::run(args),
+        Command::Sql(args) => sql_cli::run(args),
         Command::Reprice(args) => cost_cli::reprice(args),
         Command::Reconcile(args) => cost_cli::reconcile(args),
         Command::Import(args) => bulk_cli::import(args),
@@ -234,6 +238,7 @@ async fn run(
             .map_err(anyhow::Error::msg)
             .context("[pricing]")?,
     );
+    let sql = Arc::new(llmtrace_sql::Sql::new(store.clone()));
     // every door in stores through the pricer: one place computes cost
     let store: Arc<dyn Store> = Arc::new(llmtrace_model::Layered {
         inner: store,
@@ -263,6 +268,7 @@ async fn run(
     tracing::info!(providers = ?gateway.providers(), "gateway routes /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/messages, …");
     let state = Arc::new(http::AppState {
         store,
+        sql,
         gateway: gateway.clone(),
         pricer: pricer.clone(),
         billing,

@@ -81,6 +81,18 @@ pub fn document() -> Value {
                 "parameters": filter_params(&["group_by", "bucket"]),
                 "responses": {"200": {"description": "aggregate rows"}, "400": {"description": "bad parameter"}}
             }},
+            "/api/v1/sql": {
+                "get": {
+                    "summary": "read-only SQL over the project's spans and scores tables (DataFusion); q= the statement",
+                    "parameters": [query_param("q"), query_param("project"), query_param("max_rows"), query_param("max_scan_rows"), query_param("timeout_ms")],
+                    "responses": {"200": {"description": "{columns:[{name,type}], rows:[[...]], truncated, elapsed_ms}"}, "400": {"description": "not a read of the two tables, malformed, or over a budget; the message says which"}}
+                },
+                "post": {
+                    "summary": "the same with a JSON body {sql, project?, max_rows?, max_scan_rows?, timeout_ms?}",
+                    "requestBody": {"content": {"application/json": {}}},
+                    "responses": {"200": {"description": "{columns:[{name,type}], rows:[[...]], truncated, elapsed_ms}"}, "400": {"description": "not a read of the two tables, malformed, or over a budget; the message says which"}}
+                }
+            },
             "/api/v1/pricing": {"get": {
                 "summary": "the price catalogue; with model= (provider=, project=) the price that applies to that name",
                 "parameters": [query_param("model"), query_param("provider"), query_param("project")],

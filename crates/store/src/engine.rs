@@ -31,7 +31,8 @@ use crate::fsutil::{dir_bytes, fsync_dir, rename_to_quarantine};
 use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
 use crate::memtable::Memtable;
-use crate::rollup::{self, Aggregation, Rollup};
+use crate::pool::{self, Pool};
+use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup};
 use crate::segment::{self, Projection, StoredSpan};
 use crate::wal::{self, EncodedEntry, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
@@ -102,6 +103,10 @@ pub(crate) struct SegmentHandle {
     pub meta: SegmentMeta,
     pub path: PathBuf,
     parquet: ArrowReaderMetadata,
+    /// The chunks of its pooled history values (`pool.rs`).
+    pool: Pool,
+    /// `segment::row_group_ends`: where a whole scan splits the segment into tasks.
+    row_group_ends: Vec<u32>,
     index: SegmentIndex,
     /// `index::key_hash` of every key held, sorted: which later writes replace a row here.
     keys: Vec<u64>,
@@ -119,6 +124,7 @@ impl SegmentHandle {
     fn open(data_dir: &Path, meta: SegmentMeta) -> Result<SegmentHandle> {
         let path = data_dir.join(&meta.path);
         let parquet = segment::open_metadata(&path)?;
+        let pool = segment::open_pool(&path, &parquet)?;
         let index_dir = index::dir_for(&path);
         let index = match SegmentIndex::open(&index_dir) {
             Ok(index) if index.rows() == meta.rows => index,
@@ -136,7 +142,9 @@ impl SegmentHandle {
         Ok(SegmentHandle {
             meta,
             path,
+            row_group_ends: segment::row_group_ends(&parquet),
             parquet,
+            pool,
             index,
             keys,
             rewritten: AtomicBool::new(false),
@@ -194,7 +202,32 @@ impl SegmentHandle {
     }
 
     fn read(&self, rows: &[u32], projection: Projection) -> Result<Vec<StoredSpan>> {
-        segment::read_rows(&self.path, &self.parquet, rows, projection)
+        segment::read_rows(&self.path, &self.parquet, &self.pool, rows, projection)
+    }
+
+    fn batches(
+        &self,
+        rows: &[u32],
+        columns: &[&str],
+        visit: &mut dyn FnMut(&arrow::array::RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        segment::visit_batches(&self.path, &self.parquet, &self.pool, rows, columns, visit)
+    }
+
+    fn visit(
+        &self,
+        rows: &[u32],
+        projection: Projection,
+        visit: &mut dyn FnMut(&mut Span, u64) -> Result<()>,
+    ) -> Result<()> {
+        segment::visit_rows(
+            &self.path,
+            &self.parquet,
+            &self.pool,
+            rows,
+            projection,
+            visit,
+        )
     }
 
     /// Whether this segment may hold `span` itself (versions share their start time).
@@ -212,6 +245,12 @@ impl Drop for SegmentHandle {
         }
         if let Err(err) = fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %err, "could not remove obsolete segment");
+        }
+        let pool_path = pool::path_for(&self.path);
+        if let Err(err) = fs::remove_file(&pool_path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %pool_path.display(), error = %err, "could not remove obsolete pool");
         }
         let index_dir = index::dir_for(&self.path);
         if let Err(err) = fs::remove_dir_all(&index_dir) {
@@ -300,6 +339,13 @@ impl EmbeddedStore {
                     let path = data_dir.join(&meta.path);
                     tracing::error!(segment = %path.display(), error = %err, "segment is unreadable: quarantining it");
                     let _ = fs::remove_dir_all(index::dir_for(&path));
+                    // its pool goes aside with it (it may be the corrupt part)
+                    let pool_path = pool::path_for(&path);
+                    if pool_path.exists() {
+                        report
+                            .segments_quarantined
+                            .push(rename_to_quarantine(&quarantine_dir, &pool_path)?);
+                    }
                     if path.exists() {
                         let target = rename_to_quarantine(&quarantine_dir, &path)?;
                         report.segments_quarantined.push(target);
@@ -485,6 +531,7 @@ impl EmbeddedStore {
             for (column, bytes) in segment::column_bytes(&handle.parquet) {
                 *total.entry(column).or_default() += bytes;
             }
+            *total.entry("(message pool)".to_string()).or_default() += handle.pool.bytes();
         }
         total
     }
@@ -510,9 +557,43 @@ impl EmbeddedStore {
         flushed
     }
 
+    /// Every live span matching `filter` as Arrow batches in the segment schema without
+    /// `_seq` (`segment::table_schema`), holding only `columns`, in no particular order:
+    /// what a query engine scans. Refuses with `Error::OverBudget`, before reading rows, when
+    /// more than `max_rows` rows would be read.
+    pub fn scan(
+        &self,
+        filter: &SpanFilter,
+        columns: &[&str],
+        max_rows: u64,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        let Collected {
+            found, mut batches, ..
+        } = collect(
+            &self.shared,
+            filter,
+            None,
+            None,
+            None,
+            Gather::Batches { columns, max_rows },
+        )?;
+        // what is left in `found` are the memtables' rows, whole
+        let memtable: Vec<StoredSpan> = found
+            .into_iter()
+            .map(|found| StoredSpan {
+                seq: 0,
+                span: found.span,
+            })
+            .collect();
+        if !memtable.is_empty() {
+            batches.push(segment::project(&segment::to_batch(&memtable)?, columns)?);
+        }
+        Ok(batches)
+    }
+
     /// Every live span matching `filter`, whole, in no particular order.
     fn collect(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
-        let collected = collect(&self.shared, filter, None, None, None)?;
+        let collected = collect(&self.shared, filter, None, None, None, Gather::Rows)?;
         Collected::whole(&collected.segments, collected.found)
     }
 }
@@ -568,7 +649,8 @@ fn remove_orphan_segments(data_dir: &Path, manifest: &Manifest) {
                 }
             } else if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "parquet") && !named.contains(&path)
+            } else if extension.is_some_and(|ext| ext == "parquet" || ext == "pool")
+                && !named.contains(&path.with_extension("parquet"))
             {
                 tracing::info!(path = %path.display(), "removing segment left by an interrupted flush");
                 let _ = fs::remove_file(&path);
@@ -626,9 +708,11 @@ fn mark_rewritten_by_memtables(state: &State, handles: &[Arc<SegmentHandle>]) {
 }
 
 /// A row source and the deletion sequence number through which it already applied deletions.
-fn hidden(row: &StoredSpan, applied_through: u64, deletions: &[DeletionRecord]) -> bool {
+/// Whether a deletion newer than the row (`seq`) and than what its source already applied
+/// removes `span`.
+fn hidden(span: &Span, seq: u64, applied_through: u64, deletions: &[DeletionRecord]) -> bool {
     deletions.iter().any(|record| {
-        record.seq > applied_through && record.seq > row.seq && record.deletion.matches(&row.span)
+        record.seq > applied_through && record.seq > seq && record.deletion.matches(span)
     })
 }
 
@@ -649,8 +733,8 @@ struct ActiveKeys(Vec<(u64, Arc<Span>)>);
 
 impl ActiveKeys {
     fn hash(span: &Span) -> u64 {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        BuildHasherDefault::<DefaultHasher>::default().hash_one((
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::default().hash_one((
             &span.project,
             &span.trace_id,
             &span.span_id,
@@ -746,6 +830,22 @@ impl Frontier<'_> {
         size: usize,
         chunk: &mut Vec<(usize, Candidate)>,
     ) -> Result<()> {
+        if size == usize::MAX {
+            // Everything is wanted: no order to keep, so no queue.
+            chunk.extend(
+                self.heap
+                    .drain()
+                    .map(|(start, segment, row, seq)| (segment, Candidate { row, start, seq })),
+            );
+            while let Some(segment) = self.segments.get(self.next) {
+                let position = self.next;
+                candidates_of(segment, self.rolled_up[position], filter, |candidate| {
+                    chunk.push((position, candidate))
+                })?;
+                self.next += 1;
+            }
+            return Ok(());
+        }
         // Open segments until none left unopened could hold a newer candidate than the queue.
         while let Some(segment) = self.segments.get(self.next) {
             if self
@@ -755,18 +855,10 @@ impl Frontier<'_> {
             {
                 break;
             }
-            let rolled_up = self.rolled_up[self.next];
-            let outside =
-                |start: i64| rolled_up.is_none_or(|(from, to)| start < from || start >= to);
-            // A segment whose every row its rollup answers has no candidates.
-            if outside(segment.meta.min_time) || outside(segment.meta.max_time) {
-                for candidate in segment.index.candidates(filter)? {
-                    if outside(candidate.start) {
-                        self.heap
-                            .push((candidate.start, self.next, candidate.row, candidate.seq));
-                    }
-                }
-            }
+            let (heap, position) = (&mut self.heap, self.next);
+            candidates_of(segment, self.rolled_up[position], filter, |c| {
+                heap.push((c.start, position, c.row, c.seq))
+            })?;
             self.next += 1;
         }
         let boundary = self.segments.get(self.next).map(|s| s.meta.max_time);
@@ -791,6 +883,25 @@ impl Frontier<'_> {
     }
 }
 
+/// Hands the index candidates of `segment` that its rollup does not answer to `take`.
+fn candidates_of(
+    segment: &SegmentHandle,
+    rolled_up: Option<(i64, i64)>,
+    filter: &SpanFilter,
+    mut take: impl FnMut(Candidate),
+) -> Result<()> {
+    let outside = |start: i64| rolled_up.is_none_or(|(from, to)| start < from || start >= to);
+    // A segment whose every row its rollup answers has no candidates.
+    if outside(segment.meta.min_time) || outside(segment.meta.max_time) {
+        for candidate in segment.index.candidates(filter)? {
+            if outside(candidate.start) {
+                take(candidate);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Optional column groups of a lean read (`collect`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Lean {
@@ -800,6 +911,14 @@ struct Lean {
 }
 
 impl Lean {
+    /// What either read needs.
+    fn union(self, other: Lean) -> Lean {
+        Lean {
+            metadata: self.metadata || other.metadata,
+            descriptive: self.descriptive || other.descriptive,
+        }
+    }
+
     /// What an aggregate's filter and groups read.
     fn for_aggregate(query: &AggregateQuery) -> Lean {
         use llmtrace_model::Dimension;
@@ -825,6 +944,14 @@ impl Lean {
     }
 }
 
+/// An empty aggregation per query.
+fn fresh_aggregations<'q>(queries: &[&'q AggregateQuery]) -> Vec<Aggregation<'q>> {
+    queries
+        .iter()
+        .map(|query| Aggregation::new(query))
+        .collect()
+}
+
 /// Every live span matching `filter`. With `page`, only the newest `limit + 1` of them are
 /// guaranteed (candidates are taken newest first and the scan stops once that many matches
 /// are newer than every candidate left).
@@ -836,13 +963,18 @@ impl Lean {
 /// With `lean`, segment rows carry only what filters, aggregates and deletions read
 /// (`Projection::lean`, plus the column groups `lean` asks for): for callers that count or
 /// aggregate rows and never hand them out.
-fn collect(
+fn collect<'q>(
     shared: &Shared,
     filter: &SpanFilter,
     page: Option<&SpanQuery>,
     rollup_window: Option<(i64, i64)>,
     lean: Option<Lean>,
-) -> Result<Collected> {
+    gather: Gather<'q>,
+) -> Result<Collected<'q>> {
+    let aggregate = match gather {
+        Gather::Aggregates(queries) => Some(queries),
+        Gather::Rows | Gather::Batches { .. } => None,
+    };
     let page_size = page.map(|query| query.limit.saturating_add(1));
     // Cheap conditions first; the text, the costly one, only for rows that pass them.
     let prefilter = TextPrefilter::new(filter.text.as_deref());
@@ -859,6 +991,8 @@ fn collect(
             })
     };
     let mut found = Vec::new();
+    let mut aggregated = Vec::new();
+    let mut batches = Vec::new();
     // Under the lock only the active memtable's rows are referenced; matching happens after.
     let (frozen, segments, deletions, active_rows) = {
         let state = shared.read_state();
@@ -902,7 +1036,8 @@ fn collect(
         let rows: Vec<Arc<Span>> = memtable
             .rows()
             .filter(|row| {
-                row.span.project == filter.project && !hidden(row, memtable.max_seq, &deletions)
+                row.span.project == filter.project
+                    && !hidden(&row.span, row.seq, memtable.max_seq, &deletions)
             })
             .map(|row| row.span.clone())
             .collect();
@@ -910,19 +1045,19 @@ fn collect(
             wanted(span) && !in_memtables_after(span, position + 1)
         });
     }
-    let superseded = |row: &StoredSpan, own: usize| -> Result<bool> {
-        if in_memtables_after(&row.span, 0) {
+    let superseded = |span: &Span, seq: u64, own: usize| -> Result<bool> {
+        if in_memtables_after(span, 0) {
             return Ok(true);
         }
         for (position, handle) in segments.iter().enumerate() {
             if position != own
                 && handle.meta.supersedes
-                && handle.meta.max_seq > row.seq
-                && handle.may_hold(&row.span)
+                && handle.meta.max_seq > seq
+                && handle.may_hold(span)
                 && handle
                     .index
-                    .newest_seq(&row.span.trace_id, &row.span.span_id)?
-                    .is_some_and(|seq| seq > row.seq)
+                    .newest_seq(&span.trace_id, &span.span_id)?
+                    .is_some_and(|newer| newer > seq)
             {
                 return Ok(true);
             }
@@ -959,6 +1094,69 @@ fn collect(
             Some(window)
         })
         .collect();
+    // An aggregate whose filter the columns answer (`ColumnFilter`) and whose groups are
+    // plain columns reads only those columns where no row needs a check of its own
+    // (`needs_keys`).
+    // Batches are read the same way: the filter's columns and the ones asked for.
+    let plain: Option<(ColumnFilter, Vec<&str>)> = match gather {
+        Gather::Rows => None,
+        Gather::Aggregates(queries) => (|| {
+            let column_filter = ColumnFilter::of(filter)?;
+            let mut columns: Vec<&str> = ColumnFilter::COLUMNS.to_vec();
+            for query in queries {
+                for column in ColumnAggregation::columns(query)? {
+                    if !columns.contains(&column) {
+                        columns.push(column);
+                    }
+                }
+            }
+            Some((column_filter, columns))
+        })(),
+        Gather::Batches {
+            columns: wanted, ..
+        } => ColumnFilter::of(filter).map(|column_filter| {
+            let mut columns: Vec<&str> = ColumnFilter::COLUMNS.to_vec();
+            for column in wanted {
+                if !columns.contains(column) {
+                    columns.push(column);
+                }
+            }
+            (column_filter, columns)
+        }),
+    };
+    // start times of the memtables' rows: a segment row may have a newer version there
+    // only at the same start time
+    let memtable_times = match plain {
+        None => None,
+        Some(_) => active
+            .0
+            .iter()
+            .map(|(_, span)| span.start_time)
+            .chain(frozen.iter().flat_map(|memtable| {
+                memtable
+                    .rows()
+                    .filter(|row| row.span.project == filter.project)
+                    .map(|row| row.span.start_time)
+            }))
+            .fold(None, |range: Option<(i64, i64)>, time| {
+                Some(range.map_or((time, time), |(low, high)| (low.min(time), high.max(time))))
+            }),
+    };
+    // Whether some row of the segment at `position` may be hidden by a deletion not yet
+    // applied to it or replaced by a version in a memtable or a superseding segment.
+    let needs_keys = |position: usize| {
+        let meta = &segments[position].meta;
+        let meets = |low: i64, high: i64| low <= meta.max_time && high >= meta.min_time;
+        memtable_times.is_some_and(|(low, high)| meets(low, high))
+            || deletions
+                .iter()
+                .any(|record| record.seq > meta.deletions_applied_through)
+            || segments.iter().enumerate().any(|(other, handle)| {
+                other != position
+                    && handle.meta.supersedes
+                    && meets(handle.meta.min_time, handle.meta.max_time)
+            })
+    };
     let mut frontier = Frontier {
         segments: &segments,
         rolled_up: &rolled_up,
@@ -970,24 +1168,121 @@ fn collect(
     loop {
         chunk.clear();
         frontier.next_chunk(filter, chunk_size, &mut chunk)?;
+        if let Gather::Batches { max_rows, .. } = gather {
+            // a whole scan takes every candidate in its first chunk, and the memtables' rows
+            // are in `found` already: refuse before reading
+            let rows = (found.len() + chunk.len()) as u64;
+            if rows > max_rows {
+                return Err(Error::OverBudget { rows, max_rows });
+            }
+        }
         if chunk.is_empty() {
             break;
         }
         chunk.sort_unstable_by_key(|(segment, candidate)| (*segment, candidate.row));
+        // Each task reads rows of one segment; a whole scan (no page) reads a segment's row
+        // groups as separate tasks, side by side.
+        let mut tasks: Vec<&[(usize, Candidate)]> = Vec::new();
         for group in chunk.chunk_by(|a, b| a.0 == b.0) {
-            let position = group[0].0;
+            if page_size.is_some() {
+                tasks.push(group);
+                continue;
+            }
+            let ends = &segments[group[0].0].row_group_ends;
+            let group_of = |row: u32| ends.partition_point(|&end| end <= row);
+            tasks.extend(group.chunk_by(|a, b| group_of(a.1.row) == group_of(b.1.row)));
+        }
+        let read_task = |task: &&[(usize, Candidate)]| -> Result<Gathered<'q>> {
+            let position = task[0].0;
             let handle = &segments[position];
-            let rows: Vec<u32> = group.iter().map(|(_, candidate)| candidate.row).collect();
-            for (row, number) in handle.read(&rows, projection)?.into_iter().zip(rows) {
-                if wanted_in_segment(&row.span)
-                    && !hidden(&row, handle.meta.deletions_applied_through, &deletions)
-                    && !superseded(&row, position)?
+            let rows: Vec<u32> = task.iter().map(|(_, candidate)| candidate.row).collect();
+            let applied = handle.meta.deletions_applied_through;
+            let live = |span: &Span, seq: u64| -> Result<bool> {
+                Ok(wanted_in_segment(span)
+                    && !hidden(span, seq, applied, &deletions)
+                    && !superseded(span, seq, position)?)
+            };
+            if let Gather::Batches { columns, .. } = gather {
+                let mut batches = Vec::new();
+                if let Some((column_filter, read)) =
+                    plain.as_ref().filter(|_| !needs_keys(position))
                 {
-                    found.push(Found {
+                    handle.batches(&rows, read, &mut |batch| {
+                        let failed = |message| Error::segment(&handle.path, message);
+                        let keep = column_filter.keep(batch).map_err(failed)?;
+                        let kept = arrow::compute::filter_record_batch(
+                            batch,
+                            &arrow::array::BooleanArray::from(keep),
+                        )
+                        .map_err(|e| failed(e.to_string()))?;
+                        batches.push(segment::project(&kept, columns)?);
+                        Ok(())
+                    })?;
+                } else {
+                    let mut kept = Vec::new();
+                    for row in handle.read(&rows, Projection::WHOLE)? {
+                        if live(&row.span, row.seq)? {
+                            kept.push(row);
+                        }
+                    }
+                    if !kept.is_empty() {
+                        batches.push(segment::project(&segment::to_batch(&kept)?, columns)?);
+                    }
+                }
+                return Ok(Gathered::Batches(batches));
+            }
+            if let Some(queries) = aggregate {
+                if let Some((column_filter, columns)) =
+                    plain.as_ref().filter(|_| !needs_keys(position))
+                {
+                    // no row here can be hidden or replaced: the filter and the aggregations
+                    // read the columns they name, nothing else
+                    let mut parts: Vec<ColumnAggregation> = queries
+                        .iter()
+                        .map(|query| ColumnAggregation::new(query))
+                        .collect();
+                    handle.batches(&rows, columns, &mut |batch| {
+                        let failed = |message| Error::segment(&handle.path, message);
+                        let keep = column_filter.keep(batch).map_err(failed)?;
+                        for part in &mut parts {
+                            part.add_batch(batch, &keep).map_err(failed)?;
+                        }
+                        Ok(())
+                    })?;
+                    let mut aggregations = fresh_aggregations(queries);
+                    for (aggregation, part) in aggregations.iter_mut().zip(parts) {
+                        part.merge_into(aggregation);
+                    }
+                    return Ok(Gathered::Aggregated(aggregations));
+                }
+                // rows are looked at, not kept: one reused span for the whole task
+                let mut aggregations = fresh_aggregations(queries);
+                handle.visit(&rows, projection, &mut |span, seq| {
+                    if live(span, seq)? {
+                        for aggregation in &mut aggregations {
+                            aggregation.add_span(span);
+                        }
+                    }
+                    Ok(())
+                })?;
+                return Ok(Gathered::Aggregated(aggregations));
+            }
+            let mut kept = Vec::new();
+            for (row, number) in handle.read(&rows, projection)?.into_iter().zip(rows) {
+                if live(&row.span, row.seq)? {
+                    kept.push(Found {
                         span: row.span,
                         origin: Some((position, number)),
                     });
                 }
+            }
+            Ok(Gathered::Rows(kept))
+        };
+        for gathered in crate::parallel::map(&tasks, read_task) {
+            match gathered? {
+                Gathered::Rows(kept) => found.extend(kept),
+                Gathered::Aggregated(part) => aggregated.push(part),
+                Gathered::Batches(part) => batches.extend(part),
             }
         }
         if let (Some(size), Some(remaining)) = (page_size, frontier.newest_remaining()) {
@@ -1004,20 +1299,49 @@ fn collect(
     }
     Ok(Collected {
         found,
+        aggregated,
+        batches,
         segments,
         rollups,
     })
 }
 
+/// What `collect` does with the segment rows it finds live.
+#[derive(Clone, Copy)]
+enum Gather<'q> {
+    /// Keeps them (light, see `Projection`).
+    Rows,
+    /// Adds them to one aggregation per query, keeping none.
+    Aggregates(&'q [&'q AggregateQuery]),
+    /// Hands them out as Arrow batches of `columns`, having refused first if more than
+    /// `max_rows` rows are candidates.
+    Batches {
+        columns: &'q [&'q str],
+        max_rows: u64,
+    },
+}
+
+/// What one segment task of `collect` gathered.
+enum Gathered<'q> {
+    Rows(Vec<Found>),
+    Aggregated(Vec<Aggregation<'q>>),
+    Batches(Vec<arrow::array::RecordBatch>),
+}
+
 /// What `collect` found, with the segments its rows came from.
-struct Collected {
+struct Collected<'q> {
+    /// Rows kept; when aggregating, only the memtables' rows.
     found: Vec<Found>,
+    /// When aggregating, the segment rows' aggregations, one set per task.
+    aggregated: Vec<Vec<Aggregation<'q>>>,
+    /// When gathering batches, the segment rows' batches.
+    batches: Vec<arrow::array::RecordBatch>,
     segments: Vec<Arc<SegmentHandle>>,
     /// Rollups standing in for the rows of the rollup window in their segments.
     rollups: Vec<Arc<Rollup>>,
 }
 
-impl Collected {
+impl Collected<'_> {
     /// Reads the segment rows among `found` whole.
     fn whole(segments: &[Arc<SegmentHandle>], found: Vec<Found>) -> Result<Vec<Span>> {
         let mut wanted: Vec<(usize, u32)> = found.iter().filter_map(|f| f.origin).collect();
@@ -1069,7 +1393,7 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
     for memtable in &frozen {
         let mut partitions: BTreeMap<(String, String), Vec<StoredSpan>> = BTreeMap::new();
         for row in memtable.rows() {
-            if hidden(row, memtable.max_seq, &deletions) {
+            if hidden(&row.span, row.seq, memtable.max_seq, &deletions) {
                 continue;
             }
             let key = (
@@ -1247,7 +1571,12 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         let mut latest: HashMap<SpanKey, StoredSpan> = HashMap::new();
         for handle in &handles {
             for row in segment::read(&handle.path)? {
-                if hidden(&row, handle.meta.deletions_applied_through, &persisted) {
+                if hidden(
+                    &row.span,
+                    row.seq,
+                    handle.meta.deletions_applied_through,
+                    &persisted,
+                ) {
                     continue;
                 }
                 match latest.get(&row.span.key()) {
@@ -1388,7 +1717,7 @@ impl Store for EmbeddedStore {
             mut found,
             segments,
             ..
-        } = collect(&self.shared, &filter, Some(query), None, None)?;
+        } = collect(&self.shared, &filter, Some(query), None, None, Gather::Rows)?;
         // Only the page (and one more, to know there is more) is read whole.
         found.sort_by(|a, b| b.span.order().cmp(&a.span.order()));
         found.truncate(query.limit.saturating_add(1));
@@ -1415,24 +1744,86 @@ impl Store for EmbeddedStore {
     }
 
     fn aggregate(&self, query: &AggregateQuery) -> llmtrace_model::Result<Vec<AggregateRow>> {
-        let window = rollup::rollup_window(query);
-        let collected = collect(
-            &self.shared,
-            &query.filter,
-            None,
-            window,
-            Some(Lean::for_aggregate(query)),
-        )?;
-        let mut aggregation = Aggregation::new(query);
-        for found in &collected.found {
-            aggregation.add_span(&found.span);
-        }
-        if let Some(window) = window {
-            for rollup in &collected.rollups {
-                aggregation.add_rollup(rollup, window);
+        let mut answers = self.aggregate_many(std::slice::from_ref(query))?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    fn aggregate_many(
+        &self,
+        queries: &[AggregateQuery],
+    ) -> llmtrace_model::Result<Vec<Vec<AggregateRow>>> {
+        // Queries with the same filter and rollup window share one read: (window, their
+        // positions in `queries`).
+        type Window = Option<(i64, i64)>;
+        let mut reads: Vec<(Window, Vec<usize>)> = Vec::new();
+        for (at, query) in queries.iter().enumerate() {
+            let window = rollup::rollup_window(query);
+            match reads
+                .iter_mut()
+                .find(|(w, positions)| *w == window && queries[positions[0]].filter == query.filter)
+            {
+                Some((_, positions)) => positions.push(at),
+                None => reads.push((window, vec![at])),
             }
         }
-        Ok(aggregation.finish())
+        let mut answers: Vec<Vec<AggregateRow>> = vec![Vec::new(); queries.len()];
+        for (window, all) in reads {
+            // A query without buckets grouped like a bucketed one of the same read is that
+            // query's groups summed over its buckets: it reads no rows of its own.
+            let source_of = |at: usize| {
+                let query = &queries[at];
+                all.iter().copied().find(|&other| {
+                    query.bucket_seconds.is_none()
+                        && queries[other].bucket_seconds.is_some()
+                        && queries[other].group_by == query.group_by
+                })
+            };
+            let (derived, positions): (Vec<usize>, Vec<usize>) =
+                all.iter().partition(|&&at| source_of(at).is_some());
+            let members: Vec<&AggregateQuery> = positions.iter().map(|&at| &queries[at]).collect();
+            let lean = members
+                .iter()
+                .map(|query| Lean::for_aggregate(query))
+                .fold(Lean::default(), Lean::union);
+            let filter = &members[0].filter;
+            let collected = collect(
+                &self.shared,
+                filter,
+                None,
+                window,
+                Some(lean),
+                Gather::Aggregates(&members),
+            )?;
+            let mut aggregations = fresh_aggregations(&members);
+            for found in &collected.found {
+                for aggregation in &mut aggregations {
+                    aggregation.add_span(&found.span);
+                }
+            }
+            for part in collected.aggregated {
+                for (into, aggregation) in aggregations.iter_mut().zip(part) {
+                    into.merge(aggregation);
+                }
+            }
+            if let Some(window) = window {
+                for aggregation in &mut aggregations {
+                    for rollup in &collected.rollups {
+                        aggregation.add_rollup(rollup, window);
+                    }
+                }
+            }
+            for at in derived {
+                let source = source_of(at)
+                    .and_then(|source| positions.iter().position(|&fed| fed == source));
+                if let Some(source) = source {
+                    answers[at] = aggregations[source].without_buckets(&queries[at]).finish();
+                }
+            }
+            for (aggregation, at) in aggregations.into_iter().zip(positions) {
+                answers[at] = aggregation.finish();
+            }
+        }
+        Ok(answers)
     }
 
     fn delete(&self, deletion: &Deletion) -> llmtrace_model::Result<u64> {
@@ -1447,7 +1838,15 @@ impl Store for EmbeddedStore {
             until: deletion.until,
             ..SpanFilter::default()
         };
-        let found = collect(&self.shared, &filter, None, None, Some(Lean::default()))?.found;
+        let found = collect(
+            &self.shared,
+            &filter,
+            None,
+            None,
+            Some(Lean::default()),
+            Gather::Rows,
+        )?
+        .found;
         let traces: BTreeSet<String> = found.iter().map(|f| f.span.trace_id.clone()).collect();
         let removed = found.len() as u64;
         self.submit(

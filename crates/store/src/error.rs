@@ -21,6 +21,11 @@ pub enum Error {
     Closed,
     #[error("the store is behind: {0} bytes wait to be flushed; retry later")]
     Backlog(usize),
+    #[error(
+        "the query would read {rows} rows, more than its budget of {max_rows}: narrow the \
+         time range (a condition on start_time) or the filter"
+    )]
+    OverBudget { rows: u64, max_rows: u64 },
 }
 
 impl Error {
@@ -49,6 +54,7 @@ impl From<Error> for llmtrace_model::Error {
             Error::Closed | Error::Backlog(_) => {
                 llmtrace_model::Error::Unavailable(err.to_string())
             }
+            Error::OverBudget { .. } => llmtrace_model::Error::BadRequest(err.to_string()),
             other => llmtrace_model::Error::Storage(other.to_string()),
         }
     }

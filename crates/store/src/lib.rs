@@ -9,6 +9,8 @@ mod fsutil;
 pub mod index;
 mod manifest;
 mod memtable;
+mod parallel;
+pub mod pool;
 pub mod rollup;
 pub mod scores;
 pub mod segment;

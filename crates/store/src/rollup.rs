@@ -15,10 +15,13 @@
 
 use std::collections::BTreeMap;
 
+use arrow::array::RecordBatch;
 use llmtrace_model::{
     AggregateQuery, AggregateRow, Dimension, Span, SpanFilter, SpanKind, SpanSource, SpanStatus,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::segment::{Columns, TextColumn};
 
 pub const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 /// Relative error bound of every percentile the store reports.
@@ -31,10 +34,66 @@ const SKETCH_ZERO: f64 = 1e-6;
 /// value's bucket reports a representative within `SKETCH_ACCURACY` of it, so the bucket
 /// holding the exact nearest-rank value reports it within that bound. Counts merge and
 /// never lose a value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Kept as sorted (bucket, count) pairs while it has few buckets (most groups of a
+/// high-cardinality breakdown), as a dense run of counts once it has many, so an add is a
+/// lookup, not an insertion. Either way it is written as the pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "SketchPairs", into = "SketchPairs")]
 pub struct Sketch {
-    /// (bucket, count), sorted by bucket, counts > 0.
+    buckets: Buckets,
+}
+
+/// The stored form of a sketch: (bucket, count), sorted by bucket, counts > 0.
+#[derive(Serialize, Deserialize)]
+struct SketchPairs {
     buckets: Vec<(i32, u64)>,
+}
+
+#[derive(Debug, Clone)]
+enum Buckets {
+    Sparse(Vec<(i32, u64)>),
+    /// `counts[i]` is the count of bucket `first + i`.
+    Dense {
+        first: i32,
+        counts: Vec<u64>,
+    },
+}
+
+impl Default for Buckets {
+    fn default() -> Buckets {
+        Buckets::Sparse(Vec::new())
+    }
+}
+
+/// Pairs beyond which a sketch turns dense (when its buckets span at most `DENSE_SPAN`).
+const DENSE_FROM: usize = 48;
+/// The widest run of buckets kept dense (16 KiB): from zero (bucket 0) to about 20 years
+/// in ms at 1% accuracy, so latencies with some zeros among them stay dense.
+const DENSE_SPAN: usize = 2048;
+
+impl From<SketchPairs> for Sketch {
+    fn from(pairs: SketchPairs) -> Sketch {
+        let mut sketch = Sketch::default();
+        for (bucket, count) in pairs.buckets {
+            sketch.add_count(bucket, count);
+        }
+        sketch
+    }
+}
+
+impl From<Sketch> for SketchPairs {
+    fn from(sketch: Sketch) -> SketchPairs {
+        SketchPairs {
+            buckets: sketch.pairs().collect(),
+        }
+    }
+}
+
+impl PartialEq for Sketch {
+    fn eq(&self, other: &Sketch) -> bool {
+        self.pairs().eq(other.pairs())
+    }
 }
 
 fn gamma() -> f64 {
@@ -47,9 +106,8 @@ impl Sketch {
         if magnitude.is_nan() || magnitude <= SKETCH_ZERO {
             return 0;
         }
-        let k = ((magnitude / SKETCH_ZERO).ln() / gamma().ln())
-            .ceil()
-            .max(1.0);
+        static LN_GAMMA: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| gamma().ln());
+        let k = ((magnitude / SKETCH_ZERO).ln() / *LN_GAMMA).ceil().max(1.0);
         let k = k.min(f64::from(i32::MAX)) as i32;
         if value < 0.0 { -k } else { k }
     }
@@ -64,29 +122,107 @@ impl Sketch {
         if bucket < 0 { -middle } else { middle }
     }
 
+    /// (bucket, count) in bucket order, counts > 0.
+    fn pairs(&self) -> Box<dyn Iterator<Item = (i32, u64)> + '_> {
+        match &self.buckets {
+            Buckets::Sparse(pairs) => Box::new(pairs.iter().copied()),
+            Buckets::Dense { first, counts } => Box::new(
+                (*first..)
+                    .zip(counts.iter().copied())
+                    .filter(|(_, count)| *count > 0),
+            ),
+        }
+    }
+
     pub fn add(&mut self, value: f64) {
         self.add_count(Sketch::bucket(value), 1);
     }
 
     fn add_count(&mut self, bucket: i32, count: u64) {
-        match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
-            Ok(at) => self.buckets[at].1 += count,
-            Err(at) => self.buckets.insert(at, (bucket, count)),
+        match &mut self.buckets {
+            Buckets::Sparse(pairs) => {
+                match pairs.binary_search_by_key(&bucket, |(b, _)| *b) {
+                    Ok(at) => pairs[at].1 += count,
+                    Err(at) => pairs.insert(at, (bucket, count)),
+                }
+                if pairs.len() > DENSE_FROM {
+                    let (low, high) = (pairs[0].0, pairs[pairs.len() - 1].0);
+                    if span_of(low, high) <= DENSE_SPAN {
+                        let mut counts = vec![0; span_of(low, high)];
+                        for &(bucket, count) in pairs.iter() {
+                            counts[offset(low, bucket)] = count;
+                        }
+                        self.buckets = Buckets::Dense { first: low, counts };
+                    }
+                }
+            }
+            Buckets::Dense { first, counts } => {
+                let last = *first + (counts.len() as i32 - 1);
+                let (low, high) = (bucket.min(*first), bucket.max(last));
+                if span_of(low, high) > DENSE_SPAN {
+                    let mut pairs: Vec<(i32, u64)> = self.pairs().collect();
+                    let at = pairs.partition_point(|(b, _)| *b < bucket);
+                    match pairs.get_mut(at) {
+                        Some(pair) if pair.0 == bucket => pair.1 += count,
+                        _ => pairs.insert(at, (bucket, count)),
+                    }
+                    self.buckets = Buckets::Sparse(pairs);
+                    return;
+                }
+                if low < *first {
+                    counts.splice(0..0, std::iter::repeat_n(0, offset(low, *first)));
+                    *first = low;
+                }
+                if high > last {
+                    counts.resize(span_of(*first, high), 0);
+                }
+                counts[offset(*first, bucket)] += count;
+            }
         }
     }
 
     pub fn merge(&mut self, other: &Sketch) {
-        if self.buckets.is_empty() {
+        if self.count() == 0 {
             self.buckets.clone_from(&other.buckets);
             return;
         }
-        for &(bucket, count) in &other.buckets {
+        if let (
+            Buckets::Dense {
+                first: own_first,
+                counts: own,
+            },
+            Buckets::Dense { first, counts },
+        ) = (&mut self.buckets, &other.buckets)
+        {
+            // two runs: widen this one to cover both, then add element by element
+            let own_last = *own_first + (own.len() as i32 - 1);
+            let last = *first + (counts.len() as i32 - 1);
+            let (low, high) = ((*first).min(*own_first), last.max(own_last));
+            if span_of(low, high) <= DENSE_SPAN {
+                if low < *own_first {
+                    own.splice(0..0, std::iter::repeat_n(0, offset(low, *own_first)));
+                    *own_first = low;
+                }
+                if high > own_last {
+                    own.resize(span_of(*own_first, high), 0);
+                }
+                let at = offset(*own_first, *first);
+                for (into, count) in own[at..at + counts.len()].iter_mut().zip(counts) {
+                    *into += count;
+                }
+                return;
+            }
+        }
+        for (bucket, count) in other.pairs() {
             self.add_count(bucket, count);
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|(_, count)| count).sum()
+        match &self.buckets {
+            Buckets::Sparse(pairs) => pairs.iter().map(|(_, count)| count).sum(),
+            Buckets::Dense { counts, .. } => counts.iter().sum(),
+        }
     }
 
     /// The nearest-rank `q` quantile, within `SKETCH_ACCURACY`; `None` when empty.
@@ -97,7 +233,7 @@ impl Sketch {
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for &(bucket, count) in &self.buckets {
+        for (bucket, count) in self.pairs() {
             seen += count;
             if seen >= rank {
                 return Some(Sketch::representative(bucket));
@@ -105,6 +241,16 @@ impl Sketch {
         }
         None
     }
+}
+
+/// How many buckets `low..=high` holds.
+fn span_of(low: i32, high: i32) -> usize {
+    (i64::from(high) - i64::from(low) + 1) as usize
+}
+
+/// The position of `bucket` in a dense run starting at `first`.
+fn offset(first: i32, bucket: i32) -> usize {
+    (i64::from(bucket) - i64::from(first)) as usize
 }
 
 /// The additive measures of a set of spans.
@@ -136,21 +282,35 @@ fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 impl Measures {
     pub fn add(&mut self, span: &Span) {
+        self.add_row(&Measured {
+            error: span.status.is_error(),
+            input_tokens: span.input_tokens,
+            output_tokens: span.output_tokens,
+            total_tokens: span.total_tokens,
+            cost_usd: span.total_cost_usd,
+            duration_ms: span.duration_ms,
+            ttft_ms: span.time_to_first_token_ms,
+            start_time: span.start_time,
+            end_time: span.end_time,
+        });
+    }
+
+    fn add_row(&mut self, row: &Measured) {
         self.count += 1;
-        self.error_count += u64::from(span.status.is_error());
-        let input = span.input_tokens.unwrap_or(0);
-        let output = span.output_tokens.unwrap_or(0);
+        self.error_count += u64::from(row.error);
+        let input = row.input_tokens.unwrap_or(0);
+        let output = row.output_tokens.unwrap_or(0);
         self.input_tokens += input;
         self.output_tokens += output;
-        self.total_tokens += span.total_tokens.unwrap_or(input + output);
-        self.cost_usd += span.total_cost_usd.unwrap_or(0.0);
-        self.latency_sum_ms += span.duration_ms;
-        self.latency.add(span.duration_ms);
-        if let Some(ttft) = span.time_to_first_token_ms {
+        self.total_tokens += row.total_tokens.unwrap_or(input + output);
+        self.cost_usd += row.cost_usd.unwrap_or(0.0);
+        self.latency_sum_ms += row.duration_ms;
+        self.latency.add(row.duration_ms);
+        if let Some(ttft) = row.ttft_ms {
             self.ttft.add(ttft);
         }
-        self.first_start_time = earlier(self.first_start_time, Some(span.start_time));
-        self.last_end_time = later(self.last_end_time, Some(span.end_time));
+        self.first_start_time = earlier(self.first_start_time, Some(row.start_time));
+        self.last_end_time = later(self.last_end_time, Some(row.end_time));
     }
 
     pub fn merge(&mut self, other: &Measures) {
@@ -309,24 +469,20 @@ pub struct Aggregation<'a> {
     query: &'a AggregateQuery,
     bucket_ns: Option<i64>,
     // hashed, not ordered: a row scan looks a group up per row; `finish` sorts once
-    groups: std::collections::HashMap<(Option<i64>, Vec<Option<String>>), Measures>,
+    groups: foldhash::HashMap<BucketGroup, Measures>,
 }
 
 impl<'a> Aggregation<'a> {
     pub fn new(query: &'a AggregateQuery) -> Aggregation<'a> {
         Aggregation {
             query,
-            bucket_ns: query
-                .bucket_seconds
-                .map(|seconds| seconds.max(1).saturating_mul(1_000_000_000)),
-            groups: std::collections::HashMap::new(),
+            bucket_ns: bucket_width(query),
+            groups: foldhash::HashMap::default(),
         }
     }
 
     fn entry(&mut self, span: &Span) -> &mut Measures {
-        let bucket = self
-            .bucket_ns
-            .map(|width| span.start_time.div_euclid(width) * width);
+        let bucket = bucket_start(self.bucket_ns, span.start_time);
         let group = self
             .query
             .group_by
@@ -355,6 +511,34 @@ impl<'a> Aggregation<'a> {
         }
     }
 
+    /// Adds what another aggregation of the same query counted.
+    pub fn merge(&mut self, other: Aggregation<'_>) {
+        for (key, measures) in other.groups {
+            self.merge_group(key, measures);
+        }
+    }
+
+    /// This aggregation's groups summed over its buckets, as an aggregation of `query`
+    /// (the same filter and groups, no buckets).
+    pub fn without_buckets<'q>(&self, query: &'q AggregateQuery) -> Aggregation<'q> {
+        let mut summed = Aggregation::new(query);
+        for ((_, values), measures) in &self.groups {
+            summed.merge_group((None, values.clone()), measures.clone());
+        }
+        summed
+    }
+
+    fn merge_group(&mut self, key: BucketGroup, measures: Measures) {
+        match self.groups.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                entry.get_mut().merge(&measures)
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(measures);
+            }
+        }
+    }
+
     pub fn finish(self) -> Vec<AggregateRow> {
         let mut groups: Vec<_> = self.groups.into_iter().collect();
         groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -362,6 +546,238 @@ impl<'a> Aggregation<'a> {
             .into_iter()
             .map(|((bucket, group), measures)| measures.row(bucket, group))
             .collect()
+    }
+}
+
+/// The bucket width (ns) of `query`, `None` for one bucket over the whole window.
+fn bucket_width(query: &AggregateQuery) -> Option<i64> {
+    query
+        .bucket_seconds
+        .map(|seconds| seconds.max(1).saturating_mul(1_000_000_000))
+}
+
+/// A dimension's value in `row`: its column's, else its fallback column's.
+fn dimension_value<'s>(
+    (column, fallback): &'s (TextColumn<'_>, Option<TextColumn<'_>>),
+    row: usize,
+) -> Option<&'s str> {
+    column.value(row).or_else(|| fallback.as_ref()?.value(row))
+}
+
+/// The start of the bucket holding `start_time`.
+fn bucket_start(width: Option<i64>, start_time: i64) -> Option<i64> {
+    width.map(|width| start_time.div_euclid(width) * width)
+}
+
+/// The fields of one row that measures count.
+struct Measured {
+    error: bool,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    cost_usd: Option<f64>,
+    duration_ms: f64,
+    ttft_ms: Option<f64>,
+    start_time: i64,
+    end_time: i64,
+}
+
+/// An aggregate group's key: bucket start and one value per dimension.
+type BucketGroup = (Option<i64>, Vec<Option<String>>);
+
+/// An aggregation fed record batches of plain columns instead of spans, for scans whose
+/// rows need no check of their own (`engine::collect` says when). A row's group is found
+/// by a key encoded into one reused buffer, so a row allocates nothing; a new group is
+/// copied out once.
+pub struct ColumnAggregation {
+    bucket_ns: Option<i64>,
+    group_by: Vec<Dimension>,
+    index: foldhash::HashMap<Box<[u8]>, usize>,
+    groups: Vec<(BucketGroup, Measures)>,
+    key: Vec<u8>,
+}
+
+/// The conditions a column scan checks itself — a time window, kinds and a status, what
+/// dashboards filter on — for filters with no others.
+pub struct ColumnFilter {
+    window: (i64, i64),
+    kinds: Vec<SpanKind>,
+    status: Option<SpanStatus>,
+}
+
+impl ColumnFilter {
+    pub const COLUMNS: [&str; 3] = ["start_time", "kind", "status"];
+
+    /// `None` when `filter` has conditions beyond these.
+    pub fn of(filter: &SpanFilter) -> Option<ColumnFilter> {
+        let plain = SpanFilter {
+            project: filter.project.clone(),
+            since: filter.since,
+            until: filter.until,
+            kinds: filter.kinds.clone(),
+            status: filter.status,
+            ..SpanFilter::default()
+        };
+        (plain == *filter).then(|| ColumnFilter {
+            window: filter.time_window(),
+            kinds: filter.kinds.clone(),
+            status: filter.status,
+        })
+    }
+
+    /// Which rows of `batch` (holding `COLUMNS`) pass, as `SpanFilter::matches` would say.
+    pub fn keep(&self, batch: &RecordBatch) -> Result<Vec<bool>, String> {
+        let columns = Columns::new(batch);
+        let start = columns.time_column("start_time")?;
+        let kind = columns.text_column("kind")?;
+        let status = columns.text_column("status")?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let start_time = start.required(row)?;
+            let mut passes = start_time >= self.window.0 && start_time < self.window.1;
+            if passes && !self.kinds.is_empty() {
+                let text = kind.required_str(row)?;
+                let parsed = SpanKind::parse(text).ok_or_else(|| format!("unknown kind {text}"))?;
+                passes = self.kinds.contains(&parsed);
+            }
+            if let (true, Some(wanted)) = (passes, self.status) {
+                let text = status.required_str(row)?;
+                passes = SpanStatus::parse(text) == Some(wanted);
+            }
+            keep.push(passes);
+        }
+        Ok(keep)
+    }
+}
+
+/// The columns every `ColumnAggregation` reads.
+const MEASURED_COLUMNS: [&str; 9] = [
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "time_to_first_token_ms",
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "total_cost_usd",
+];
+
+impl ColumnAggregation {
+    /// The columns `query`'s measures and groups read; `None` when a group is not a plain
+    /// column (a metadata key).
+    pub fn columns(query: &AggregateQuery) -> Option<Vec<&'static str>> {
+        let mut columns = MEASURED_COLUMNS.to_vec();
+        for dimension in &query.group_by {
+            columns.extend_from_slice(match dimension {
+                Dimension::Model => &["model", "request_model"],
+                Dimension::Provider => &["provider"],
+                Dimension::RoutingAlias => &["routing_alias"],
+                Dimension::Status => &[],
+                Dimension::Kind => &["kind"],
+                Dimension::User => &["user_id"],
+                Dimension::Session => &["session_id"],
+                Dimension::Service => &["service_name"],
+                Dimension::Source => &["source"],
+                Dimension::Metadata(_) => return None,
+            });
+        }
+        Some(columns)
+    }
+
+    pub fn new(query: &AggregateQuery) -> ColumnAggregation {
+        ColumnAggregation {
+            bucket_ns: bucket_width(query),
+            group_by: query.group_by.clone(),
+            index: foldhash::HashMap::default(),
+            groups: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// Adds the rows of `batch` (holding `columns`) that `keep` says pass the filter.
+    pub fn add_batch(&mut self, batch: &RecordBatch, keep: &[bool]) -> Result<(), String> {
+        let columns = Columns::new(batch);
+        let start = columns.time_column("start_time")?;
+        let end = columns.time_column("end_time")?;
+        let duration = columns.float_column("duration_ms")?;
+        let ttft = columns.float_column("time_to_first_token_ms")?;
+        let status = columns.text_column("status")?;
+        let input = columns.int_column("input_tokens")?;
+        let output = columns.int_column("output_tokens")?;
+        let total = columns.int_column("total_tokens")?;
+        let cost = columns.float_column("total_cost_usd")?;
+        let text = |name| columns.text_column(name);
+        // per dimension: the column, and the fallback column (a model's requested model)
+        let mut sources = Vec::with_capacity(self.group_by.len());
+        for dimension in &self.group_by {
+            sources.push(match dimension {
+                Dimension::Model => (text("model")?, Some(text("request_model")?)),
+                Dimension::Provider => (text("provider")?, None),
+                Dimension::RoutingAlias => (text("routing_alias")?, None),
+                Dimension::Status => (text("status")?, None),
+                Dimension::Kind => (text("kind")?, None),
+                Dimension::User => (text("user_id")?, None),
+                Dimension::Session => (text("session_id")?, None),
+                Dimension::Service => (text("service_name")?, None),
+                Dimension::Source => (text("source")?, None),
+                Dimension::Metadata(key) => {
+                    return Err(format!("metadata key {key} is not a column"));
+                }
+            });
+        }
+        for (row, _) in keep.iter().enumerate().filter(|(_, keep)| **keep) {
+            let start_time = start.required(row)?;
+            let status_text = status.required_str(row)?;
+            let parsed = SpanStatus::parse(status_text)
+                .ok_or_else(|| format!("unknown status {status_text}"))?;
+            let bucket = bucket_start(self.bucket_ns, start_time);
+            self.key.clear();
+            self.key.extend(bucket.unwrap_or(i64::MIN).to_le_bytes());
+            self.key.push(u8::from(bucket.is_some()));
+            for source in &sources {
+                match dimension_value(source, row) {
+                    Some(value) => {
+                        self.key.push(1);
+                        self.key.extend((value.len() as u64).to_le_bytes());
+                        self.key.extend(value.as_bytes());
+                    }
+                    None => self.key.push(0),
+                }
+            }
+            let at = match self.index.get(self.key.as_slice()) {
+                Some(&at) => at,
+                None => {
+                    let values = sources
+                        .iter()
+                        .map(|source| dimension_value(source, row).map(str::to_string))
+                        .collect();
+                    self.groups.push(((bucket, values), Measures::default()));
+                    self.index
+                        .insert(self.key.clone().into_boxed_slice(), self.groups.len() - 1);
+                    self.groups.len() - 1
+                }
+            };
+            self.groups[at].1.add_row(&Measured {
+                error: parsed.is_error(),
+                input_tokens: input.get(row),
+                output_tokens: output.get(row),
+                total_tokens: total.get(row),
+                cost_usd: cost.get(row),
+                duration_ms: duration.get(row).unwrap_or(0.0),
+                ttft_ms: ttft.get(row),
+                start_time,
+                end_time: end.required(row)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands what was counted to `aggregation` (of the same query).
+    pub fn merge_into(self, aggregation: &mut Aggregation<'_>) {
+        for (key, measures) in self.groups {
+            aggregation.merge_group(key, measures);
+        }
     }
 }
 
@@ -376,6 +792,54 @@ mod tests {
     }
 
     proptest! {
+        // Sparse, dense and the switches between them count exactly what a plain map does,
+        // merge like it, and survive the stored form.
+        #[test]
+        fn sketch_buckets_count_like_a_map(
+            adds in prop::collection::vec(
+                (prop_oneof![-30i32..30, 0i32..200, -3000i32..3000, Just(i32::MAX)], 1u64..4),
+                0..400,
+            ),
+        ) {
+            let mut sketch = Sketch::default();
+            let mut halves = (Sketch::default(), Sketch::default());
+            let mut model = BTreeMap::new();
+            for (i, &(bucket, count)) in adds.iter().enumerate() {
+                sketch.add_count(bucket, count);
+                if i % 2 == 0 { halves.0.add_count(bucket, count) } else { halves.1.add_count(bucket, count) }
+                *model.entry(bucket).or_insert(0u64) += count;
+            }
+            let expected: Vec<(i32, u64)> = model.into_iter().collect();
+            prop_assert_eq!(sketch.pairs().collect::<Vec<_>>(), expected.clone());
+            halves.0.merge(&halves.1);
+            prop_assert_eq!(halves.0.pairs().collect::<Vec<_>>(), expected);
+            let stored = serde_json::to_string(&sketch).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Sketch>(&stored).unwrap(), sketch);
+        }
+
+        // Two dense runs at different offsets merge element by element.
+        #[test]
+        fn dense_sketches_merge_like_a_map(
+            base in -100i32..100,
+            shift in -1500i32..1500,
+            left in prop::collection::vec(0i32..400, 60..300),
+            right in prop::collection::vec(0i32..400, 60..300),
+        ) {
+            let mut model = BTreeMap::new();
+            let mut fill = |values: &[i32], offset: i32| {
+                let mut sketch = Sketch::default();
+                for &value in values {
+                    sketch.add_count(base + offset + value, 1);
+                    *model.entry(base + offset + value).or_insert(0u64) += 1;
+                }
+                sketch
+            };
+            let mut merged = fill(&left, 0);
+            let other = fill(&right, shift);
+            merged.merge(&other);
+            prop_assert_eq!(merged.pairs().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
+        }
+
         #[test]
         fn sketch_quantiles_are_within_the_bound_of_nearest_rank(
             values in prop::collection::vec(

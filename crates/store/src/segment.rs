@@ -10,6 +10,12 @@
 //! write that produced the row: among rows with the same (project, trace_id, span_id) the
 //! highest `_seq` is the live one. The footer's key-value metadata holds the segment's
 //! rollup (`rollup.rs`) as JSON under `llmtrace.rollup`.
+//!
+//! Resent history is stored once (`pool.rs`): a long `input` or `input_text` value is left
+//! empty in the file and its chunk ids are held in `input_chunks` / `input_text_chunks`
+//! (the file schema, `file_schema`, is the spans table plus those two columns); the chunks
+//! are in `<id>.pool` beside the file, and `llmtrace.pool_chunks` in the footer says how
+//! many. Every read here puts the values back together, so callers see the spans table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -37,10 +43,13 @@ use parquet::schema::types::ColumnPath;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::pool::{self, Pool, PoolWriter};
 use crate::rollup::Rollup;
 
 /// Footer key of the segment's rollup.
 const ROLLUP_KEY: &str = "llmtrace.rollup";
+/// Footer key of the number of chunks in the segment's pool (absent: no pool).
+const POOL_KEY: &str = "llmtrace.pool_chunks";
 
 /// A span with the WAL sequence number of the write that produced it.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +118,50 @@ pub fn schema() -> SchemaRef {
         text("attributes", true),
         text("events", true),
     ]))
+}
+
+/// What a segment file holds: `schema` and the pool's chunk-id columns.
+pub fn file_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(pool::chunk_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// The segment schema without `_seq`: the spans table a query engine sees.
+pub fn table_schema() -> SchemaRef {
+    let schema = schema();
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|field| field.name() != "_seq")
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `batch`'s `columns`, in that order, typed as `table_schema` types them (a batch with no
+/// columns keeps its row count).
+pub fn project(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
+    let table = table_schema();
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for column in columns {
+        let (field, array) = table
+            .field_with_name(column)
+            .ok()
+            .zip(batch.column_by_name(column))
+            .ok_or_else(|| Error::encode(format!("no column {column} in the spans table")))?;
+        fields.push(field.clone());
+        arrays.push(array.clone());
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+        .map_err(Error::encode)
 }
 
 fn json_text(value: &Value) -> Option<String> {
@@ -245,7 +298,10 @@ fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
             .set_column_data_page_size_limit(ColumnPath::from(column), HEAVY_PAGE_BYTES)
             .set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
-    for column in ["trace_id", "span_id", "parent_span_id"] {
+    for column in ["trace_id", "span_id", "parent_span_id"]
+        .into_iter()
+        .chain(pool::POOLED.map(|(_, chunks)| chunks))
+    {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
     Ok(builder.build())
@@ -272,31 +328,51 @@ fn write_grouped(path: &Path, rows: &[StoredSpan], row_group_rows: usize) -> Res
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut writer = ArrowWriter::try_new(file, schema(), Some(writer_properties(row_group_rows)?))
-        .map_err(|e| Error::segment(path, e))?;
+    let mut writer = ArrowWriter::try_new(
+        file,
+        file_schema(),
+        Some(writer_properties(row_group_rows)?),
+    )
+    .map_err(|e| Error::segment(path, e))?;
+    let mut pool = PoolWriter::default();
     for chunk in rows.chunks(16 * 1024) {
         writer
-            .write(&to_batch(chunk)?)
+            .write(&pool.encode(&to_batch(chunk)?)?)
             .map_err(|e| Error::segment(path, e))?;
     }
+    // the pool is durable before the segment that needs it is
+    let pool_path = pool::path_for(path);
+    let (pool_bytes, chunks) = match pool.finish(&pool_path)? {
+        Some(written) => written,
+        None => {
+            // a file left by an earlier, interrupted write of this segment
+            let _ = std::fs::remove_file(&pool_path);
+            (0, 0)
+        }
+    };
+    writer.append_key_value_metadata(KeyValue::new(POOL_KEY.to_string(), chunks.to_string()));
     let rollup = Rollup::of(rows.iter().map(|row| row.span.as_ref()));
     let rollup = serde_json::to_string(&rollup).map_err(Error::encode)?;
     writer.append_key_value_metadata(KeyValue::new(ROLLUP_KEY.to_string(), rollup));
     let file = writer.into_inner().map_err(|e| Error::segment(path, e))?;
     file.sync_all().map_err(|e| Error::io(path, e))?;
     let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    Ok(bytes)
+    Ok(bytes + pool_bytes)
 }
 
 /// Reads every row of a segment, whole.
 pub fn read(path: &Path) -> Result<Vec<StoredSpan>> {
+    let metadata = open_metadata(path)?;
+    let pool = open_pool(path, &metadata)?;
+    let mut pool_reader = pool.reader();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.with_batch_size(8192).build())
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+        .with_batch_size(8192)
+        .build()
         .map_err(|e| Error::segment(path, e))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| Error::segment(path, e))?;
+        let batch = pool_reader.decode(batch.map_err(|e| Error::segment(path, e))?)?;
         from_batch(&batch, Projection::WHOLE, &mut rows)
             .map_err(|message| Error::segment(path, message))?;
     }
@@ -378,10 +454,33 @@ pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
         ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
     )
     .map_err(|e| Error::segment(path, e))?;
-    if metadata.schema().fields().len() != schema().fields().len() {
+    // files written before the pool lack its columns, and are read as they are
+    let fields = metadata.schema().fields().len();
+    if fields != schema().fields().len() && fields != file_schema().fields().len() {
         return Err(Error::segment(path, "schema does not match this version"));
     }
     Ok(metadata)
+}
+
+/// Opens the pool of the segment at `path` (an empty one when the segment has none).
+pub fn open_pool(path: &Path, metadata: &ArrowReaderMetadata) -> Result<Pool> {
+    let chunks = metadata
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|entries| entries.iter().find(|entry| entry.key == POOL_KEY))
+        .and_then(|entry| entry.value.as_deref())
+        .map(|value| {
+            value
+                .parse::<u32>()
+                .map_err(|e| Error::segment(path, format!("{POOL_KEY}: {e}")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    if chunks == 0 {
+        return Ok(Pool::default());
+    }
+    Pool::open(&pool::path_for(path), chunks)
 }
 
 /// Compressed bytes per column (all row groups), from the footer.
@@ -418,22 +517,35 @@ pub fn rollup(path: &Path, metadata: &ArrowReaderMetadata) -> Result<Option<Roll
 pub fn read_rows(
     path: &Path,
     metadata: &ArrowReaderMetadata,
+    pool: &Pool,
     rows: &[u32],
     projection: Projection,
 ) -> Result<Vec<StoredSpan>> {
+    let mut out = Vec::with_capacity(rows.len());
+    visit_rows(path, metadata, pool, rows, projection, &mut |span, seq| {
+        out.push(StoredSpan {
+            seq,
+            span: Arc::new(std::mem::take(span)),
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands the rows at `rows` (ascending row numbers) to `visit` in that order, decoded into
+/// one span whose buffers are reused from row to row (see `visit_batch`): a scan that only
+/// looks at rows allocates nothing per row.
+pub fn visit_rows(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    pool: &Pool,
+    rows: &[u32],
+    projection: Projection,
+    visit: &mut dyn FnMut(&mut Span, u64) -> Result<()>,
+) -> Result<()> {
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let total = usize::try_from(metadata.metadata().file_metadata().num_rows())
-        .map_err(|e| Error::segment(path, e))?;
-    if rows.iter().any(|&row| row as usize >= total) {
-        return Err(Error::segment(
-            path,
-            "row number past the end of the segment",
-        ));
-    }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
     let mut skipped: Vec<&str> = Vec::new();
     if !projection.whole {
         skipped.extend(["input", "output", "tools", "events"]);
@@ -460,30 +572,134 @@ pub fn read_rows(
         .map(|field| field.name().as_str())
         .filter(|name| !skipped.contains(name))
         .collect();
-    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
-    let indexes: Vec<usize> = rows.iter().map(|&row| row as usize).collect();
+    let reader = open_rows(path, metadata, pool, rows, &wanted)?;
+    let mut span = Span::default();
+    let mut seen = 0;
+    // the visitor's own error, passed through the decoder as text, is returned as it was
+    let mut failed = None;
+    for batch in reader {
+        let batch = batch?;
+        seen += batch.num_rows();
+        visit_batch(&batch, projection, &mut span, &mut |span, seq| {
+            visit(span, seq).map_err(|err| {
+                let message = err.to_string();
+                failed = Some(err);
+                message
+            })
+        })
+        .map_err(|message| {
+            failed
+                .take()
+                .unwrap_or_else(|| Error::segment(path, message))
+        })?;
+    }
+    if seen != rows.len() {
+        return Err(Error::segment(
+            path,
+            "read returned a different number of rows",
+        ));
+    }
+    Ok(())
+}
+
+/// Hands the batches holding the rows at `rows` (ascending row numbers), with only the
+/// `columns` named, to `visit`: for scans that work on whole columns.
+pub fn visit_batches(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    pool: &Pool,
+    rows: &[u32],
+    columns: &[&str],
+    visit: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for batch in open_rows(path, metadata, pool, rows, columns)? {
+        visit(&batch?)?;
+    }
+    Ok(())
+}
+
+/// A reader of the `columns` of the rows at `rows` (ascending, not empty). Only the row
+/// groups from the first row's to the last's are opened (a skip over a row group's rows
+/// still reads its dictionary and boundary pages), and the page index lets the reader skip
+/// pages that hold none of the rows.
+fn open_rows<'p>(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    pool: &'p Pool,
+    rows: &[u32],
+    columns: &[&str],
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<'p>> {
+    let total = usize::try_from(metadata.metadata().file_metadata().num_rows())
+        .map_err(|e| Error::segment(path, e))?;
+    if rows.iter().any(|&row| row as usize >= total) {
+        return Err(Error::segment(
+            path,
+            "row number past the end of the segment",
+        ));
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
+    // a pooled column is read with its chunk ids, in files that have them
+    let mut columns = columns.to_vec();
+    for (text, chunks) in pool::POOLED {
+        if columns.contains(&text) && metadata.schema().index_of(chunks).is_ok() {
+            columns.push(chunks);
+        }
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let mut group_rows = Vec::new();
+    for group in metadata.metadata().row_groups() {
+        group_rows.push(usize::try_from(group.num_rows()).map_err(|e| Error::segment(path, e))?);
+    }
+    // (row group, its first row) of a row number below `total`
+    let group_of = |row: usize| {
+        let mut start = 0;
+        for (group, count) in group_rows.iter().enumerate() {
+            if row < start + count {
+                return (group, start);
+            }
+            start += count;
+        }
+        (
+            group_rows.len() - 1,
+            start - group_rows.last().copied().unwrap_or(0),
+        )
+    };
+    let (first_group, first_start) = group_of(rows[0] as usize);
+    let (last_group, _) = group_of(rows[rows.len() - 1] as usize);
+    let groups: Vec<usize> = (first_group..=last_group).collect();
+    let opened: usize = groups.iter().map(|&group| group_rows[group]).sum();
+    let indexes: Vec<usize> = rows.iter().map(|&row| row as usize - first_start).collect();
     let reader = builder
         .with_projection(mask)
-        .with_row_selection(select_rows(&indexes, total))
+        .with_row_groups(groups)
+        .with_row_selection(select_rows(&indexes, opened))
         // Selectors skip whole pages through the page index; a mask (what the default picks
         // for scattered rows) would decompress every page of every column.
         .with_row_selection_policy(RowSelectionPolicy::Selectors)
         .with_batch_size(8192)
         .build()
         .map_err(|e| Error::segment(path, e))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::segment(path, e))?;
-        from_batch(&batch, projection, &mut out)
-            .map_err(|message| Error::segment(path, message))?;
-    }
-    if out.len() != rows.len() {
-        return Err(Error::segment(
-            path,
-            "read returned a different number of rows",
-        ));
-    }
-    Ok(out)
+    let path = path.to_path_buf();
+    let mut pool_reader = pool.reader();
+    Ok(reader.map(move |batch| pool_reader.decode(batch.map_err(|e| Error::segment(&path, e))?)))
+}
+
+/// The row number after each row group's last: reads split at these open one group each.
+pub fn row_group_ends(metadata: &ArrowReaderMetadata) -> Vec<u32> {
+    let mut end = 0u32;
+    metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|group| {
+            end = end.saturating_add(u32::try_from(group.num_rows()).unwrap_or(u32::MAX));
+            end
+        })
+        .collect()
 }
 
 /// A selection of the rows at `indexes` (ascending) out of `total`.
@@ -513,10 +729,10 @@ fn select_rows(indexes: &[usize], total: usize) -> RowSelection {
 
 /// A batch's columns by name. Each column is looked up and typed once per batch
 /// (`TextColumn`, `NumberColumn`): a schema search per value was most of a scan's time.
-struct Columns<'a>(HashMap<&'a str, &'a ArrayRef>);
+pub(crate) struct Columns<'a>(HashMap<&'a str, &'a ArrayRef>);
 
 impl<'a> Columns<'a> {
-    fn new(batch: &'a RecordBatch) -> Columns<'a> {
+    pub(crate) fn new(batch: &'a RecordBatch) -> Columns<'a> {
         Columns(
             batch
                 .schema_ref()
@@ -540,7 +756,7 @@ impl<'a> Columns<'a> {
         self.0.get(name).copied()
     }
 
-    fn text_column(&self, name: &'static str) -> Result<TextColumn<'a>, String> {
+    pub(crate) fn text_column(&self, name: &'static str) -> Result<TextColumn<'a>, String> {
         let array = self
             .present(name)
             .map(|column| {
@@ -567,15 +783,21 @@ impl<'a> Columns<'a> {
         Ok(NumberColumn { name, array })
     }
 
-    fn int_column(&self, name: &'static str) -> Result<NumberColumn<'a, Int64Type>, String> {
+    pub(crate) fn int_column(
+        &self,
+        name: &'static str,
+    ) -> Result<NumberColumn<'a, Int64Type>, String> {
         self.number_column(name)
     }
 
-    fn float_column(&self, name: &'static str) -> Result<NumberColumn<'a, Float64Type>, String> {
+    pub(crate) fn float_column(
+        &self,
+        name: &'static str,
+    ) -> Result<NumberColumn<'a, Float64Type>, String> {
         self.number_column(name)
     }
 
-    fn time_column(
+    pub(crate) fn time_column(
         &self,
         name: &'static str,
     ) -> Result<NumberColumn<'a, TimestampNanosecondType>, String> {
@@ -584,13 +806,13 @@ impl<'a> Columns<'a> {
 }
 
 /// A text column, typed once per batch; `array` is `None` when the read left it out.
-struct TextColumn<'a> {
+pub(crate) struct TextColumn<'a> {
     name: &'static str,
     array: Option<&'a StringArray>,
 }
 
 impl TextColumn<'_> {
-    fn value(&self, row: usize) -> Option<&str> {
+    pub(crate) fn value(&self, row: usize) -> Option<&str> {
         self.array
             .and_then(|array| (!array.is_null(row)).then(|| array.value(row)))
     }
@@ -599,13 +821,9 @@ impl TextColumn<'_> {
         self.value(row).map(str::to_string)
     }
 
-    fn required_str(&self, row: usize) -> Result<&str, String> {
+    pub(crate) fn required_str(&self, row: usize) -> Result<&str, String> {
         self.value(row)
             .ok_or_else(|| format!("column {} is null in row {row}", self.name))
-    }
-
-    fn required(&self, row: usize) -> Result<String, String> {
-        self.required_str(row).map(str::to_string)
     }
 
     fn json(&self, row: usize) -> Result<Value, String> {
@@ -619,27 +837,32 @@ impl TextColumn<'_> {
 }
 
 /// A numeric column, typed once per batch.
-struct NumberColumn<'a, T: ArrowPrimitiveType> {
+pub(crate) struct NumberColumn<'a, T: ArrowPrimitiveType> {
     name: &'static str,
     array: Option<&'a PrimitiveArray<T>>,
 }
 
 impl<T: ArrowPrimitiveType> NumberColumn<'_, T> {
-    fn get(&self, row: usize) -> Option<T::Native> {
+    pub(crate) fn get(&self, row: usize) -> Option<T::Native> {
         self.array
             .and_then(|array| (!array.is_null(row)).then(|| array.value(row)))
     }
 
-    fn required(&self, row: usize) -> Result<T::Native, String> {
+    pub(crate) fn required(&self, row: usize) -> Result<T::Native, String> {
         self.get(row)
             .ok_or_else(|| format!("column {} is null in row {row}", self.name))
     }
 }
 
-fn from_batch(
+/// Decodes each row of `batch` into `span` in turn and hands it to `visit` with its
+/// sequence number. Text goes into the span's existing buffers: a visitor that only looks
+/// at each row allocates nothing per row, one that takes the span (`mem::take`) owns it.
+/// Fields the projection leaves out come back empty.
+fn visit_batch(
     batch: &RecordBatch,
     projection: Projection,
-    out: &mut Vec<StoredSpan>,
+    span: &mut Span,
+    visit: &mut dyn FnMut(&mut Span, u64) -> Result<(), String>,
 ) -> Result<(), String> {
     let columns = Columns::new(batch);
     let seqs = columns
@@ -710,59 +933,63 @@ fn from_batch(
             }
             None => BTreeMap::new(),
         };
-        let mut span = Span {
-            project: col_project.required(row)?,
-            trace_id: col_trace_id.required(row)?,
-            span_id: col_span_id.required(row)?,
-            parent_span_id: col_parent_span_id.get(row),
-            name: col_name.get(row).unwrap_or_default(),
-            kind: SpanKind::parse(kind_text).ok_or_else(|| format!("unknown kind {kind_text}"))?,
-            source: SpanSource::parse(source_text)
-                .ok_or_else(|| format!("unknown source {source_text}"))?,
-            service_name: col_service_name.get(row),
-            start_time: col_start_time.required(row)?,
-            end_time: col_end_time.required(row)?,
-            duration_ms: col_duration_ms.get(row).unwrap_or(0.0),
-            time_to_first_token_ms: col_time_to_first_token_ms.get(row),
-            status: SpanStatus::parse(status_text)
-                .ok_or_else(|| format!("unknown status {status_text}"))?,
-            status_message: col_status_message.get(row),
-            error_type: col_error_type.get(row),
-            http_status: col_http_status
-                .get(row)
-                .and_then(|code| u16::try_from(code).ok()),
-            session_id: col_session_id.get(row),
-            user_id: col_user_id.get(row),
-            provider: col_provider.get(row),
-            request_model: col_request_model.get(row),
-            model: col_model.get(row),
-            routing_alias: col_routing_alias.get(row),
-            operation: col_operation.get(row),
-            stream: stream.and_then(|stream| (!stream.is_null(row)).then(|| stream.value(row))),
-            temperature: col_temperature.get(row),
-            max_tokens: col_max_tokens.get(row),
-            top_p: col_top_p.get(row),
-            finish_reason: col_finish_reason.get(row),
-            input_tokens: col_input_tokens.get(row),
-            output_tokens: col_output_tokens.get(row),
-            cached_input_tokens: col_cached_input_tokens.get(row),
-            reasoning_tokens: col_reasoning_tokens.get(row),
-            total_tokens: col_total_tokens.get(row),
-            usage_source: col_usage_source.get(row),
-            input_cost_usd: col_input_cost_usd.get(row),
-            output_cost_usd: col_output_cost_usd.get(row),
-            total_cost_usd: col_total_cost_usd.get(row),
-            pricing_version: col_pricing_version.get(row),
-            input: Value::Null,
-            output: Value::Null,
-            // Absent when the read left the text columns out.
-            input_text: col_input_text.get(row).unwrap_or_default(),
-            output_text: col_output_text.get(row).unwrap_or_default(),
-            tools: Value::Null,
-            metadata,
-            attributes: Value::Null,
-            events: Vec::new(),
-        };
+        set_text(&mut span.project, col_project.required_str(row)?);
+        set_text(&mut span.trace_id, col_trace_id.required_str(row)?);
+        set_text(&mut span.span_id, col_span_id.required_str(row)?);
+        set_optional(&mut span.parent_span_id, col_parent_span_id.value(row));
+        set_text(&mut span.name, col_name.value(row).unwrap_or_default());
+        span.kind =
+            SpanKind::parse(kind_text).ok_or_else(|| format!("unknown kind {kind_text}"))?;
+        span.source = SpanSource::parse(source_text)
+            .ok_or_else(|| format!("unknown source {source_text}"))?;
+        set_optional(&mut span.service_name, col_service_name.value(row));
+        span.start_time = col_start_time.required(row)?;
+        span.end_time = col_end_time.required(row)?;
+        span.duration_ms = col_duration_ms.get(row).unwrap_or(0.0);
+        span.time_to_first_token_ms = col_time_to_first_token_ms.get(row);
+        span.status = SpanStatus::parse(status_text)
+            .ok_or_else(|| format!("unknown status {status_text}"))?;
+        set_optional(&mut span.status_message, col_status_message.value(row));
+        set_optional(&mut span.error_type, col_error_type.value(row));
+        span.http_status = col_http_status
+            .get(row)
+            .and_then(|code| u16::try_from(code).ok());
+        set_optional(&mut span.session_id, col_session_id.value(row));
+        set_optional(&mut span.user_id, col_user_id.value(row));
+        set_optional(&mut span.provider, col_provider.value(row));
+        set_optional(&mut span.request_model, col_request_model.value(row));
+        set_optional(&mut span.model, col_model.value(row));
+        set_optional(&mut span.routing_alias, col_routing_alias.value(row));
+        set_optional(&mut span.operation, col_operation.value(row));
+        span.stream = stream.and_then(|stream| (!stream.is_null(row)).then(|| stream.value(row)));
+        span.temperature = col_temperature.get(row);
+        span.max_tokens = col_max_tokens.get(row);
+        span.top_p = col_top_p.get(row);
+        set_optional(&mut span.finish_reason, col_finish_reason.value(row));
+        span.input_tokens = col_input_tokens.get(row);
+        span.output_tokens = col_output_tokens.get(row);
+        span.cached_input_tokens = col_cached_input_tokens.get(row);
+        span.reasoning_tokens = col_reasoning_tokens.get(row);
+        span.total_tokens = col_total_tokens.get(row);
+        set_optional(&mut span.usage_source, col_usage_source.value(row));
+        span.input_cost_usd = col_input_cost_usd.get(row);
+        span.output_cost_usd = col_output_cost_usd.get(row);
+        span.total_cost_usd = col_total_cost_usd.get(row);
+        set_optional(&mut span.pricing_version, col_pricing_version.value(row));
+        span.input = Value::Null;
+        span.output = Value::Null;
+        set_text(
+            &mut span.input_text,
+            col_input_text.value(row).unwrap_or_default(),
+        );
+        set_text(
+            &mut span.output_text,
+            col_output_text.value(row).unwrap_or_default(),
+        );
+        span.tools = Value::Null;
+        span.metadata = metadata;
+        span.attributes = Value::Null;
+        span.events = Vec::new();
         if projection.whole || projection.attributes {
             span.attributes = col_attributes.json(row)?;
         }
@@ -775,12 +1002,38 @@ fn from_batch(
                     serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
             }
         }
-        out.push(StoredSpan {
-            seq: seqs.value(row),
-            span: Arc::new(span),
-        });
+        visit(span, seqs.value(row))?;
     }
     Ok(())
+}
+
+/// Replaces `target`'s text, keeping its buffer.
+fn set_text(target: &mut String, value: &str) {
+    target.clear();
+    target.push_str(value);
+}
+
+/// Replaces an optional text, keeping the buffer when there is one.
+fn set_optional(target: &mut Option<String>, value: Option<&str>) {
+    match (target.as_mut(), value) {
+        (Some(text), Some(value)) => set_text(text, value),
+        (_, value) => *target = value.map(str::to_string),
+    }
+}
+
+/// Every row of `batch`, owned.
+fn from_batch(
+    batch: &RecordBatch,
+    projection: Projection,
+    out: &mut Vec<StoredSpan>,
+) -> Result<(), String> {
+    visit_batch(batch, projection, &mut Span::default(), &mut |span, seq| {
+        out.push(StoredSpan {
+            seq,
+            span: Arc::new(std::mem::take(span)),
+        });
+        Ok(())
+    })
 }
 
 /// `YYYY-MM-DD` (UTC) of a nanosecond timestamp.
@@ -849,8 +1102,9 @@ mod tests {
             .num_row_groups();
         assert_eq!(groups, 7);
         let metadata = open_metadata(&path).unwrap();
+        let pool = open_pool(&path, &metadata).unwrap();
         let wanted: Vec<u32> = (0..50).filter(|n| n % 7 == 0).collect();
-        let whole = read_rows(&path, &metadata, &wanted, Projection::WHOLE).unwrap();
+        let whole = read_rows(&path, &metadata, &pool, &wanted, Projection::WHOLE).unwrap();
         let expected: Vec<&Span> = wanted
             .iter()
             .map(|&n| rows[n as usize].span.as_ref())
@@ -863,12 +1117,129 @@ mod tests {
             expected
         );
         let light = Projection::LIGHT;
-        let read = read_rows(&path, &metadata, &wanted, light).unwrap();
+        let read = read_rows(&path, &metadata, &pool, &wanted, light).unwrap();
         for (row, n) in read.iter().zip(&wanted) {
             assert_eq!(row.span.start_time, i64::from(*n));
             assert!(row.span.input.is_null() && row.span.input_text.is_empty());
         }
-        assert!(read_rows(&path, &metadata, &[50], light).is_err());
+        assert!(read_rows(&path, &metadata, &pool, &[50], light).is_err());
+    }
+
+    /// Multi-turn sessions whose calls resend their history: every value reads back as
+    /// written through each read path, and the pool holds the history about once.
+    #[test]
+    fn resent_history_is_stored_once_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.parquet");
+        // text that zstd cannot shrink much by itself: only the pool can remove the repeats
+        let turn = |session: usize, n: usize| {
+            let mut state = ((session * 1000 + n) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let words: Vec<String> = (0..120)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    format!("{:x}", state >> 40)
+                })
+                .collect();
+            format!("session {session} turn {n}: {} é∑", words.join(" "))
+        };
+        let mut rows = Vec::new();
+        let mut raw = 0;
+        for call in 0..30usize {
+            for session in 0..4usize {
+                let turns: Vec<String> = (0..=call).map(|n| turn(session, n)).collect();
+                let input = serde_json::Value::Array(
+                    turns
+                        .iter()
+                        .map(|text| json!({"role": "user", "content": text}))
+                        .collect(),
+                );
+                let input_text = turns.join("\n");
+                raw += input_text.len() + input.to_string().len();
+                let n = (call * 4 + session) as u64;
+                rows.push(StoredSpan {
+                    seq: n,
+                    span: Arc::new(Span {
+                        trace_id: format!("{:032x}", n + 1),
+                        span_id: format!("{:016x}", n + 1),
+                        // session 3 has no session id: its calls chain by trace instead
+                        session_id: (session < 3).then(|| format!("s{session}")),
+                        start_time: n as i64,
+                        input,
+                        input_text,
+                        output_text: "short".into(),
+                        ..Span::default()
+                    }),
+                });
+            }
+        }
+        // session 3's calls are one trace each, so only its first is shared: give them one
+        for row in rows.iter_mut().filter(|row| row.span.session_id.is_none()) {
+            Arc::make_mut(&mut row.span).trace_id = "f".repeat(32);
+        }
+        sort_rows(&mut rows);
+        let bytes = write_grouped(&path, &rows, 16).unwrap();
+        assert!(pool::path_for(&path).exists());
+        eprintln!("{bytes} bytes on disk for {raw} bytes of history");
+        assert!(
+            bytes * 10 < raw as u64,
+            "{bytes} bytes on disk for {raw} bytes of history"
+        );
+        assert_eq!(read(&path).unwrap(), rows);
+        let metadata = open_metadata(&path).unwrap();
+        let pool = open_pool(&path, &metadata).unwrap();
+        let wanted: Vec<u32> = (0..120).filter(|n| n % 5 == 1).collect();
+        let read = read_rows(&path, &metadata, &pool, &wanted, Projection::WHOLE).unwrap();
+        for (row, n) in read.iter().zip(&wanted) {
+            assert_eq!(row.span, rows[*n as usize].span);
+        }
+        let mut texts = Vec::new();
+        visit_batches(
+            &path,
+            &metadata,
+            &pool,
+            &wanted,
+            &["input_text"],
+            &mut |batch| {
+                assert_eq!(batch.num_columns(), 1, "chunk ids stay inside the store");
+                let column = batch.column(0).as_string::<i32>();
+                texts.extend((0..column.len()).map(|row| column.value(row).to_string()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let expected: Vec<&str> = wanted
+            .iter()
+            .map(|&n| rows[n as usize].span.input_text.as_str())
+            .collect();
+        assert_eq!(texts, expected);
+    }
+
+    #[test]
+    fn a_damaged_pool_fails_the_segment_read_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        let long = "a long message ".repeat(100);
+        let rows = vec![StoredSpan {
+            seq: 0,
+            span: Arc::new(Span {
+                trace_id: "1".repeat(32),
+                span_id: "1".repeat(16),
+                input_text: long,
+                ..Span::default()
+            }),
+        }];
+        write_grouped(&path, &rows, 16).unwrap();
+        let pool_path = pool::path_for(&path);
+        let mut bytes = std::fs::read(&pool_path).unwrap();
+        bytes[3] ^= 0x40;
+        std::fs::write(&pool_path, &bytes).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("pool"), "{err}");
+        std::fs::remove_file(&pool_path).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("pool is missing"), "{err}");
     }
 
     #[test]

@@ -168,3 +168,65 @@ fn a_lost_or_damaged_index_is_rebuilt_and_stray_ones_are_removed() {
     assert_eq!(text_hits(&store, "b", "hello 3"), 1);
     assert_eq!(count(&store, "b"), 4);
 }
+
+/// A segment whose message pool is missing or has a broken footer is quarantined with its
+/// pool (both kept), and everything else is served.
+#[test]
+fn a_segment_with_a_missing_or_damaged_pool_is_quarantined() {
+    for damage in ["missing", "footer"] {
+        let dir = tempfile::tempdir().unwrap();
+        let long = |project: &str, n: u64| Span {
+            input_text: format!("{n} {}", "a resent message ".repeat(60)),
+            ..span(project, n)
+        };
+        {
+            let store = EmbeddedStore::open(config(dir.path())).unwrap();
+            store
+                .append((0..10).map(|n| long("bad", n)).collect())
+                .unwrap();
+            store
+                .append((0..10).map(|n| long("good", n)).collect())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let manifest = Manifest::load(dir.path()).unwrap();
+        let bad = manifest
+            .segments
+            .iter()
+            .find(|s| s.project == "bad")
+            .unwrap();
+        let pool_path = dir.path().join(&bad.path).with_extension("pool");
+        match damage {
+            "missing" => std::fs::remove_file(&pool_path).unwrap(),
+            _ => {
+                let mut bytes = std::fs::read(&pool_path).unwrap();
+                let len = bytes.len();
+                bytes[len - 14] ^= 0xff; // the footer's checksum
+                std::fs::write(&pool_path, &bytes).unwrap();
+            }
+        }
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        let report = store.recovery_report().clone();
+        let moved = &report.segments_quarantined;
+        assert_eq!(
+            moved.len(),
+            if damage == "missing" { 1 } else { 2 },
+            "{damage}: {moved:?}"
+        );
+        assert!(
+            moved.iter().all(|path| path.exists()),
+            "{damage}: kept aside"
+        );
+        assert!(!pool_path.exists());
+        assert_eq!(count(&store, "good"), 10, "{damage}");
+        assert_eq!(count(&store, "bad"), 0, "{damage}");
+        let found = hits(
+            &store,
+            SpanFilter {
+                text: Some("resent".into()),
+                ..SpanFilter::for_project("good")
+            },
+        );
+        assert_eq!(found, 10, "{damage}");
+    }
+}

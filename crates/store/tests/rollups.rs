@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 
 use llmtrace_model::query::aggregate;
 use llmtrace_model::{
-    AggregateQuery, Deletion, Dimension, Span, SpanFilter, SpanKey, SpanStatus, Store,
+    AggregateQuery, Deletion, Dimension, Span, SpanFilter, SpanKey, SpanKind, SpanStatus, Store,
 };
 use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
+
+mod common;
+use common::assert_aggregates_agree;
 
 const BASE: i64 = 1_795_000_000 * 1_000_000_000;
 const HOUR: i64 = 3_600 * 1_000_000_000;
@@ -127,4 +130,137 @@ fn deletions_and_rewrites_of_flushed_rows_are_seen_by_aggregates() {
     let expected = aggregate(&query, live.values());
     assert_eq!(got[0].count, expected[0].count);
     assert_eq!(got[0].input_tokens, expected[0].input_tokens);
+}
+
+/// A breakdown the rollups cannot answer, over several segments read as separate tasks on
+/// several threads: the tasks' aggregations merge to the reference — first with every row
+/// plain (read as columns), then with rows replaced and deleted after the flush (those
+/// segments read row by row) — and `aggregate_many` answers each query as `aggregate` does.
+#[test]
+fn scans_in_pieces_merge_to_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rows: i64 = 80_000;
+    let mut live = BTreeMap::new();
+    let spans: Vec<Span> = (0..rows)
+        .map(|n| {
+            let mut span = span(n % 1000, 0);
+            span.trace_id = format!("{:032x}", n + 1);
+            span.start_time = BASE + n * 1_000_000_000;
+            span.duration_ms = (n % 977) as f64 + 0.5;
+            span.time_to_first_token_ms = (n % 3 == 0).then_some((n % 89) as f64);
+            span.user_id = (n % 301 != 0).then(|| format!("u{}", n % 301));
+            span.model = (n % 5 != 0).then(|| format!("m{}", n % 4));
+            span.request_model = Some("requested".into());
+            span.kind = if n % 2 == 0 {
+                SpanKind::Llm
+            } else {
+                SpanKind::Tool
+            };
+            if n % 11 == 0 {
+                span.status = SpanStatus::Error;
+            }
+            span
+        })
+        .collect();
+    // a segment per flush, each a task of its own
+    for chunk in spans.chunks(20_000) {
+        store.append(chunk.to_vec()).unwrap();
+        store.flush().unwrap();
+    }
+    assert!(store.stats().unwrap().segments >= 4);
+    for span in spans {
+        live.insert(span.key(), span);
+    }
+    let hour = 3_600_000_000_000;
+    let llm = vec![SpanKind::Llm];
+    let queries: Vec<AggregateQuery> = [
+        (Some(3_600), vec![Dimension::User], None, vec![], None),
+        // the totals of the one above: its groups summed, no read of its own
+        (None, vec![Dimension::User], None, vec![], None),
+        (
+            None,
+            vec![Dimension::User, Dimension::Status],
+            None,
+            vec![],
+            None,
+        ),
+        (Some(86_400), vec![Dimension::Model], None, vec![], None),
+        (
+            Some(3_600),
+            vec![Dimension::Session],
+            Some(BASE + hour),
+            vec![],
+            None,
+        ),
+        // what dashboards filter on, answered from the columns too
+        (
+            Some(3_600),
+            vec![Dimension::User],
+            Some(BASE + 2 * hour),
+            llm.clone(),
+            None,
+        ),
+        (
+            None,
+            vec![Dimension::User],
+            None,
+            llm,
+            Some(SpanStatus::Error),
+        ),
+    ]
+    .into_iter()
+    .map(
+        |(bucket_seconds, group_by, since, kinds, status)| AggregateQuery {
+            filter: SpanFilter {
+                since,
+                kinds,
+                status,
+                ..SpanFilter::for_project("p")
+            },
+            bucket_seconds,
+            group_by,
+        },
+    )
+    .collect();
+    agree(&store, &queries, &live, "plain rows");
+    // a rewrite in the memtable supersedes its segment row; a deletion hides another user
+    let mut rewritten = live.values().nth(5).unwrap().clone();
+    rewritten.user_id = Some("moved".into());
+    rewritten.duration_ms = 99_999.0;
+    store.append(vec![rewritten.clone()]).unwrap();
+    live.insert(rewritten.key(), rewritten);
+    agree(&store, &queries, &live, "a row replaced in the memtable");
+    let deletion = Deletion {
+        project: "p".into(),
+        user_id: Some("u7".into()),
+        ..Deletion::default()
+    };
+    store.delete(&deletion).unwrap();
+    live.retain(|_, span| span.user_id.as_deref() != Some("u7"));
+    agree(&store, &queries, &live, "a user deleted");
+    assert!(
+        store
+            .aggregate(&queries[1])
+            .unwrap()
+            .iter()
+            .any(|row| row.group[0].as_deref() == Some("moved")),
+        "the rewrite counts under its new user"
+    );
+}
+
+fn agree(
+    store: &EmbeddedStore,
+    queries: &[AggregateQuery],
+    live: &BTreeMap<SpanKey, Span>,
+    what: &str,
+) {
+    let many = store.aggregate_many(queries).unwrap();
+    assert_eq!(many.len(), queries.len());
+    for (query, answer) in queries.iter().zip(many) {
+        let alone = store.aggregate(query).unwrap();
+        assert_eq!(answer, alone, "{what}: {query:?}");
+        let what = format!("{what}: {query:?}");
+        assert_aggregates_agree(&answer, &aggregate(query, live.values()), &what);
+    }
 }

@@ -136,6 +136,22 @@ fn measure(args: &UiArgs, base: &str) -> Result<()> {
             "dashboard, 24 h by user".into(),
             "/dashboard?project=bench&group=user".into(),
         ),
+        (
+            "dashboard, 24 h by session".into(),
+            "/dashboard?project=bench&group=session".into(),
+        ),
+        (
+            "dashboard, 24 h by metadata key tier".into(),
+            "/dashboard?project=bench&group_key=tier".into(),
+        ),
+        (
+            "dashboard, 7 days by user".into(),
+            "/dashboard?project=bench&range=7d&group=user".into(),
+        ),
+        (
+            "dashboard, 30 days by user".into(),
+            "/dashboard?project=bench&range=30d&group=user".into(),
+        ),
         ("live (first page)".into(), "/live?project=bench".into()),
     ];
     // the 4th page: follow "Older" links from the first

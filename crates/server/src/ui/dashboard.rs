@@ -12,6 +12,10 @@ use super::traces::per_bucket;
 use super::{Shared, UiQuery, error_page, layout};
 use crate::http::run_store;
 
+/// Rows of the totals table: a breakdown by session or user can have tens of thousands of
+/// groups, which no one reads on one page and which would only slow it.
+const TOTALS_SHOWN: usize = 200;
+
 const GROUPS: [(&str, &str); 7] = [
     ("", "nothing"),
     ("model", "model"),
@@ -57,49 +61,38 @@ pub async fn page(
         ..selection.parsed.filter
     };
     let group_by: Vec<Dimension> = dimension.clone().into_iter().collect();
-    let queries = [
-        AggregateQuery {
-            filter: filter.clone(),
-            bucket_seconds: Some(bucket),
-            group_by: vec![],
-        },
-        AggregateQuery {
+    let broken_down = dimension.is_some();
+    let mut queries = vec![AggregateQuery {
+        filter: filter.clone(),
+        bucket_seconds: Some(bucket),
+        group_by: vec![],
+    }];
+    // without a breakdown the grouped series are the overall ones
+    if broken_down {
+        queries.push(AggregateQuery {
             filter: filter.clone(),
             bucket_seconds: Some(bucket),
             group_by: group_by.clone(),
-        },
-        AggregateQuery {
-            filter,
-            bucket_seconds: None,
-            group_by,
-        },
-    ];
-    // side by side on the blocking pool: a breakdown the rollups cannot answer reads rows
-    // twice, and the machine has more than one core
-    let [overall, grouped, totals] = queries;
-    let broken_down = dimension.is_some();
-    let (overall, grouped, totals) = tokio::join!(
-        run_store(&state, move |store| store.aggregate(&overall)),
-        // without a breakdown the grouped series are the overall ones
-        run_store(&state, move |store| match broken_down {
-            true => store.aggregate(&grouped),
-            false => Ok(Vec::new()),
-        }),
-        run_store(&state, move |store| store.aggregate(&totals)),
-    );
-    let (overall, grouped, mut totals) = match (overall, grouped, totals) {
-        (Ok(overall), Ok(grouped), Ok(totals)) => {
-            let grouped = if broken_down {
-                grouped
-            } else {
-                overall.clone()
-            };
-            (overall, grouped, totals)
-        }
-        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
-            return error_page("Dashboard", &err);
-        }
+        });
+    }
+    queries.push(AggregateQuery {
+        filter,
+        bucket_seconds: None,
+        group_by,
+    });
+    // one call: a breakdown the rollups cannot answer reads its rows once for the series
+    // and the totals
+    let answers = run_store(&state, move |store| store.aggregate_many(&queries)).await;
+    let mut answers = match answers {
+        Ok(answers) => answers.into_iter(),
+        Err(err) => return error_page("Dashboard", &err),
     };
+    let overall = answers.next().unwrap_or_default();
+    let grouped = match broken_down {
+        true => answers.next().unwrap_or_default(),
+        false => overall.clone(),
+    };
+    let mut totals = answers.next().unwrap_or_default();
     totals.sort_by(|a, b| b.count.cmp(&a.count).then(a.group.cmp(&b.group)));
     let buckets = chart::buckets(window, bucket * 1_000_000_000, 400);
     // the biggest groups get a series each; the rest are summed into one
@@ -169,13 +162,16 @@ pub async fn page(
             (chart::lines("Error rate", Unit::Percent, &buckets, &[overall_line("errors", |r| r.error_rate)]))
         }
         table.spans #totals {
+            @if totals.len() > TOTALS_SHOWN {
+                caption { (format!("The {TOTALS_SHOWN} groups with the most calls of {}; narrow the filter to see others.", totals.len())) }
+            }
             thead { tr {
                 th { (dimension.as_ref().map(Dimension::name).unwrap_or_else(|| "all".into())) }
                 th.num { "Calls" } th.num { "Error rate" } th.num { "Input tokens" } th.num { "Output tokens" }
                 th.num { "Cost" } th.num { "p50" } th.num { "p95" } th.num { "p99" } th.num { "TTFT p50" }
             } }
             tbody {
-                @for row in &totals {
+                @for row in totals.iter().take(TOTALS_SHOWN) {
                     tr {
                         td { (label(&row.group)) }
                         td.num { (row.count) }

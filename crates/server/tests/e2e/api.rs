@@ -308,3 +308,105 @@ fn query_cli_prints_matching_calls() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("status"));
 }
+
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn sql_answers_over_http_and_in_the_cli() {
+    let server = TestServer::start();
+    seed(&server, 40);
+    let statement = "SELECT provider, count(*) AS n, sum(input_tokens) AS tokens FROM spans \
+                     GROUP BY provider ORDER BY provider";
+    let reply = server.get(&format!("/api/v1/sql?q={}", url_encoded(statement)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    // calls 0, 2, … 38 went to openai with 10 + i input tokens; the odd ones to anthropic
+    assert_eq!(
+        answer["rows"],
+        json!([["anthropic", 20, 600], ["openai", 20, 580]])
+    );
+    assert_eq!(answer["columns"][1], json!({"name": "n", "type": "Int64"}));
+    assert_eq!(answer["truncated"], json!(false));
+    assert!(answer["elapsed_ms"].as_f64().is_some());
+    // the same numbers as the aggregate API
+    let aggregate = server.get("/api/v1/aggregate?group_by=provider").json();
+    let counted: Vec<(String, u64)> = aggregate["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["group"][0].as_str().unwrap().to_string(),
+                row["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counted.len(), 2, "{aggregate}");
+    assert!(counted.iter().all(|(_, count)| *count == 20), "{aggregate}");
+
+    // POST, another project: its own (empty) tables
+    let body = json!({"sql": "SELECT count(*) FROM spans", "project": "other"});
+    let reply = server.post(
+        "/api/v1/sql",
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["rows"], json!([[0]]));
+    // metadata through json_get, pushed down to the index
+    let body =
+        json!({"sql": "SELECT count(*) FROM spans WHERE json_get(metadata, 'tier') = 'gold'"});
+    let reply = server.post("/api/v1/sql", &[], body.to_string().as_bytes());
+    assert_eq!(reply.json()["rows"], json!([[20]]), "{}", reply.text());
+
+    // refusals name their reason
+    for (request, reason) in [
+        (json!({"sql": "DROP TABLE spans"}), "DDL"),
+        (
+            json!({"sql": "SELECT * FROM spans", "max_scan_rows": 5}),
+            "budget of 5",
+        ),
+        (json!({"sql": "SELECT nonsense FROM spans"}), "nonsense"),
+        (json!({"statement": "SELECT 1"}), "unknown parameter"),
+        (json!({"sql": "  "}), "no statement"),
+        (json!({"sql": "SELECT 1", "max_rows": 0}), "max_rows"),
+        (json!(["SELECT 1"]), "JSON object"),
+    ] {
+        let reply = server.post("/api/v1/sql", &[], request.to_string().as_bytes());
+        assert_eq!(reply.status, 400, "{request}: {}", reply.text());
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(reason), "{request}: {message}");
+    }
+
+    // the CLI prints a table, and a refusal with its reason
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["sql", "--server", &server.http, statement])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "provider   n   tokens", "{text}");
+    assert_eq!(lines[2], "anthropic  20  600", "{text}");
+    assert_eq!(lines.last(), Some(&"(2 rows)"), "{text}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(["sql", "--server", &server.http, "DELETE FROM spans"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("400"));
+}

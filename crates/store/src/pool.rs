@@ -1,0 +1,462 @@
+//! A segment's message pool: the history columns (`input`, `input_text`) of multi-turn chat
+//! and agent calls resend everything said before, so a segment stores such a value as a
+//! list of chunk ids, and each distinct chunk once, in a file beside the segment.
+//!
+//! Chunking: rows are visited in file order. A value is compared with the previous value
+//! of the same conversation (session id, else trace id) in the same column; the previous
+//! value's chunks that lie inside their common prefix are reused, and the rest becomes new
+//! chunks: a body and a tail of the last `TAIL` bytes, kept apart so that a value which only
+//! closes a bracket after the shared part (a JSON array of messages) still shares the body
+//! with the next call. Identical chunks are stored once (found by hash, compared byte for
+//! byte). Values shorter than `MIN_POOLED` stay inline in the segment.
+//!
+//! File: zstd-compressed blocks of about `BLOCK_BYTES` of chunks, each with a CRC32C, then
+//! a footer (block table, each chunk's end inside its block) with its own CRC32C, then a
+//! trailer (block count, chunk count, footer CRC, magic).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+
+use crate::error::{Error, Result};
+
+/// Each pooled text column and the column holding its chunk ids (little-endian u32s; null
+/// when the value is inline).
+pub const POOLED: [(&str, &str); 2] = [
+    ("input", "input_chunks"),
+    ("input_text", "input_text_chunks"),
+];
+/// Values shorter than this stay inline: chunk ids would not pay for themselves.
+const MIN_POOLED: usize = 512;
+const TAIL: usize = 16;
+const BLOCK_BYTES: usize = 64 * 1024;
+const MAGIC: &[u8; 8] = b"LLMTPOL1";
+const TRAILER_BYTES: u64 = 20;
+const BLOCK_ENTRY_BYTES: usize = 24;
+/// Decompressed blocks a reader keeps before it starts over (about 16 MiB).
+const CACHED_BLOCKS: usize = 256;
+
+/// The pool file of the segment at `segment`.
+pub fn path_for(segment: &Path) -> PathBuf {
+    segment.with_extension("pool")
+}
+
+/// The chunk-id columns a segment file holds after its spans-table columns.
+pub fn chunk_fields() -> Vec<Field> {
+    POOLED
+        .iter()
+        .map(|(_, chunks)| Field::new(*chunks, DataType::Binary, true))
+        .collect()
+}
+
+struct Previous {
+    value: Vec<u8>,
+    /// (end offset in `value`, chunk id) of each chunk, in order.
+    chunks: Vec<(usize, u32)>,
+}
+
+/// Builds a segment's pool while its batches are written.
+#[derive(Default)]
+pub struct PoolWriter {
+    data: Vec<u8>,
+    /// End of each chunk in `data`, by id.
+    ends: Vec<usize>,
+    by_hash: HashMap<u64, Vec<u32>, foldhash::fast::FixedState>,
+    /// The last value of each conversation, per pooled column.
+    previous: [HashMap<String, Previous>; 2],
+}
+
+impl PoolWriter {
+    /// `batch` (spans-table columns, `_seq` first) with its pooled values moved into the
+    /// pool: a pooled value's text is left empty (null where nullable) and its chunk ids
+    /// appended in the chunk columns.
+    pub fn encode(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let schema = batch.schema();
+        let text_of = |name: &str| -> Result<_> {
+            let index = schema
+                .index_of(name)
+                .map_err(|_| Error::encode(format!("no column {name} to pool")))?;
+            batch
+                .column(index)
+                .as_string_opt::<i32>()
+                .map(|array| (index, array))
+                .ok_or_else(|| Error::encode(format!("column {name} is not text")))
+        };
+        let (_, sessions) = text_of("session_id")?;
+        let (_, traces) = text_of("trace_id")?;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut ids = Vec::new();
+        for (column, (text, chunk_name)) in POOLED.iter().enumerate() {
+            let (index, values) = text_of(text)?;
+            let nullable = schema.field(index).is_nullable();
+            let mut kept = StringBuilder::with_capacity(values.len(), 0);
+            let mut chunk_ids = BinaryBuilder::with_capacity(values.len(), 0);
+            for row in 0..values.len() {
+                let value = values.is_valid(row).then(|| values.value(row));
+                let key = if sessions.is_valid(row) {
+                    sessions.value(row)
+                } else {
+                    traces.value(row)
+                };
+                match value {
+                    Some(value) if self.chunk(column, key, value.as_bytes(), &mut ids) => {
+                        if nullable {
+                            kept.append_null();
+                        } else {
+                            kept.append_value("");
+                        }
+                        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+                        chunk_ids.append_value(bytes);
+                    }
+                    _ => {
+                        kept.append_option(value);
+                        chunk_ids.append_null();
+                    }
+                }
+            }
+            columns[index] = Arc::new(kept.finish());
+            columns.push(Arc::new(chunk_ids.finish()));
+            fields.push(Field::new(*chunk_name, DataType::Binary, true));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(Error::encode)
+    }
+
+    /// Chunks `value` into `ids`; false (and nothing recorded) when it stays inline.
+    fn chunk(&mut self, column: usize, key: &str, value: &[u8], ids: &mut Vec<u32>) -> bool {
+        if value.len() < MIN_POOLED {
+            return false;
+        }
+        ids.clear();
+        let mut chunks = Vec::new();
+        let mut covered = 0;
+        let previous = self.previous[column].remove_entry(key);
+        if let Some((_, previous)) = &previous {
+            let common = previous
+                .value
+                .iter()
+                .zip(value)
+                .take_while(|(a, b)| a == b)
+                .count();
+            for &(end, id) in &previous.chunks {
+                if end > common {
+                    break;
+                }
+                ids.push(id);
+                chunks.push((end, id));
+                covered = end;
+            }
+        }
+        let rest = &value[covered..];
+        let split = rest.len().saturating_sub(TAIL);
+        for piece in [&rest[..split], &rest[split..]] {
+            if piece.is_empty() {
+                continue;
+            }
+            let id = self.intern(piece);
+            covered += piece.len();
+            ids.push(id);
+            chunks.push((covered, id));
+        }
+        let key = previous.map_or_else(|| key.to_string(), |(key, _)| key);
+        self.previous[column].insert(
+            key,
+            Previous {
+                value: value.to_vec(),
+                chunks,
+            },
+        );
+        true
+    }
+
+    fn intern(&mut self, piece: &[u8]) -> u32 {
+        let hash = self.by_hash.hasher().hash_one(piece);
+        if let Some(candidates) = self.by_hash.get(&hash) {
+            for &id in candidates {
+                let start = if id == 0 {
+                    0
+                } else {
+                    self.ends[id as usize - 1]
+                };
+                if &self.data[start..self.ends[id as usize]] == piece {
+                    return id;
+                }
+            }
+        }
+        let id = self.ends.len() as u32;
+        self.data.extend_from_slice(piece);
+        self.ends.push(self.data.len());
+        self.by_hash.entry(hash).or_default().push(id);
+        id
+    }
+
+    /// Writes the pool file (fsync'd) if any value was pooled: (bytes, chunks).
+    pub fn finish(self, path: &Path) -> Result<Option<(u64, u32)>> {
+        if self.ends.is_empty() {
+            return Ok(None);
+        }
+        let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut table = Vec::new();
+        let mut chunk_ends = Vec::with_capacity(self.ends.len() * 4);
+        let mut offset = 0u64;
+        let mut first = 0usize;
+        while first < self.ends.len() {
+            let start = if first == 0 { 0 } else { self.ends[first - 1] };
+            let mut last = first;
+            while last + 1 < self.ends.len() && self.ends[last] - start < BLOCK_BYTES {
+                last += 1;
+            }
+            let raw = &self.data[start..self.ends[last]];
+            for id in first..=last {
+                chunk_ends.extend_from_slice(&((self.ends[id] - start) as u32).to_le_bytes());
+            }
+            let compressed = zstd::bulk::compress(raw, 3).map_err(|e| Error::io(path, e))?;
+            file.write_all(&compressed)
+                .map_err(|e| Error::io(path, e))?;
+            table.extend_from_slice(&offset.to_le_bytes());
+            table.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+            table.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            table.extend_from_slice(&(first as u32).to_le_bytes());
+            table.extend_from_slice(&crc32c::crc32c(&compressed).to_le_bytes());
+            offset += compressed.len() as u64;
+            first = last + 1;
+        }
+        let blocks = (table.len() / BLOCK_ENTRY_BYTES) as u32;
+        let chunks = self.ends.len() as u32;
+        table.extend_from_slice(&chunk_ends);
+        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
+        trailer.extend_from_slice(&blocks.to_le_bytes());
+        trailer.extend_from_slice(&chunks.to_le_bytes());
+        trailer.extend_from_slice(&crc32c::crc32c(&table).to_le_bytes());
+        trailer.extend_from_slice(MAGIC);
+        file.write_all(&table).map_err(|e| Error::io(path, e))?;
+        file.write_all(&trailer).map_err(|e| Error::io(path, e))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        let bytes = offset + table.len() as u64 + TRAILER_BYTES;
+        Ok(Some((bytes, chunks)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    offset: u64,
+    compressed: u32,
+    raw: u32,
+    first: u32,
+    crc: u32,
+}
+
+/// A segment's pool, opened: its block table and chunk ends in memory.
+#[derive(Debug, Default)]
+pub struct Pool {
+    path: PathBuf,
+    blocks: Vec<Block>,
+    /// End of each chunk inside its block, by id.
+    ends: Vec<u32>,
+    bytes: u64,
+}
+
+impl Pool {
+    /// Opens the pool at `path`, which must hold `chunks` chunks (what its segment says).
+    pub fn open(path: &Path, chunks: u32) -> Result<Pool> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::segment(path, "the segment's pool is missing"),
+            _ => Error::io(path, e),
+        })?;
+        let bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let corrupt = |what: &str| Error::segment(path, format!("corrupt pool: {what}"));
+        if bytes < TRAILER_BYTES {
+            return Err(corrupt("shorter than its trailer"));
+        }
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        file.read_exact_at(&mut trailer, bytes - TRAILER_BYTES)
+            .map_err(|e| Error::io(path, e))?;
+        let word =
+            |at: usize| u32::from_le_bytes(trailer[at..at + 4].try_into().unwrap_or_default());
+        if &trailer[12..] != MAGIC {
+            return Err(corrupt("no trailer"));
+        }
+        let (blocks, count, crc) = (word(0) as usize, word(4), word(8));
+        if count != chunks {
+            return Err(corrupt(&format!(
+                "{count} chunks where the segment names {chunks}"
+            )));
+        }
+        let table_bytes = blocks as u64 * BLOCK_ENTRY_BYTES as u64 + count as u64 * 4;
+        if table_bytes + TRAILER_BYTES > bytes {
+            return Err(corrupt("its footer is longer than the file"));
+        }
+        let mut table = vec![0u8; table_bytes as usize];
+        file.read_exact_at(&mut table, bytes - TRAILER_BYTES - table_bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if crc32c::crc32c(&table) != crc {
+            return Err(corrupt("footer checksum mismatch"));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(table[at..at + 4].try_into().unwrap_or_default());
+        let blocks: Vec<Block> = (0..blocks)
+            .map(|block| {
+                let at = block * BLOCK_ENTRY_BYTES;
+                Block {
+                    offset: u64::from_le_bytes(table[at..at + 8].try_into().unwrap_or_default()),
+                    compressed: u32_at(at + 8),
+                    raw: u32_at(at + 12),
+                    first: u32_at(at + 16),
+                    crc: u32_at(at + 20),
+                }
+            })
+            .collect();
+        let chunk_table = blocks.len() * BLOCK_ENTRY_BYTES;
+        let ends: Vec<u32> = (0..count as usize)
+            .map(|id| u32_at(chunk_table + id * 4))
+            .collect();
+        if (blocks.is_empty() && count > 0)
+            || blocks.first().is_some_and(|block| block.first != 0)
+            || blocks.windows(2).any(|pair| pair[0].first >= pair[1].first)
+            || blocks.last().is_some_and(|block| block.first >= count)
+        {
+            return Err(corrupt("its block table is out of order"));
+        }
+        Ok(Pool {
+            path: path.to_path_buf(),
+            blocks,
+            ends,
+            bytes,
+        })
+    }
+
+    /// Size of the pool file (0 for a segment without one).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A reader that decompresses blocks as chunks need them, keeping some for later rows.
+    pub fn reader(&self) -> PoolReader<'_> {
+        PoolReader {
+            pool: self,
+            file: None,
+            blocks: HashMap::new(),
+        }
+    }
+}
+
+/// Reads chunks out of a pool for one read of a segment.
+pub struct PoolReader<'p> {
+    pool: &'p Pool,
+    file: Option<File>,
+    blocks: HashMap<usize, Vec<u8>>,
+}
+
+impl PoolReader<'_> {
+    /// Appends chunk `id` to `out`.
+    fn append(&mut self, id: u32, out: &mut Vec<u8>) -> Result<()> {
+        let pool = self.pool;
+        let corrupt = |what: String| Error::segment(&pool.path, format!("corrupt pool: {what}"));
+        if id as usize >= pool.ends.len() {
+            return Err(corrupt(format!("no chunk {id}")));
+        }
+        let block = pool.blocks.partition_point(|block| block.first <= id) - 1;
+        if !self.blocks.contains_key(&block) {
+            if self.blocks.len() >= CACHED_BLOCKS {
+                self.blocks.clear();
+            }
+            let meta = pool.blocks[block];
+            let file = match self.file.take() {
+                Some(file) => file,
+                None => File::open(&pool.path).map_err(|e| Error::io(&pool.path, e))?,
+            };
+            let mut compressed = vec![0u8; meta.compressed as usize];
+            file.read_exact_at(&mut compressed, meta.offset)
+                .map_err(|e| Error::io(&pool.path, e))?;
+            self.file = Some(file);
+            if crc32c::crc32c(&compressed) != meta.crc {
+                return Err(corrupt(format!("block {block} checksum mismatch")));
+            }
+            let raw = zstd::bulk::decompress(&compressed, meta.raw as usize)
+                .map_err(|e| corrupt(format!("block {block}: {e}")))?;
+            self.blocks.insert(block, raw);
+        }
+        let raw = &self.blocks[&block];
+        let first = pool.blocks[block].first;
+        let start = if id == first {
+            0
+        } else {
+            pool.ends[id as usize - 1] as usize
+        };
+        let end = pool.ends[id as usize] as usize;
+        let chunk = raw
+            .get(start..end)
+            .ok_or_else(|| corrupt(format!("chunk {id} lies outside its block")))?;
+        out.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// `batch` as read from a segment file, with each pooled value put back together and
+    /// the chunk columns removed.
+    pub fn decode(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let schema = batch.schema();
+        if !POOLED
+            .iter()
+            .any(|(_, chunks)| schema.index_of(chunks).is_ok())
+        {
+            return Ok(batch);
+        }
+        let mut columns = batch.columns().to_vec();
+        let mut buffer = Vec::new();
+        for (text, chunk_name) in POOLED {
+            let (Ok(text_index), Ok(chunk_index)) =
+                (schema.index_of(text), schema.index_of(chunk_name))
+            else {
+                continue;
+            };
+            let values = batch.column(text_index).as_string::<i32>();
+            let chunk_ids = batch.column(chunk_index).as_binary::<i32>();
+            let mut rebuilt = StringBuilder::with_capacity(values.len(), 0);
+            for row in 0..values.len() {
+                if chunk_ids.is_null(row) {
+                    rebuilt.append_option(values.is_valid(row).then(|| values.value(row)));
+                    continue;
+                }
+                buffer.clear();
+                let ids = chunk_ids.value(row);
+                if ids.len() % 4 != 0 {
+                    return Err(Error::segment(&self.pool.path, "a chunk list is cut short"));
+                }
+                for id in ids.chunks_exact(4) {
+                    self.append(
+                        u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
+                        &mut buffer,
+                    )?;
+                }
+                let value = std::str::from_utf8(&buffer).map_err(|e| {
+                    Error::segment(&self.pool.path, format!("a pooled value is not UTF-8: {e}"))
+                })?;
+                rebuilt.append_value(value);
+            }
+            columns[text_index] = Arc::new(rebuilt.finish());
+        }
+        let keep: Vec<usize> = (0..columns.len())
+            .filter(|&index| {
+                !POOLED
+                    .iter()
+                    .any(|(_, chunks)| schema.field(index).name() == chunks)
+            })
+            .collect();
+        let fields: Vec<Field> = keep
+            .iter()
+            .map(|&index| schema.field(index).clone())
+            .collect();
+        let columns: Vec<ArrayRef> = keep.iter().map(|&index| columns[index].clone()).collect();
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
+            .map_err(Error::encode)
+    }
+}
