@@ -32,7 +32,7 @@ use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
 use crate::memtable::Memtable;
 use crate::pool::{self, Pool};
-use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup};
+use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup, RollupUse};
 use crate::segment::{self, Projection, StoredSpan};
 use crate::wal::{self, EncodedEntry, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
@@ -624,7 +624,7 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Removes `.parquet` files under `segments/` that the manifest does not name: leftovers
+/// Removes `.parquet` files (and their pools) under `segments/` that the manifest does not name: leftovers
 /// of a flush or compaction that crashed before its manifest swap (their rows are still
 /// in the WAL or in the segments they were merged from).
 fn remove_orphan_segments(data_dir: &Path, manifest: &Manifest) {
@@ -957,8 +957,8 @@ fn fresh_aggregations<'q>(queries: &[&'q AggregateQuery]) -> Vec<Aggregation<'q>
 /// are newer than every candidate left).
 ///
 /// Segment rows come back light (see `Projection`); `Collected::whole` completes the ones
-/// kept. With `rollup_window`, the rows of that window in segments whose rollup is current
-/// are left out, and those rollups returned instead.
+/// kept. With `rollup_use`, the rows of its window in segments whose rollup is current and
+/// holds its view are left out, and those rollups returned instead.
 ///
 /// With `lean`, segment rows carry only what filters, aggregates and deletions read
 /// (`Projection::lean`, plus the column groups `lean` asks for): for callers that count or
@@ -967,7 +967,7 @@ fn collect<'q>(
     shared: &Shared,
     filter: &SpanFilter,
     page: Option<&SpanQuery>,
-    rollup_window: Option<(i64, i64)>,
+    rollup_use: Option<RollupUse>,
     lean: Option<Lean>,
     gather: Gather<'q>,
 ) -> Result<Collected<'q>> {
@@ -1088,10 +1088,17 @@ fn collect<'q>(
     let rolled_up: Vec<Option<(i64, i64)>> = segments
         .iter()
         .map(|handle| {
-            let window = rollup_window
-                .filter(|(from, to)| handle.meta.max_time >= *from && handle.meta.min_time < *to)?;
-            rollups.push(handle.current_rollup(&deletions)?);
-            Some(window)
+            let used = rollup_use?;
+            let (from, to) = used.window;
+            if handle.meta.max_time < from || handle.meta.min_time >= to {
+                return None;
+            }
+            rollups.push(
+                handle
+                    .current_rollup(&deletions)
+                    .filter(|rollup| rollup.has(used.view))?,
+            );
+            Some(used.window)
         })
         .collect();
     // An aggregate whose filter the columns answer (`ColumnFilter`) and whose groups are
@@ -1754,10 +1761,10 @@ impl Store for EmbeddedStore {
     ) -> llmtrace_model::Result<Vec<Vec<AggregateRow>>> {
         // Queries with the same filter and rollup window share one read: (window, their
         // positions in `queries`).
-        type Window = Option<(i64, i64)>;
+        type Window = Option<RollupUse>;
         let mut reads: Vec<(Window, Vec<usize>)> = Vec::new();
         for (at, query) in queries.iter().enumerate() {
-            let window = rollup::rollup_window(query);
+            let window = rollup::rollup_use(query);
             match reads
                 .iter_mut()
                 .find(|(w, positions)| *w == window && queries[positions[0]].filter == query.filter)

@@ -4,10 +4,12 @@
 //! the low-cardinality columns aggregates filter and group on (model, requested model,
 //! provider, routing alias, status, kind, service, source), each group holding the
 //! additive measures (counts, token and cost sums, latency sum) and latency and TTFT
-//! sketches. An aggregate whose filter and grouping use only those columns, with buckets
-//! a whole number of hours, reads the groups of every hour its window covers whole; rows
+//! sketches; and, as a second view, grouped by hour × user × status × kind (kept only
+//! where users repeat within the hour, so that it stays much smaller than the rows). An
+//! aggregate whose filter and grouping use only one view's columns, with buckets a whole
+//! number of hours, reads that view's groups of every hour its window covers whole; rows
 //! at the window's ragged edges, in memtables, or in segments whose rows were since
-//! replaced or deleted are aggregated from rows (see `engine`).
+//! replaced or deleted (or without that view) are aggregated from rows (see `engine`).
 //!
 //! Percentiles come from the sketches, in every path, so an answer does not depend on
 //! where the rows happened to be: each is within `SKETCH_ACCURACY` (relative) of the exact
@@ -381,9 +383,41 @@ impl GroupKey {
             source: span.source,
         }
     }
+}
 
+/// The columns the rollup of users groups by, besides the hour.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserKey {
+    pub hour: i64,
+    pub user_id: Option<String>,
+    pub status: SpanStatus,
+    pub kind: SpanKind,
+}
+
+impl UserKey {
+    fn of(span: &Span) -> UserKey {
+        UserKey {
+            hour: span.start_time.div_euclid(HOUR_NS) * HOUR_NS,
+            user_id: span.user_id.clone(),
+            status: span.status,
+            kind: span.kind,
+        }
+    }
+}
+
+/// A rollup group's key: its hour, and a span holding exactly the key's columns.
+trait RollupKey {
+    fn hour(&self) -> i64;
     /// A span with exactly the key's columns set, so the reference filter and dimension
     /// code decide about a group as they would about each of its rows.
+    fn representative(&self, project: &str) -> Span;
+}
+
+impl RollupKey for GroupKey {
+    fn hour(&self) -> i64 {
+        self.hour
+    }
+
     fn representative(&self, project: &str) -> Span {
         Span {
             project: project.to_string(),
@@ -401,52 +435,124 @@ impl GroupKey {
     }
 }
 
+impl RollupKey for UserKey {
+    fn hour(&self) -> i64 {
+        self.hour
+    }
+
+    fn representative(&self, project: &str) -> Span {
+        Span {
+            project: project.to_string(),
+            start_time: self.hour,
+            user_id: self.user_id.clone(),
+            status: self.status,
+            kind: self.kind,
+            ..Span::default()
+        }
+    }
+}
+
+/// Which groups of a rollup answer an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupView {
+    /// `Rollup::groups`: model, provider, status, kind and the other low-cardinality columns.
+    Calls,
+    /// `Rollup::users`: user, status, kind.
+    Users,
+}
+
+/// The view of a rollup an aggregate reads, and the window of whole hours it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupUse {
+    pub view: RollupView,
+    /// `[start, end)`.
+    pub window: (i64, i64),
+}
+
+/// A view is kept only when it has at most this share of the segment's rows as groups:
+/// one group a row would cost more than the rows it stands for.
+const USERS_MAX_SHARE: usize = 4;
+
 /// The rollup of one segment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rollup {
     pub groups: Vec<(GroupKey, Measures)>,
+    /// `None` when the segment's users rarely repeat within an hour (or the rollup was
+    /// written before users were rolled up): aggregates by user then read its rows.
+    #[serde(default)]
+    pub users: Option<Vec<(UserKey, Measures)>>,
 }
 
 impl Rollup {
     pub fn of<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Rollup {
         let mut groups: BTreeMap<GroupKey, Measures> = BTreeMap::new();
+        let mut users: BTreeMap<UserKey, Measures> = BTreeMap::new();
+        let mut rows = 0;
         for span in spans {
+            rows += 1;
             groups.entry(GroupKey::of(span)).or_default().add(span);
+            users.entry(UserKey::of(span)).or_default().add(span);
         }
         Rollup {
             groups: groups.into_iter().collect(),
+            users: (users.len() * USERS_MAX_SHARE <= rows).then(|| users.into_iter().collect()),
+        }
+    }
+
+    /// Whether this rollup holds `view`.
+    pub fn has(&self, view: RollupView) -> bool {
+        match view {
+            RollupView::Calls => true,
+            RollupView::Users => self.users.is_some(),
         }
     }
 }
 
-/// The part of an aggregate's window that rollups can answer: the whole hours inside it,
-/// as `[start, end)`; `None` when the query needs a column rollups do not keep, buckets
-/// that are not whole hours, or the window holds no whole hour.
-pub fn rollup_window(query: &AggregateQuery) -> Option<(i64, i64)> {
+/// The rollup view that can answer an aggregate, and the part of its window it can: the
+/// whole hours inside it, as `[start, end)`; `None` when the query needs a column no view
+/// keeps, buckets that are not whole hours, or the window holds no whole hour.
+pub fn rollup_use(query: &AggregateQuery) -> Option<RollupUse> {
     let filter = &query.filter;
-    let rolled_up_filter = SpanFilter {
+    let common = SpanFilter {
         project: filter.project.clone(),
         since: filter.since,
         until: filter.until,
+        status: filter.status,
+        kinds: filter.kinds.clone(),
+        ..SpanFilter::default()
+    };
+    let calls_filter = SpanFilter {
         model: filter.model.clone(),
         provider: filter.provider.clone(),
         routing_alias: filter.routing_alias.clone(),
-        status: filter.status,
-        kinds: filter.kinds.clone(),
         service_name: filter.service_name.clone(),
         source: filter.source,
-        ..SpanFilter::default()
+        ..common.clone()
     };
-    let rolled_up_dimensions = query.group_by.iter().all(|dimension| {
-        !matches!(
-            dimension,
-            Dimension::User | Dimension::Session | Dimension::Metadata(_)
-        )
-    });
+    let users_filter = SpanFilter {
+        user_id: filter.user_id.clone(),
+        ..common
+    };
+    let grouped_by = |kept: fn(&Dimension) -> bool| query.group_by.iter().all(kept);
+    let view = if *filter == calls_filter
+        && grouped_by(|d| {
+            !matches!(
+                d,
+                Dimension::User | Dimension::Session | Dimension::Metadata(_)
+            )
+        }) {
+        RollupView::Calls
+    } else if *filter == users_filter
+        && grouped_by(|d| matches!(d, Dimension::User | Dimension::Status | Dimension::Kind))
+    {
+        RollupView::Users
+    } else {
+        return None;
+    };
     let whole_hours = query
         .bucket_seconds
         .is_none_or(|seconds| seconds.max(1) % 3_600 == 0);
-    if *filter != rolled_up_filter || !rolled_up_dimensions || !whole_hours {
+    if !whole_hours {
         return None;
     }
     let start = match filter.since {
@@ -461,7 +567,10 @@ pub fn rollup_window(query: &AggregateQuery) -> Option<(i64, i64)> {
         None => i64::MAX,
         Some(until) => until.div_euclid(HOUR_NS) * HOUR_NS,
     };
-    (start < end).then_some((start, end))
+    (start < end).then_some(RollupUse {
+        view,
+        window: (start, end),
+    })
 }
 
 /// Aggregate groups being filled from rows and rollups alike.
@@ -497,11 +606,23 @@ impl<'a> Aggregation<'a> {
         self.entry(span).add(span);
     }
 
-    /// Adds the groups of `rollup` whose hour lies in `window` and that match the filter.
-    pub fn add_rollup(&mut self, rollup: &Rollup, window: (i64, i64)) {
+    /// Adds the groups of `rollup`'s view whose hour lies in the window and that match the
+    /// filter (nothing when the rollup lacks that view: `Rollup::has` says).
+    pub fn add_rollup(&mut self, rollup: &Rollup, used: RollupUse) {
+        match used.view {
+            RollupView::Calls => self.add_groups(&rollup.groups, used.window),
+            RollupView::Users => {
+                if let Some(users) = &rollup.users {
+                    self.add_groups(users, used.window);
+                }
+            }
+        }
+    }
+
+    fn add_groups<K: RollupKey>(&mut self, groups: &[(K, Measures)], window: (i64, i64)) {
         let project = self.query.filter.project.clone();
-        for (key, measures) in &rollup.groups {
-            if key.hour < window.0 || key.hour >= window.1 {
+        for (key, measures) in groups {
+            if key.hour() < window.0 || key.hour() >= window.1 {
                 continue;
             }
             let span = key.representative(&project);
@@ -869,33 +990,67 @@ mod tests {
             bucket_seconds: Some(86_400),
             group_by: vec![Dimension::Model],
         };
-        assert_eq!(rollup_window(&query), Some((i64::MIN, i64::MAX)));
+        let window = |query: &AggregateQuery| rollup_use(query).map(|used| used.window);
+        let view = |query: &AggregateQuery| rollup_use(query).map(|used| used.view);
+        assert_eq!(window(&query), Some((i64::MIN, i64::MAX)));
+        assert_eq!(view(&query), Some(RollupView::Calls));
         query.filter.since = Some(HOUR_NS + 1);
         query.filter.until = Some(5 * HOUR_NS - 1);
-        assert_eq!(rollup_window(&query), Some((2 * HOUR_NS, 4 * HOUR_NS)));
+        assert_eq!(window(&query), Some((2 * HOUR_NS, 4 * HOUR_NS)));
         query.filter.since = Some(HOUR_NS);
         query.filter.until = Some(HOUR_NS + 5);
-        assert_eq!(rollup_window(&query), None, "no whole hour inside");
+        assert_eq!(window(&query), None, "no whole hour inside");
         query.filter.until = Some(2 * HOUR_NS);
-        assert_eq!(rollup_window(&query), Some((HOUR_NS, 2 * HOUR_NS)));
+        assert_eq!(window(&query), Some((HOUR_NS, 2 * HOUR_NS)));
         query.bucket_seconds = Some(60);
-        assert_eq!(rollup_window(&query), None, "minute buckets");
+        assert_eq!(window(&query), None, "minute buckets");
         query.bucket_seconds = None;
-        query.group_by = vec![Dimension::User];
-        assert_eq!(rollup_window(&query), None, "users are not rolled up");
+        query.group_by = vec![Dimension::User, Dimension::Status];
+        query.filter.kinds = vec![SpanKind::Llm];
+        assert_eq!(view(&query), Some(RollupView::Users));
+        query.filter.model = Some("m".into());
+        assert_eq!(view(&query), None, "users are not rolled up by model");
+        query.filter.model = None;
+        query.group_by = vec![Dimension::Model];
+        query.filter.user_id = Some("u".into());
+        assert_eq!(view(&query), None, "models are not rolled up by user");
+        query.group_by = vec![];
+        assert_eq!(view(&query), Some(RollupView::Users));
+        query.filter.user_id = None;
+        query.group_by = vec![Dimension::Session];
+        assert_eq!(view(&query), None, "sessions are not rolled up");
         query.group_by = vec![];
         query.filter.metadata = vec![("k".into(), "v".into())];
-        assert_eq!(rollup_window(&query), None, "metadata is not rolled up");
+        assert_eq!(view(&query), None, "metadata is not rolled up");
+    }
+
+    #[test]
+    fn users_are_rolled_up_only_where_they_repeat() {
+        let span = |i: i64, user: i64| Span {
+            start_time: i * 1_000_000_000,
+            user_id: Some(format!("u{user}")),
+            ..Span::default()
+        };
+        let repeating: Vec<Span> = (0..100).map(|i| span(i, i % 5)).collect();
+        let rollup = Rollup::of(&repeating);
+        assert!(rollup.has(RollupView::Users));
+        assert_eq!(rollup.users.as_ref().map(Vec::len), Some(5));
+        let unique: Vec<Span> = (0..100).map(|i| span(i, i)).collect();
+        assert!(!Rollup::of(&unique).has(RollupView::Users));
+        // a rollup written before users were rolled up reads as one without them
+        let old: Rollup = serde_json::from_str(r#"{"groups": []}"#).unwrap();
+        assert!(!old.has(RollupView::Users) && old.has(RollupView::Calls));
     }
 
     #[test]
     fn rollups_answer_like_the_reference() {
-        let spans: Vec<Span> = (0..500i64)
+        // 2,000 calls over 5 hours: users repeat within each hour
+        let spans: Vec<Span> = (0..2_000i64)
             .map(|i| Span {
                 project: "p".into(),
                 trace_id: format!("{i:032x}"),
                 span_id: format!("{i:016x}"),
-                start_time: i * 997 * 1_000_000_000,
+                start_time: i * 9 * 1_000_000_000,
                 duration_ms: (i % 37) as f64 * 13.5,
                 time_to_first_token_ms: (i % 3 == 0).then_some(i as f64),
                 status: if i % 7 == 0 {
@@ -905,6 +1060,12 @@ mod tests {
                 },
                 model: Some(format!("m{}", i % 4)),
                 request_model: Some(format!("m{}", i % 2)),
+                user_id: (i % 11 != 0).then(|| format!("u{}", i % 6)),
+                kind: if i % 3 == 0 {
+                    SpanKind::Tool
+                } else {
+                    SpanKind::Llm
+                },
                 provider: Some(["openai", "anthropic"][(i % 2) as usize].into()),
                 input_tokens: Some(i),
                 output_tokens: (i % 5 != 0).then_some(2 * i),
@@ -913,7 +1074,7 @@ mod tests {
             })
             .collect();
         let rollup = Rollup::of(&spans);
-        let query = AggregateQuery {
+        let by_model = AggregateQuery {
             filter: SpanFilter {
                 model: Some("m1".into()),
                 ..SpanFilter::for_project("p")
@@ -921,10 +1082,32 @@ mod tests {
             bucket_seconds: Some(2 * 3_600),
             group_by: vec![Dimension::Model, Dimension::Status],
         };
-        let mut aggregation = Aggregation::new(&query);
-        aggregation.add_rollup(&rollup, (i64::MIN, i64::MAX));
-        let got = aggregation.finish();
-        let expected = aggregate(&query, &spans);
+        let by_user = AggregateQuery {
+            filter: SpanFilter {
+                status: Some(SpanStatus::Ok),
+                ..SpanFilter::for_project("p")
+            },
+            bucket_seconds: Some(3 * 3_600),
+            group_by: vec![Dimension::User, Dimension::Kind],
+        };
+        let one_user = AggregateQuery {
+            filter: SpanFilter {
+                user_id: Some("u3".into()),
+                ..SpanFilter::for_project("p")
+            },
+            bucket_seconds: None,
+            group_by: vec![],
+        };
+        for query in [by_model, by_user, one_user] {
+            let used = rollup_use(&query).unwrap();
+            assert!(rollup.has(used.view));
+            let mut aggregation = Aggregation::new(&query);
+            aggregation.add_rollup(&rollup, used);
+            agrees_with_reference(aggregation.finish(), aggregate(&query, &spans));
+        }
+    }
+
+    fn agrees_with_reference(got: Vec<AggregateRow>, expected: Vec<AggregateRow>) {
         assert_eq!(got.len(), expected.len());
         assert!(!got.is_empty());
         for (got, expected) in got.iter().zip(&expected) {

@@ -30,6 +30,7 @@ fn span(n: i64, version: i64) -> Span {
             SpanStatus::Ok
         },
         model: Some(format!("m{}", n % 3)),
+        user_id: Some(format!("u{}", n % 2)),
         input_tokens: Some(100 + version),
         total_cost_usd: Some(0.5),
         ..Span::default()
@@ -44,23 +45,30 @@ fn open(dir: &std::path::Path) -> EmbeddedStore {
     EmbeddedStore::open(config).unwrap()
 }
 
-/// Counts per (day, model, status) from the store and from the reference over `live`.
+/// Counts per (day, model, status) and per (day, user, status) — one query for each view
+/// of the rollups — from the store and from the reference over `live`.
 fn assert_counts_agree(store: &EmbeddedStore, live: &BTreeMap<SpanKey, Span>, what: &str) {
-    let query = AggregateQuery {
-        filter: SpanFilter::for_project("p"),
-        bucket_seconds: Some(86_400),
-        group_by: vec![Dimension::Model, Dimension::Status],
-    };
-    let counts = |rows: Vec<llmtrace_model::AggregateRow>| {
-        rows.into_iter()
-            .map(|row| (row.bucket_start, row.group, row.count, row.input_tokens))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        counts(store.aggregate(&query).unwrap()),
-        counts(aggregate(&query, live.values())),
-        "{what}"
-    );
+    for group_by in [
+        vec![Dimension::Model, Dimension::Status],
+        vec![Dimension::User, Dimension::Status],
+    ] {
+        let query = AggregateQuery {
+            filter: SpanFilter::for_project("p"),
+            bucket_seconds: Some(86_400),
+            group_by,
+        };
+        let counts = |rows: Vec<llmtrace_model::AggregateRow>| {
+            rows.into_iter()
+                .map(|row| (row.bucket_start, row.group, row.count, row.input_tokens))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            counts(store.aggregate(&query).unwrap()),
+            counts(aggregate(&query, live.values())),
+            "{what}, {:?}",
+            query.group_by
+        );
+    }
 }
 
 fn append(store: &EmbeddedStore, live: &mut BTreeMap<SpanKey, Span>, spans: Vec<Span>) {
