@@ -4,11 +4,15 @@
 //!
 //! Chunking: rows are visited in file order. A value is compared with the previous value
 //! of the same conversation (session id, else trace id) in the same column; the previous
-//! value's chunks that lie inside their common prefix are reused, and the rest becomes new
-//! chunks: a body and a tail of the last `TAIL` bytes, kept apart so that a value which only
-//! closes a bracket after the shared part (a JSON array of messages) still shares the body
-//! with the next call. Identical chunks are stored once (found by hash, compared byte for
-//! byte). Values shorter than `MIN_POOLED` stay inline in the segment.
+//! value's chunks that lie inside their common prefix are reused as they are (a memory
+//! compare: the common case of a call that appends to its history costs no hashing). The
+//! rest is cut where its content says (a gear rolling hash, `cut_points`), so that history
+//! that reappears shifted — a window that drops its oldest turn, a system prompt shared by
+//! many sessions — cuts into the same chunks again; its last `TAIL` bytes are a chunk of
+//! their own, so that a value which only closes a bracket after the shared part (a JSON
+//! array of messages) still shares the rest with the next call. Identical chunks are
+//! stored once (found by hash, compared byte for byte). Values shorter than `MIN_POOLED`
+//! stay inline in the segment.
 //!
 //! File: zstd-compressed blocks of about `BLOCK_BYTES` of chunks, each with a CRC32C, then
 //! a footer (block table, each chunk's end inside its block) with its own CRC32C, then a
@@ -36,6 +40,12 @@ pub const POOLED: [(&str, &str); 2] = [
 /// Values shorter than this stay inline: chunk ids would not pay for themselves.
 const MIN_POOLED: usize = 512;
 const TAIL: usize = 16;
+/// Content-defined cuts: no chunk shorter than `MIN_CHUNK` or longer than `MAX_CHUNK`;
+/// past the minimum a cut falls where the rolling hash has `CUT_BITS` zero bits, so chunks
+/// average about `MIN_CHUNK + 2^CUT_BITS` bytes.
+const MIN_CHUNK: usize = 128;
+const MAX_CHUNK: usize = 8 * 1024;
+const CUT_BITS: u32 = 9;
 const BLOCK_BYTES: usize = 64 * 1024;
 const MAGIC: &[u8; 8] = b"LLMTPOL1";
 const TRAILER_BYTES: u64 = 20;
@@ -155,15 +165,16 @@ impl PoolWriter {
             }
         }
         let rest = &value[covered..];
-        let split = rest.len().saturating_sub(TAIL);
-        for piece in [&rest[..split], &rest[split..]] {
-            if piece.is_empty() {
+        let body = &rest[..rest.len().saturating_sub(TAIL)];
+        let mut start = 0;
+        for end in cut_points(body).chain([body.len(), rest.len()]) {
+            if end <= start {
                 continue;
             }
-            let id = self.intern(piece);
-            covered += piece.len();
+            let id = self.intern(&rest[start..end]);
+            start = end;
             ids.push(id);
-            chunks.push((covered, id));
+            chunks.push((covered + end, id));
         }
         let key = previous.map_or_else(|| key.to_string(), |(key, _)| key);
         self.previous[column].insert(
@@ -242,6 +253,50 @@ impl PoolWriter {
         let bytes = offset + table.len() as u64 + TRAILER_BYTES;
         Ok(Some((bytes, chunks)))
     }
+}
+
+/// 256 fixed pseudo-random words, one per byte value, for the rolling hash (splitmix64).
+const GEAR: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut at = 0;
+    while at < 256 {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        table[at] = z ^ (z >> 31);
+        at += 1;
+    }
+    table
+};
+
+/// The content-defined cut points inside `data` (ends of all chunks but the last): the
+/// hash of the bytes since the last cut, each shifting older ones out after 64 bytes, so a
+/// cut depends only on the 64 bytes before it.
+fn cut_points(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    const MASK: u64 = ((1u64 << CUT_BITS) - 1) << (64 - CUT_BITS);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if data.len() - start <= MIN_CHUNK {
+            return None;
+        }
+        let limit = (start + MAX_CHUNK).min(data.len());
+        let mut hash = 0u64;
+        // the bytes before the minimum still feed the hash, so a cut does not depend on
+        // where the previous one fell
+        for at in start + MIN_CHUNK.saturating_sub(64)..limit {
+            hash = (hash << 1).wrapping_add(GEAR[data[at] as usize]);
+            if at + 1 - start >= MIN_CHUNK && hash & MASK == 0 {
+                start = at + 1;
+                return Some(start);
+            }
+        }
+        (limit < data.len()).then(|| {
+            start = limit;
+            limit
+        })
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -458,5 +513,82 @@ impl PoolReader<'_> {
             arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
             .map_err(Error::encode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text of pseudo-random words that general compression cannot shrink much.
+    fn words(seed: u64, count: usize) -> String {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..count)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                format!("{:x}", state >> 44)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn cuts_follow_content_not_position() {
+        let data = words(1, 20_000);
+        let cuts: Vec<usize> = cut_points(data.as_bytes()).collect();
+        assert!(
+            cuts.len() > 50,
+            "{} cuts in {} bytes",
+            cuts.len(),
+            data.len()
+        );
+        assert!(cuts.windows(2).all(|pair| pair[1] - pair[0] >= MIN_CHUNK));
+        assert!(cuts.windows(2).all(|pair| pair[1] - pair[0] <= MAX_CHUNK));
+        // the same text after something else: past the first cuts, the same cuts
+        let shifted = format!("{}{data}", words(2, 300));
+        let offset = shifted.len() - data.len();
+        let moved: std::collections::HashSet<usize> = cut_points(shifted.as_bytes())
+            .filter_map(|cut| cut.checked_sub(offset))
+            .collect();
+        let kept = cuts.iter().filter(|cut| moved.contains(cut)).count();
+        assert!(kept + 3 >= cuts.len(), "{kept} of {} cuts kept", cuts.len());
+    }
+
+    /// A conversation whose calls resend a window of the last eight turns: once the window
+    /// slides, no call extends the previous one, and the content-defined cuts still find
+    /// the turns already stored (only the chunks at the window's two ends are new). Cut by
+    /// position alone, every slide would store its whole window again: ~8× the turns.
+    #[test]
+    fn a_sliding_history_is_not_stored_again() {
+        let turns: Vec<String> = (0..40).map(|turn| words(100 + turn, 250)).collect();
+        let mut writer = PoolWriter::default();
+        let mut ids = Vec::new();
+        let mut resent = 0;
+        for call in 0..turns.len() {
+            let value = format!(
+                "[system prompt] {}]",
+                turns[call.saturating_sub(7)..=call].join(" | ")
+            );
+            resent += value.len();
+            assert!(writer.chunk(0, "s", value.as_bytes(), &mut ids));
+            let mut rebuilt = Vec::new();
+            for &id in &ids {
+                let start = if id == 0 {
+                    0
+                } else {
+                    writer.ends[id as usize - 1]
+                };
+                rebuilt.extend_from_slice(&writer.data[start..writer.ends[id as usize]]);
+            }
+            assert_eq!(rebuilt, value.as_bytes(), "call {call}");
+        }
+        let distinct: usize = turns.iter().map(String::len).sum();
+        assert!(
+            writer.data.len() < distinct * 2,
+            "{} bytes stored for {distinct} bytes of distinct turns ({resent} resent)",
+            writer.data.len()
+        );
     }
 }

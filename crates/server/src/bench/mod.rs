@@ -379,6 +379,8 @@ fn store(args: StoreArgs) -> Result<()> {
     let store = open(&dir, Durability::None)?;
     let mut corpus = Corpus::new(42, args.spans, args.days, end, args.text_bytes);
     let mut raw_json_bytes = 0u64;
+    // the message fields as the raw JSON holds them (each value serialized)
+    let mut raw_message_bytes = 0u64;
     let started = Instant::now();
     let mut probe = None;
     for chunk_start in (0..args.spans).step_by(1000) {
@@ -387,6 +389,14 @@ fn store(args: StoreArgs) -> Result<()> {
         raw_json_bytes += spans
             .iter()
             .map(|s| serde_json::to_vec(s).map(|v| v.len() as u64).unwrap_or(0))
+            .sum::<u64>();
+        raw_message_bytes += spans
+            .iter()
+            .map(|s| {
+                let json =
+                    |value: &serde_json::Value| serde_json::to_vec(value).map_or(0, |v| v.len());
+                (json(&s.input) + json(&s.output) + s.input_text.len() + s.output_text.len()) as u64
+            })
             .sum::<u64>();
         if chunk_start == args.spans / 2 {
             probe = spans.first().cloned();
@@ -412,7 +422,16 @@ fn store(args: StoreArgs) -> Result<()> {
     );
     // Where the bytes go: message content versus every other column.
     let columns = store.column_bytes();
-    let content = ["input", "output", "input_text", "output_text"];
+    // the message columns, the chunk ids of the pooled ones, and the pool itself
+    let content = [
+        "input",
+        "output",
+        "input_text",
+        "output_text",
+        "input_chunks",
+        "input_text_chunks",
+        "(message pool)",
+    ];
     let content_bytes: u64 = columns
         .iter()
         .filter(|(name, _)| content.contains(&name.as_str()))
@@ -420,9 +439,18 @@ fn store(args: StoreArgs) -> Result<()> {
         .sum();
     let other_bytes: u64 = columns.values().sum::<u64>() - content_bytes;
     println!(
-        "| message columns (input, output, input_text, output_text) | {:.0} bytes/span |",
-        content_bytes as f64 / args.spans as f64
+        "| message columns (input, output, input_text, output_text, with chunk ids and pool) | {:.0} bytes/span, {:.1}× smaller than their raw {:.0} bytes/span |",
+        content_bytes as f64 / args.spans as f64,
+        raw_message_bytes as f64 / content_bytes.max(1) as f64,
+        raw_message_bytes as f64 / args.spans as f64
     );
+    for name in content {
+        let bytes = columns.get(name).copied().unwrap_or(0);
+        println!(
+            "| column {name} | {:.1} bytes/span |",
+            bytes as f64 / args.spans as f64
+        );
+    }
     println!(
         "| every other column (ids, times, usage, metadata, attributes, …) | {:.0} bytes/span |",
         other_bytes as f64 / args.spans as f64
