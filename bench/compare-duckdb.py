@@ -49,13 +49,14 @@ def main():
     con = duckdb.connect()
     con.execute(f"SET threads = {args.threads}")
     con.execute(f"CREATE VIEW spans AS SELECT * FROM read_parquet('{files}', hive_partitioning = false)")
-    newest_us = con.execute("SELECT epoch_us(max(start_time)) FROM spans").fetchone()[0]
-    newest = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=newest_us)
+    # start_time is a UTC-adjusted nanosecond timestamp: DuckDB hands it back zoned
+    newest = con.execute("SELECT max(start_time) FROM spans").fetchone()[0]
+    newest = newest.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     # every engine asks for the same window: the 30 days up to the newest span
     until = newest + datetime.timedelta(microseconds=1)
     since = until - datetime.timedelta(days=30)
     iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    window_sql = f"start_time >= TIMESTAMP '{iso(since)}' AND start_time < TIMESTAMP '{iso(until)}'"
+    window_sql = f"start_time >= TIMESTAMPTZ '{iso(since)}' AND start_time < TIMESTAMPTZ '{iso(until)}'"
     window_api = "since=" + urllib.parse.quote(iso(since)) + "&until=" + urllib.parse.quote(iso(until))
 
     base = args.server.rstrip("/")

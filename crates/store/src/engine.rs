@@ -190,6 +190,11 @@ impl SegmentHandle {
         if pending {
             return None;
         }
+        self.rollup()
+    }
+
+    /// The rollup its footer holds, parsed on first use.
+    fn rollup(&self) -> Option<Arc<Rollup>> {
         self.rollup
             .get_or_init(|| match segment::rollup(&self.path, &self.parquet) {
                 Ok(rollup) => rollup.map(Arc::new),
@@ -446,6 +451,19 @@ impl EmbeddedStore {
     }
 
     fn start_background(&self) {
+        // The first aggregate after a start would otherwise parse every segment's rollup
+        // itself (about 2 s at 10 M spans): parse them now, on a thread of their own.
+        let segments = self.shared.read_state().segments.clone();
+        let warming = std::thread::Builder::new()
+            .name("llmtrace-rollups".into())
+            .spawn(move || {
+                for handle in segments {
+                    handle.rollup();
+                }
+            });
+        if let Err(err) = warming {
+            tracing::warn!(error = %err, "could not start parsing rollups ahead of use");
+        }
         let shared = self.shared.clone();
         let commands = self.sender();
         let handle = std::thread::Builder::new()
