@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 /// Percent-encodes a query-string component.
 pub fn encode(text: &str) -> String {
@@ -27,6 +27,29 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
         .timeout_global(Some(timeout))
         .build()
         .into()
+}
+
+/// A server's JSON answer, or its error message (`{"error": {"message"}}`) as the error.
+pub fn json_answer(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    server: &str,
+) -> Result<serde_json::Value> {
+    let mut response = response.with_context(|| format!("cannot reach {server}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .body_mut()
+        .read_json()
+        .context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{}: {}",
+            status,
+            body.pointer("/error/message")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("error")
+        );
+    }
+    Ok(body)
 }
 
 /// A time argument — RFC 3339, `YYYY-MM-DD` (UTC midnight), unix seconds, or a duration ago

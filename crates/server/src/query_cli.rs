@@ -1,9 +1,9 @@
 //! `llmtrace query`: searches a running server and prints a table or JSON.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::client::encode;
+use crate::client::{encode, json_answer};
 
 #[derive(clap::Args)]
 pub struct QueryArgs {
@@ -41,26 +41,14 @@ pub fn run(args: QueryArgs) -> Result<()> {
         };
         url.push_str(&format!("&{}={}", encode(name), encode(value)));
     }
-    let mut response = ureq::get(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .with_context(|| format!("cannot reach {}", args.server))?;
-    let status = response.status();
-    let body: Value = response
-        .body_mut()
-        .read_json()
-        .context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        bail!(
-            "{}: {}",
-            status,
-            body.pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("error")
-        );
-    }
+    let body = json_answer(
+        ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call(),
+        &args.server,
+    )?;
     let rows = body
         .get("data")
         .and_then(Value::as_array)

@@ -1,8 +1,10 @@
 //! `llmtrace sql`: runs a read-only SQL statement on a running server and prints the answer
 //! as an aligned table (or JSON).
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
+
+use crate::client::json_answer;
 
 #[derive(clap::Args)]
 pub struct SqlArgs {
@@ -31,26 +33,14 @@ pub fn run(args: SqlArgs) -> Result<()> {
         request["project"] = json!(project);
     }
     let url = format!("{}/api/v1/sql", args.server.trim_end_matches('/'));
-    let mut response = ureq::post(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send_json(&request)
-        .with_context(|| format!("cannot reach {}", args.server))?;
-    let status = response.status();
-    let body: Value = response
-        .body_mut()
-        .read_json()
-        .context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        bail!(
-            "{}: {}",
-            status,
-            body.pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("error")
-        );
-    }
+    let body = json_answer(
+        ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(&request),
+        &args.server,
+    )?;
     if args.json {
         println!("{body}");
         return Ok(());
