@@ -333,17 +333,22 @@ impl Dimension {
     }
 
     pub fn value_of(&self, span: &Span) -> Option<String> {
+        self.value_in(span).map(str::to_string)
+    }
+
+    /// `value_of`, borrowed from the span.
+    pub fn value_in<'s>(&self, span: &'s Span) -> Option<&'s str> {
         match self {
-            Dimension::Model => span.model.clone().or_else(|| span.request_model.clone()),
-            Dimension::Provider => span.provider.clone(),
-            Dimension::RoutingAlias => span.routing_alias.clone(),
-            Dimension::Status => Some(span.status.as_str().to_string()),
-            Dimension::Kind => Some(span.kind.as_str().to_string()),
-            Dimension::User => span.user_id.clone(),
-            Dimension::Session => span.session_id.clone(),
-            Dimension::Service => span.service_name.clone(),
-            Dimension::Source => Some(span.source.as_str().to_string()),
-            Dimension::Metadata(key) => span.metadata.get(key).cloned(),
+            Dimension::Model => span.model.as_deref().or(span.request_model.as_deref()),
+            Dimension::Provider => span.provider.as_deref(),
+            Dimension::RoutingAlias => span.routing_alias.as_deref(),
+            Dimension::Status => Some(span.status.as_str()),
+            Dimension::Kind => Some(span.kind.as_str()),
+            Dimension::User => span.user_id.as_deref(),
+            Dimension::Session => span.session_id.as_deref(),
+            Dimension::Service => span.service_name.as_deref(),
+            Dimension::Source => Some(span.source.as_str()),
+            Dimension::Metadata(key) => span.metadata.get(key).map(String::as_str),
         }
     }
 }

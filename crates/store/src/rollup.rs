@@ -408,9 +408,10 @@ impl UserKey {
 /// A rollup group's key: its hour, and a span holding exactly the key's columns.
 trait RollupKey {
     fn hour(&self) -> i64;
-    /// A span with exactly the key's columns set, so the reference filter and dimension
-    /// code decide about a group as they would about each of its rows.
-    fn representative(&self, project: &str) -> Span;
+    /// Sets `span`'s key columns to the key's (every other field stays as it is), so the
+    /// reference filter and dimension code decide about a group as they would about each
+    /// of its rows. One span serves a whole view: its strings keep their allocations.
+    fn fill(&self, span: &mut Span);
 }
 
 impl RollupKey for GroupKey {
@@ -418,20 +419,16 @@ impl RollupKey for GroupKey {
         self.hour
     }
 
-    fn representative(&self, project: &str) -> Span {
-        Span {
-            project: project.to_string(),
-            start_time: self.hour,
-            model: self.model.clone(),
-            request_model: self.request_model.clone(),
-            provider: self.provider.clone(),
-            routing_alias: self.routing_alias.clone(),
-            status: self.status,
-            kind: self.kind,
-            service_name: self.service_name.clone(),
-            source: self.source,
-            ..Span::default()
-        }
+    fn fill(&self, span: &mut Span) {
+        span.start_time = self.hour;
+        span.model.clone_from(&self.model);
+        span.request_model.clone_from(&self.request_model);
+        span.provider.clone_from(&self.provider);
+        span.routing_alias.clone_from(&self.routing_alias);
+        span.status = self.status;
+        span.kind = self.kind;
+        span.service_name.clone_from(&self.service_name);
+        span.source = self.source;
     }
 }
 
@@ -440,15 +437,11 @@ impl RollupKey for UserKey {
         self.hour
     }
 
-    fn representative(&self, project: &str) -> Span {
-        Span {
-            project: project.to_string(),
-            start_time: self.hour,
-            user_id: self.user_id.clone(),
-            status: self.status,
-            kind: self.kind,
-            ..Span::default()
-        }
+    fn fill(&self, span: &mut Span) {
+        span.start_time = self.hour;
+        span.user_id.clone_from(&self.user_id);
+        span.status = self.status;
+        span.kind = self.kind;
     }
 }
 
@@ -620,14 +613,37 @@ impl<'a> Aggregation<'a> {
     }
 
     fn add_groups<K: RollupKey>(&mut self, groups: &[(K, Measures)], window: (i64, i64)) {
-        let project = self.query.filter.project.clone();
-        for (key, measures) in groups {
-            if key.hour() < window.0 || key.hour() >= window.1 {
+        let mut span = Span {
+            project: self.query.filter.project.clone(),
+            ..Span::default()
+        };
+        // the group a rollup group lands in, rebuilt in place for each (most land in an
+        // existing one: a day's 24 hours, a model's many services)
+        let mut key: BucketGroup = (None, Vec::new());
+        for (rolled_up, measures) in groups {
+            if rolled_up.hour() < window.0 || rolled_up.hour() >= window.1 {
                 continue;
             }
-            let span = key.representative(&project);
-            if self.query.filter.matches(&span) {
-                self.entry(&span).merge(measures);
+            rolled_up.fill(&mut span);
+            if !self.query.filter.matches(&span) {
+                continue;
+            }
+            key.0 = bucket_start(self.bucket_ns, span.start_time);
+            key.1.resize(self.query.group_by.len(), None);
+            for (value, dimension) in key.1.iter_mut().zip(&self.query.group_by) {
+                match (dimension.value_in(&span), value) {
+                    (Some(text), Some(held)) => {
+                        held.clear();
+                        held.push_str(text);
+                    }
+                    (text, value) => *value = text.map(str::to_string),
+                }
+            }
+            match self.groups.get_mut(&key) {
+                Some(into) => into.merge(measures),
+                None => {
+                    self.groups.insert(key.clone(), measures.clone());
+                }
             }
         }
     }
