@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, cli, cli_ok};
 
 /// Sends `n` LLM calls spread over sessions, users, models and metadata via OTLP/JSON.
 fn seed(server: &TestServer, n: usize) {
@@ -266,16 +266,7 @@ fn openapi_document_matches_the_server() {
 fn query_cli_prints_matching_calls() {
     let server = TestServer::start();
     seed(&server, 12);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["query", "--server", &server.http, "q=refunds", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    let lines: Vec<Value> = cli_ok(&["query", "--server", &server.http, "q=refunds", "--json"])
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
@@ -286,18 +277,14 @@ fn query_cli_prints_matching_calls() {
             .all(|row| row["input_text"].as_str().unwrap().contains("refunds"))
     );
 
-    let table = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args([
-            "query",
-            "--server",
-            &server.http,
-            "model=model-2",
-            "--limit",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&table.stdout);
+    let text = cli_ok(&[
+        "query",
+        "--server",
+        &server.http,
+        "model=model-2",
+        "--limit",
+        "3",
+    ]);
     assert!(text.starts_with("TIME"), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.contains("model-2")).count(),
@@ -306,10 +293,7 @@ fn query_cli_prints_matching_calls() {
     );
     assert!(text.contains("(more: cursor="), "{text}");
 
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["query", "--server", &server.http, "status=sideways"])
-        .output()
-        .unwrap();
+    let bad = cli(&["query", "--server", &server.http, "status=sideways"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("status"));
 }
@@ -394,24 +378,12 @@ fn sql_answers_over_http_and_in_the_cli() {
     }
 
     // the CLI prints a table, and a refusal with its reason
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["sql", "--server", &server.http, statement])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = cli_ok(&["sql", "--server", &server.http, statement]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "provider   n   tokens", "{text}");
     assert_eq!(lines[2], "anthropic  20  600", "{text}");
     assert_eq!(lines.last(), Some(&"(2 rows)"), "{text}");
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["sql", "--server", &server.http, "DELETE FROM spans"])
-        .output()
-        .unwrap();
+    let refused = cli(&["sql", "--server", &server.http, "DELETE FROM spans"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("400"));
 }

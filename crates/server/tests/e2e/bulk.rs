@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::python::{python, script};
-use crate::support::{TestServer, shared_fixtures, skip};
+use crate::support::{TestServer, cli, shared_fixtures, skip};
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -54,13 +54,6 @@ fn log_lines(n: usize) -> String {
     lines
 }
 
-fn llmtrace(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn export(server: &TestServer, format: &str, path: &Path, filters: &[&str]) {
     let mut args = vec![
         "export",
@@ -72,7 +65,7 @@ fn export(server: &TestServer, format: &str, path: &Path, filters: &[&str]) {
         path.to_str().unwrap(),
     ];
     args.extend_from_slice(filters);
-    let output = llmtrace(&args);
+    let output = cli(&args);
     assert!(
         output.status.success(),
         "{}",
@@ -84,7 +77,7 @@ fn import(server: &TestServer, paths: &[&Path]) -> String {
     let mut args = vec!["import".to_string(), "--server".into(), server.http.clone()];
     args.extend(paths.iter().map(|p| p.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = llmtrace(&args);
+    let output = cli(&args);
     assert!(
         output.status.success(),
         "{}",

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, cli_ok};
 
 const DAY_NS: i64 = 86_400_000_000_000;
 
@@ -251,16 +251,8 @@ fn price_edits_apply_without_restart_and_reprice_updates_stored_calls() {
     // the call stored before the change keeps its price until repriced
     assert!(close(&row(&server, 11)["total_cost_usd"], 1.0));
 
-    let output = Command::new(env!("CARGO_BIN_EXE_llmtrace"))
-        .args(["reprice", "--server", &server.http, "--since", "2h"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let output = cli_ok(&["reprice", "--server", &server.http, "--since", "2h"]);
+    let report: Value = serde_json::from_str(&output).unwrap();
     assert_eq!(report["scanned"], 2, "{report:#}");
     assert_eq!(report["repriced"], 1, "{report:#}");
     assert_eq!(report["unchanged"], 1, "{report:#}");

@@ -265,6 +265,25 @@ impl Drop for TestServer {
 }
 
 /// Whether tests that need something outside Rust must fail instead of skipping.
+/// Runs the `llmtrace` binary with `args`, as a user would from a shell.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_llmtrace"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `cli`, which must succeed: its standard output.
+pub fn cli_ok(args: &[&str]) -> String {
+    let output = cli(args);
+    assert!(
+        output.status.success(),
+        "llmtrace {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn require_all() -> bool {
     std::env::var("LLMTRACE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
