@@ -559,7 +559,7 @@ mod tests {
     /// A conversation whose calls resend a window of the last eight turns: once the window
     /// slides, no call extends the previous one, and the content-defined cuts still find
     /// the turns already stored (only the chunks at the window's two ends are new). Cut by
-    /// position alone, every slide would store its whole window again: ~8× the turns.
+    /// position alone, every slide would store its whole window of eight turns again.
     #[test]
     fn a_sliding_history_is_not_stored_again() {
         let turns: Vec<String> = (0..40).map(|turn| words(100 + turn, 250)).collect();
