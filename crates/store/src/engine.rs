@@ -1106,7 +1106,7 @@ fn collect<'q>(
     let rolled_up: Vec<Option<(i64, i64)>> = segments
         .iter()
         .map(|handle| {
-            let used = rollup_use?;
+            let used = rollup_use.as_ref()?;
             let (from, to) = used.window;
             if handle.meta.max_time < from || handle.meta.min_time >= to {
                 return None;
@@ -1114,7 +1114,7 @@ fn collect<'q>(
             rollups.push(
                 handle
                     .current_rollup(&deletions)
-                    .filter(|rollup| rollup.has(used.view))?,
+                    .filter(|rollup| rollup.has(&used.view))?,
             );
             Some(used.window)
         })
@@ -1815,7 +1815,7 @@ impl Store for EmbeddedStore {
                 &self.shared,
                 filter,
                 None,
-                window,
+                window.clone(),
                 Some(lean),
                 Gather::Aggregates(&members),
             )?;
@@ -1830,7 +1830,7 @@ impl Store for EmbeddedStore {
                     into.merge(aggregation);
                 }
             }
-            if let Some(window) = window {
+            if let Some(window) = &window {
                 for aggregation in &mut aggregations {
                     for rollup in &collected.rollups {
                         aggregation.add_rollup(rollup, window);

@@ -4,8 +4,10 @@
 //! the low-cardinality columns aggregates filter and group on (model, requested model,
 //! provider, routing alias, status, kind, service, source), each group holding the
 //! additive measures (counts, token and cost sums, latency sum) and latency and TTFT
-//! sketches; and, as a second view, grouped by hour × user × status × kind (kept only
-//! where users repeat within the hour, so that it stays much smaller than the rows). An
+//! sketches; as a second view, grouped by hour × user × status × kind; and, as a view per
+//! metadata key, grouped by hour × that key's value × status × kind. The views beyond the
+//! first are kept only where their values repeat within the hour, so that they stay much
+//! smaller than the rows. An
 //! aggregate whose filter and grouping use only one view's columns, with buckets a whole
 //! number of hours, reads that view's groups of every hour its window covers whole; rows
 //! at the window's ragged edges, in memtables, or in segments whose rows were since
@@ -15,7 +17,7 @@
 //! where the rows happened to be: each is within `SKETCH_ACCURACY` (relative) of the exact
 //! nearest-rank percentile of `llmtrace_model::query::percentile`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::RecordBatch;
 use llmtrace_model::{
@@ -405,6 +407,28 @@ impl UserKey {
     }
 }
 
+/// The columns the rollup of one metadata key groups by, besides the hour (the key itself
+/// is the view's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ValueKey {
+    pub hour: i64,
+    /// `None` for the rows without the key.
+    pub value: Option<String>,
+    pub status: SpanStatus,
+    pub kind: SpanKind,
+}
+
+impl ValueKey {
+    fn of(span: &Span, value: Option<&String>) -> ValueKey {
+        ValueKey {
+            hour: span.start_time.div_euclid(HOUR_NS) * HOUR_NS,
+            value: value.cloned(),
+            status: span.status,
+            kind: span.kind,
+        }
+    }
+}
+
 /// A rollup group's key: its hour, and a span holding exactly the key's columns.
 trait RollupKey {
     fn hour(&self) -> i64;
@@ -414,7 +438,7 @@ trait RollupKey {
     fn fill(&self, span: &mut Span);
 }
 
-impl RollupKey for GroupKey {
+impl RollupKey for &GroupKey {
     fn hour(&self) -> i64 {
         self.hour
     }
@@ -432,7 +456,7 @@ impl RollupKey for GroupKey {
     }
 }
 
-impl RollupKey for UserKey {
+impl RollupKey for &UserKey {
     fn hour(&self) -> i64 {
         self.hour
     }
@@ -445,17 +469,37 @@ impl RollupKey for UserKey {
     }
 }
 
+/// A group of a metadata key's view, with the key it is of.
+impl RollupKey for (&str, &ValueKey) {
+    fn hour(&self) -> i64 {
+        self.1.hour
+    }
+
+    fn fill(&self, span: &mut Span) {
+        let (key, group) = *self;
+        span.start_time = group.hour;
+        span.metadata.clear();
+        if let Some(value) = &group.value {
+            span.metadata.insert(key.to_string(), value.clone());
+        }
+        span.status = group.status;
+        span.kind = group.kind;
+    }
+}
+
 /// Which groups of a rollup answer an aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollupView {
     /// `Rollup::groups`: model, provider, status, kind and the other low-cardinality columns.
     Calls,
     /// `Rollup::users`: user, status, kind.
     Users,
+    /// `Rollup::metadata`'s groups of this key: its value, status, kind.
+    Metadata(String),
 }
 
 /// The view of a rollup an aggregate reads, and the window of whole hours it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupUse {
     pub view: RollupView,
     /// `[start, end)`.
@@ -465,6 +509,75 @@ pub struct RollupUse {
 /// A view is kept only when it has at most this share of the segment's rows as groups:
 /// one group a row would cost more than the rows it stands for.
 const USERS_MAX_SHARE: usize = 4;
+/// At most this many metadata keys get a view per segment (those most rows hold): a
+/// dashboard breaks down by a handful of keys; the rest are read from rows.
+const METADATA_MAX_KEYS: usize = 16;
+
+/// The views of a segment's metadata keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetadataRollup {
+    /// Per key, the segment's rows grouped by the key's value (rows without it included).
+    pub keys: BTreeMap<String, Vec<(ValueKey, Measures)>>,
+    /// The keys some row holds that have no view (too many values, or too many keys): an
+    /// aggregate over them reads rows. A key in neither map is held by no row.
+    pub unrolled: BTreeSet<String>,
+}
+
+impl MetadataRollup {
+    fn of(spans: &[&Span]) -> MetadataRollup {
+        let rows = spans.len();
+        let too_many = |groups: usize| groups * USERS_MAX_SHARE > rows;
+        let mut keys: BTreeMap<String, BTreeMap<ValueKey, Measures>> = BTreeMap::new();
+        let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut unrolled = BTreeSet::new();
+        for span in spans {
+            for (key, value) in &span.metadata {
+                *held.entry(key).or_default() += 1;
+                if unrolled.contains(key) {
+                    continue;
+                }
+                let groups = keys.entry(key.clone()).or_default();
+                groups
+                    .entry(ValueKey::of(span, Some(value)))
+                    .or_default()
+                    .add(span);
+                // a key of (nearly) unique values stops growing a group per row
+                if too_many(groups.len()) {
+                    keys.remove(key);
+                    unrolled.insert(key.clone());
+                }
+            }
+        }
+        let mut by_rows: Vec<(&str, usize)> = held
+            .into_iter()
+            .filter(|(key, _)| keys.contains_key(*key))
+            .collect();
+        by_rows.sort_by_key(|(_, rows)| std::cmp::Reverse(*rows));
+        for (key, _) in by_rows.iter().skip(METADATA_MAX_KEYS) {
+            keys.remove(*key);
+            unrolled.insert(key.to_string());
+        }
+        for (key, groups) in &mut keys {
+            for span in spans.iter().filter(|span| !span.metadata.contains_key(key)) {
+                groups
+                    .entry(ValueKey::of(span, None))
+                    .or_default()
+                    .add(span);
+            }
+        }
+        let (kept, crowded): (BTreeMap<_, _>, BTreeMap<_, _>) = keys
+            .into_iter()
+            .partition(|(_, groups)| !too_many(groups.len()));
+        unrolled.extend(crowded.into_keys());
+        MetadataRollup {
+            keys: kept
+                .into_iter()
+                .map(|(key, groups)| (key, groups.into_iter().collect()))
+                .collect(),
+            unrolled,
+        }
+    }
+}
 
 /// The rollup of one segment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -474,29 +587,37 @@ pub struct Rollup {
     /// written before users were rolled up): aggregates by user then read its rows.
     #[serde(default)]
     pub users: Option<Vec<(UserKey, Measures)>>,
+    /// `None` in rollups written before metadata was rolled up.
+    #[serde(default)]
+    pub metadata: Option<MetadataRollup>,
 }
 
 impl Rollup {
     pub fn of<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Rollup {
+        let spans: Vec<&Span> = spans.into_iter().collect();
         let mut groups: BTreeMap<GroupKey, Measures> = BTreeMap::new();
         let mut users: BTreeMap<UserKey, Measures> = BTreeMap::new();
-        let mut rows = 0;
-        for span in spans {
-            rows += 1;
+        for span in &spans {
             groups.entry(GroupKey::of(span)).or_default().add(span);
             users.entry(UserKey::of(span)).or_default().add(span);
         }
         Rollup {
             groups: groups.into_iter().collect(),
-            users: (users.len() * USERS_MAX_SHARE <= rows).then(|| users.into_iter().collect()),
+            users: (users.len() * USERS_MAX_SHARE <= spans.len())
+                .then(|| users.into_iter().collect()),
+            metadata: Some(MetadataRollup::of(&spans)),
         }
     }
 
-    /// Whether this rollup holds `view`.
-    pub fn has(&self, view: RollupView) -> bool {
+    /// Whether this rollup can answer for `view`.
+    pub fn has(&self, view: &RollupView) -> bool {
         match view {
             RollupView::Calls => true,
             RollupView::Users => self.users.is_some(),
+            RollupView::Metadata(key) => self
+                .metadata
+                .as_ref()
+                .is_some_and(|metadata| !metadata.unrolled.contains(key)),
         }
     }
 }
@@ -524,6 +645,26 @@ pub fn rollup_use(query: &AggregateQuery) -> Option<RollupUse> {
     };
     let users_filter = SpanFilter {
         user_id: filter.user_id.clone(),
+        ..common.clone()
+    };
+    let mut metadata_keys: Vec<&str> = filter
+        .metadata
+        .iter()
+        .map(|(key, _)| key.as_str())
+        .chain(
+            query
+                .group_by
+                .iter()
+                .filter_map(|dimension| match dimension {
+                    Dimension::Metadata(key) => Some(key.as_str()),
+                    _ => None,
+                }),
+        )
+        .collect();
+    metadata_keys.sort_unstable();
+    metadata_keys.dedup();
+    let metadata_filter = SpanFilter {
+        metadata: filter.metadata.clone(),
         ..common
     };
     let grouped_by = |kept: fn(&Dimension) -> bool| query.group_by.iter().all(kept);
@@ -539,6 +680,16 @@ pub fn rollup_use(query: &AggregateQuery) -> Option<RollupUse> {
         && grouped_by(|d| matches!(d, Dimension::User | Dimension::Status | Dimension::Kind))
     {
         RollupView::Users
+    } else if let [key] = metadata_keys[..]
+        && *filter == metadata_filter
+        && grouped_by(|d| {
+            matches!(
+                d,
+                Dimension::Metadata(_) | Dimension::Status | Dimension::Kind
+            )
+        })
+    {
+        RollupView::Metadata(key.to_string())
     } else {
         return None;
     };
@@ -564,6 +715,11 @@ pub fn rollup_use(query: &AggregateQuery) -> Option<RollupUse> {
         view,
         window: (start, end),
     })
+}
+
+/// A stored group as the pair `Aggregation::add_groups` takes.
+fn pairs<K>((key, measures): &(K, Measures)) -> (&K, &Measures) {
+    (key, measures)
 }
 
 /// Aggregate groups being filled from rows and rollups alike.
@@ -601,18 +757,41 @@ impl<'a> Aggregation<'a> {
 
     /// Adds the groups of `rollup`'s view whose hour lies in the window and that match the
     /// filter (nothing when the rollup lacks that view: `Rollup::has` says).
-    pub fn add_rollup(&mut self, rollup: &Rollup, used: RollupUse) {
-        match used.view {
-            RollupView::Calls => self.add_groups(&rollup.groups, used.window),
+    pub fn add_rollup(&mut self, rollup: &Rollup, used: &RollupUse) {
+        match &used.view {
+            RollupView::Calls => self.add_groups(rollup.groups.iter().map(pairs), used.window),
             RollupView::Users => {
                 if let Some(users) = &rollup.users {
-                    self.add_groups(users, used.window);
+                    self.add_groups(users.iter().map(pairs), used.window);
+                }
+            }
+            RollupView::Metadata(key) => {
+                let Some(metadata) = &rollup.metadata else {
+                    return;
+                };
+                match metadata.keys.get(key) {
+                    Some(groups) => self.add_groups(
+                        groups
+                            .iter()
+                            .map(|(group, measures)| ((key.as_str(), group), measures)),
+                        used.window,
+                    ),
+                    // no row of the segment holds the key: its calls' groups are its
+                    // rows without it
+                    None if !metadata.unrolled.contains(key) => {
+                        self.add_groups(rollup.groups.iter().map(pairs), used.window)
+                    }
+                    None => {}
                 }
             }
         }
     }
 
-    fn add_groups<K: RollupKey>(&mut self, groups: &[(K, Measures)], window: (i64, i64)) {
+    fn add_groups<'g, K: RollupKey>(
+        &mut self,
+        groups: impl Iterator<Item = (K, &'g Measures)>,
+        window: (i64, i64),
+    ) {
         let mut span = Span {
             project: self.query.filter.project.clone(),
             ..Span::default()
@@ -1037,7 +1216,18 @@ mod tests {
         assert_eq!(view(&query), None, "sessions are not rolled up");
         query.group_by = vec![];
         query.filter.metadata = vec![("k".into(), "v".into())];
-        assert_eq!(view(&query), None, "metadata is not rolled up");
+        assert_eq!(view(&query), Some(RollupView::Metadata("k".into())));
+        query.group_by = vec![Dimension::Metadata("k".into()), Dimension::Status];
+        assert_eq!(view(&query), Some(RollupView::Metadata("k".into())));
+        query.group_by = vec![Dimension::Metadata("j".into())];
+        assert_eq!(view(&query), None, "one key a view");
+        query.filter.metadata.clear();
+        assert_eq!(view(&query), Some(RollupView::Metadata("j".into())));
+        query.group_by.push(Dimension::Model);
+        assert_eq!(view(&query), None, "metadata is not rolled up by model");
+        query.group_by = vec![Dimension::Metadata("j".into())];
+        query.filter.user_id = Some("u".into());
+        assert_eq!(view(&query), None, "metadata is not rolled up by user");
     }
 
     #[test]
@@ -1049,13 +1239,62 @@ mod tests {
         };
         let repeating: Vec<Span> = (0..100).map(|i| span(i, i % 5)).collect();
         let rollup = Rollup::of(&repeating);
-        assert!(rollup.has(RollupView::Users));
+        assert!(rollup.has(&RollupView::Users));
         assert_eq!(rollup.users.as_ref().map(Vec::len), Some(5));
         let unique: Vec<Span> = (0..100).map(|i| span(i, i)).collect();
-        assert!(!Rollup::of(&unique).has(RollupView::Users));
+        assert!(!Rollup::of(&unique).has(&RollupView::Users));
         // a rollup written before users were rolled up reads as one without them
         let old: Rollup = serde_json::from_str(r#"{"groups": []}"#).unwrap();
-        assert!(!old.has(RollupView::Users) && old.has(RollupView::Calls));
+        assert!(!old.has(&RollupView::Users) && old.has(&RollupView::Calls));
+        assert!(!old.has(&RollupView::Metadata("k".into())));
+    }
+
+    #[test]
+    fn metadata_keys_are_rolled_up_only_where_their_values_repeat() {
+        let keyed = |key: &str| RollupView::Metadata(key.into());
+        let spans: Vec<Span> = (0..100i64)
+            .map(|i| Span {
+                start_time: i * 1_000_000_000,
+                metadata: [
+                    ("tier", format!("t{}", i % 3)),
+                    ("request", format!("r{i}")),
+                    ("rare", "x".to_string()),
+                ]
+                .into_iter()
+                .filter(|(key, _)| *key != "rare" || i == 7)
+                .map(|(key, value)| (key.to_string(), value))
+                .collect(),
+                ..Span::default()
+            })
+            .collect();
+        let rollup = Rollup::of(&spans);
+        let metadata = rollup.metadata.as_ref().unwrap();
+        assert!(rollup.has(&keyed("tier")));
+        assert_eq!(metadata.keys["tier"].len(), 3);
+        assert!(!rollup.has(&keyed("request")), "one value a row");
+        // a key one row holds: that row's value and every other row's lack of it
+        assert_eq!(metadata.keys["rare"].len(), 2);
+        assert!(
+            rollup.has(&keyed("absent")),
+            "no row holds it: answered by the calls"
+        );
+        assert!(!metadata.keys.contains_key("absent"));
+        // past the cap, the keys fewest rows hold have no view
+        let crowded: Vec<Span> = (0..100i64)
+            .map(|i| Span {
+                start_time: i * 1_000_000_000,
+                metadata: (0..METADATA_MAX_KEYS as i64 + 2)
+                    .filter(|key| *key < 4 || i % 2 == 0)
+                    .map(|key| (format!("k{key}"), "v".to_string()))
+                    .chain((i % 3 == 0).then(|| ("k10".to_string(), "w".to_string())))
+                    .collect(),
+                ..Span::default()
+            })
+            .collect();
+        let metadata = Rollup::of(&crowded).metadata.unwrap();
+        assert_eq!(metadata.keys.len(), METADATA_MAX_KEYS);
+        assert_eq!(metadata.unrolled.len(), 2);
+        assert!(metadata.keys.contains_key("k0") && metadata.keys.contains_key("k10"));
     }
 
     #[test]
@@ -1086,6 +1325,15 @@ mod tests {
                 input_tokens: Some(i),
                 output_tokens: (i % 5 != 0).then_some(2 * i),
                 total_cost_usd: Some(i as f64 / 1e4),
+                metadata: [
+                    ("tier", ["free", "pro"][(i % 2) as usize]),
+                    ("feature", "chat"),
+                ]
+                .into_iter()
+                .filter(|(key, _)| *key != "tier" || i % 13 != 0)
+                .filter(|(key, _)| *key != "feature" || i % 4 == 0)
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
                 ..Span::default()
             })
             .collect();
@@ -1114,11 +1362,40 @@ mod tests {
             bucket_seconds: None,
             group_by: vec![],
         };
-        for query in [by_model, by_user, one_user] {
+        let by_tier = AggregateQuery {
+            filter: SpanFilter {
+                kinds: vec![SpanKind::Llm],
+                ..SpanFilter::for_project("p")
+            },
+            bucket_seconds: Some(3_600),
+            group_by: vec![Dimension::Metadata("tier".into()), Dimension::Status],
+        };
+        let one_feature = AggregateQuery {
+            filter: SpanFilter {
+                metadata: vec![("feature".into(), "chat".into())],
+                ..SpanFilter::for_project("p")
+            },
+            bucket_seconds: None,
+            group_by: vec![Dimension::Kind],
+        };
+        // no row holds the key: one group without a value, from the calls' groups
+        let by_absent_key = AggregateQuery {
+            filter: SpanFilter::for_project("p"),
+            bucket_seconds: Some(2 * 3_600),
+            group_by: vec![Dimension::Metadata("absent".into())],
+        };
+        for query in [
+            by_model,
+            by_user,
+            one_user,
+            by_tier,
+            one_feature,
+            by_absent_key,
+        ] {
             let used = rollup_use(&query).unwrap();
-            assert!(rollup.has(used.view));
+            assert!(rollup.has(&used.view));
             let mut aggregation = Aggregation::new(&query);
-            aggregation.add_rollup(&rollup, used);
+            aggregation.add_rollup(&rollup, &used);
             agrees_with_reference(aggregation.finish(), aggregate(&query, &spans));
         }
     }

@@ -219,6 +219,12 @@ fn aggregate_queries(filter: &SpanFilter) -> Vec<AggregateQuery> {
             bucket_seconds: None,
             group_by: vec![Dimension::User],
         },
+        // answered by the rollups' view of the key where the filter allows
+        AggregateQuery {
+            filter: filter.clone(),
+            bucket_seconds: Some(3_600),
+            group_by: vec![Dimension::Metadata("tier".into())],
+        },
         // lean segment reads leave metadata out unless a filter or a group needs it
         AggregateQuery {
             filter: filter.clone(),

@@ -33,6 +33,11 @@ fn span(n: i64, version: i64) -> Span {
         user_id: Some(format!("u{}", n % 2)),
         input_tokens: Some(100 + version),
         total_cost_usd: Some(0.5),
+        // a rewrite moves the row to another tier; every fifth row has none
+        metadata: (n % 5 != 0)
+            .then(|| ("tier".to_string(), format!("t{}", (n + version) % 2)))
+            .into_iter()
+            .collect(),
         ..Span::default()
     }
 }
@@ -45,12 +50,14 @@ fn open(dir: &std::path::Path) -> EmbeddedStore {
     EmbeddedStore::open(config).unwrap()
 }
 
-/// Counts per (day, model, status) and per (day, user, status) — one query for each view
-/// of the rollups — from the store and from the reference over `live`.
+/// Counts per (day, model, status), per (day, user, status) and per (day, tier, status) —
+/// one query for each view of the rollups — from the store and from the reference over
+/// `live`.
 fn assert_counts_agree(store: &EmbeddedStore, live: &BTreeMap<SpanKey, Span>, what: &str) {
     for group_by in [
         vec![Dimension::Model, Dimension::Status],
         vec![Dimension::User, Dimension::Status],
+        vec![Dimension::Metadata("tier".into()), Dimension::Status],
     ] {
         let query = AggregateQuery {
             filter: SpanFilter::for_project("p"),

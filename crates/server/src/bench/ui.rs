@@ -152,6 +152,10 @@ fn measure(args: &UiArgs, base: &str) -> Result<()> {
             "dashboard, 30 days by user".into(),
             "/dashboard?project=bench&range=30d&group=user".into(),
         ),
+        (
+            "dashboard, 30 days by metadata key tier".into(),
+            "/dashboard?project=bench&range=30d&group_key=tier".into(),
+        ),
         ("live (first page)".into(), "/live?project=bench".into()),
     ];
     // the 4th page: follow "Older" links from the first
