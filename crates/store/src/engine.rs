@@ -88,6 +88,21 @@ impl StoreConfig {
     }
 }
 
+/// How much lower (in nice steps) background threads run than appends and queries.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority, and that of every thread it starts after
+/// (a flush's index build and tantivy's indexing threads inherit it), so that flushing,
+/// compaction and rollup parsing take the cores appends and queries leave idle: appends
+/// then run at the WAL's pace while flushing catches up behind them, bounded by
+/// `max_memtable_bytes`. On Linux a nice value belongs to one thread.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::process::nice(BACKGROUND_NICE) {
+        tracing::debug!(error = %err, "background work keeps the normal CPU priority");
+    }
+}
+
 /// What opening the store found and repaired.
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
@@ -450,6 +465,8 @@ impl EmbeddedStore {
         &self.recovery
     }
 
+    /// Starts the threads of background work: they run at a lower CPU priority (see
+    /// `yield_to_requests`).
     fn start_background(&self) {
         // The first aggregate after a start would otherwise parse every segment's rollup
         // itself (about 2 s at 10 M spans): parse them now, on a thread of their own.
@@ -457,6 +474,7 @@ impl EmbeddedStore {
         let warming = std::thread::Builder::new()
             .name("llmtrace-rollups".into())
             .spawn(move || {
+                yield_to_requests();
                 for handle in segments {
                     handle.rollup();
                 }
@@ -469,6 +487,7 @@ impl EmbeddedStore {
         let handle = std::thread::Builder::new()
             .name("llmtrace-flush".into())
             .spawn(move || {
+                yield_to_requests();
                 let Ok(commands) = commands else { return };
                 let mut last_retention = Instant::now() - Duration::from_secs(3600);
                 while !shared.stopping.load(Ordering::SeqCst) {

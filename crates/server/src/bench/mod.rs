@@ -94,6 +94,11 @@ pub struct StoreArgs {
     /// Spans appended per batch for the durable ingest measurements.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     batches: Vec<usize>,
+    /// Spans appended at each batch size in the durable ingest measurements (default: 2,000
+    /// batches, between 2,000 and 200,000 spans). Past about 200,000 spans of ~2 KB text the
+    /// memtables reach their memory bound and appends wait for flushing: the sustained rate.
+    #[arg(long)]
+    ingest_spans: Option<usize>,
     /// Threads appending concurrently in the durable ingest measurements.
     #[arg(long, default_value_t = 1)]
     appenders: usize,
@@ -332,7 +337,10 @@ fn store(args: StoreArgs) -> Result<()> {
     for &batch in &args.batches {
         let dir = args.dir.join(format!("ingest-batch-{batch}"));
         let store = open(&dir, Durability::Fsync)?;
-        let count = (batch * 2000).clamp(2000, 200_000);
+        let count = args
+            .ingest_spans
+            .unwrap_or((batch * 2000).clamp(2000, 200_000))
+            .max(batch);
         let mut corpus = Corpus::new(batch as u64, count as u64, 1, end, args.text_bytes);
         corpus.max_history = 0;
         let mut batches: Vec<Vec<_>> = Vec::new();
