@@ -874,11 +874,30 @@ impl Frontier<'_> {
                     .drain()
                     .map(|(start, segment, row, seq)| (segment, Candidate { row, start, seq })),
             );
+            // With no condition but time, kinds and status, the rows to read are those of
+            // the row groups the window meets: the readers check each row's columns
+            // (`ColumnFilter`, or the whole filter), so the index need not list them.
+            let by_row_groups = ColumnFilter::of(filter).map(|_| filter.time_window());
             while let Some(segment) = self.segments.get(self.next) {
                 let position = self.next;
-                candidates_of(segment, self.rolled_up[position], filter, |candidate| {
-                    chunk.push((position, candidate))
-                })?;
+                match by_row_groups.filter(|_| self.rolled_up[position].is_none()) {
+                    Some(window) => {
+                        for (begin, end) in segment::row_groups_meeting(&segment.parquet, window) {
+                            // read by row number only: no order is kept, no rollup to leave out
+                            chunk.extend((begin..end).map(|row| {
+                                let candidate = Candidate {
+                                    row,
+                                    start: 0,
+                                    seq: 0,
+                                };
+                                (position, candidate)
+                            }));
+                        }
+                    }
+                    None => candidates_of(segment, self.rolled_up[position], filter, |c| {
+                        chunk.push((position, c))
+                    })?,
+                }
                 self.next += 1;
             }
             return Ok(());

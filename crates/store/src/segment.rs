@@ -39,6 +39,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 use serde_json::Value;
 
@@ -686,6 +687,37 @@ fn open_rows<'p>(
     let path = path.to_path_buf();
     let mut pool_reader = pool.reader();
     Ok(reader.map(move |batch| pool_reader.decode(batch.map_err(|e| Error::segment(&path, e))?)))
+}
+
+/// The rows, as `[start, end)` row numbers, of the row groups whose `start_time` statistics
+/// meet `[since, until)` (a group without statistics meets every window).
+pub fn row_groups_meeting(
+    metadata: &ArrowReaderMetadata,
+    (since, until): (i64, i64),
+) -> Vec<(u32, u32)> {
+    let file = metadata.metadata();
+    let column = file
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|column| column.name() == "start_time");
+    let mut begin = 0u32;
+    let mut meeting = Vec::new();
+    for group in file.row_groups() {
+        let end = begin.saturating_add(u32::try_from(group.num_rows()).unwrap_or(u32::MAX));
+        let range = column
+            .and_then(|column| group.column(column).statistics())
+            .and_then(|statistics| match statistics {
+                Statistics::Int64(values) => Some((*values.min_opt()?, *values.max_opt()?)),
+                _ => None,
+            });
+        if range.is_none_or(|(low, high)| high >= since && low < until) {
+            meeting.push((begin, end));
+        }
+        begin = end;
+    }
+    meeting
 }
 
 /// The row number after each row group's last: reads split at these open one group each.
