@@ -357,6 +357,11 @@ impl Measures {
     }
 }
 
+/// The start of the hour `time` (ns) lies in.
+fn hour_of(time: i64) -> i64 {
+    time.div_euclid(HOUR_NS) * HOUR_NS
+}
+
 /// The columns a rollup groups by, besides the hour.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupKey {
@@ -374,7 +379,7 @@ pub struct GroupKey {
 impl GroupKey {
     fn of(span: &Span) -> GroupKey {
         GroupKey {
-            hour: span.start_time.div_euclid(HOUR_NS) * HOUR_NS,
+            hour: hour_of(span.start_time),
             model: span.model.clone(),
             request_model: span.request_model.clone(),
             provider: span.provider.clone(),
@@ -399,7 +404,7 @@ pub struct UserKey {
 impl UserKey {
     fn of(span: &Span) -> UserKey {
         UserKey {
-            hour: span.start_time.div_euclid(HOUR_NS) * HOUR_NS,
+            hour: hour_of(span.start_time),
             user_id: span.user_id.clone(),
             status: span.status,
             kind: span.kind,
@@ -421,7 +426,7 @@ pub struct ValueKey {
 impl ValueKey {
     fn of(span: &Span, value: Option<&String>) -> ValueKey {
         ValueKey {
-            hour: span.start_time.div_euclid(HOUR_NS) * HOUR_NS,
+            hour: hour_of(span.start_time),
             value: value.cloned(),
             status: span.status,
             kind: span.kind,
@@ -508,7 +513,7 @@ pub struct RollupUse {
 
 /// A view is kept only when it has at most this share of the segment's rows as groups:
 /// one group a row would cost more than the rows it stands for.
-const USERS_MAX_SHARE: usize = 4;
+const VIEW_MAX_SHARE: usize = 4;
 /// At most this many metadata keys get a view per segment (those most rows hold): a
 /// dashboard breaks down by a handful of keys; the rest are read from rows.
 const METADATA_MAX_KEYS: usize = 16;
@@ -526,7 +531,7 @@ pub struct MetadataRollup {
 impl MetadataRollup {
     fn of(spans: &[&Span]) -> MetadataRollup {
         let rows = spans.len();
-        let too_many = |groups: usize| groups * USERS_MAX_SHARE > rows;
+        let too_many = |groups: usize| groups * VIEW_MAX_SHARE > rows;
         let mut keys: BTreeMap<String, BTreeMap<ValueKey, Measures>> = BTreeMap::new();
         let mut held: BTreeMap<&str, usize> = BTreeMap::new();
         let mut unrolled = BTreeSet::new();
@@ -536,7 +541,11 @@ impl MetadataRollup {
                 if unrolled.contains(key) {
                     continue;
                 }
-                let groups = keys.entry(key.clone()).or_default();
+                // the key's String is cloned once a segment, not once a row
+                let groups = match keys.get_mut(key) {
+                    Some(groups) => groups,
+                    None => keys.entry(key.clone()).or_default(),
+                };
                 groups
                     .entry(ValueKey::of(span, Some(value)))
                     .or_default()
@@ -603,7 +612,7 @@ impl Rollup {
         }
         Rollup {
             groups: groups.into_iter().collect(),
-            users: (users.len() * USERS_MAX_SHARE <= spans.len())
+            users: (users.len() * VIEW_MAX_SHARE <= spans.len())
                 .then(|| users.into_iter().collect()),
             metadata: Some(MetadataRollup::of(&spans)),
         }
@@ -709,7 +718,7 @@ pub fn rollup_use(query: &AggregateQuery) -> Option<RollupUse> {
     };
     let end = match filter.until {
         None => i64::MAX,
-        Some(until) => until.div_euclid(HOUR_NS) * HOUR_NS,
+        Some(until) => hour_of(until),
     };
     (start < end).then_some(RollupUse {
         view,
