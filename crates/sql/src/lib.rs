@@ -62,6 +62,7 @@ impl Sql {
             .register_table("scores", Arc::new(table))
             .map_err(internal)?;
         context.register_udf(functions::json_get());
+        context.register_udf(functions::date_trunc());
         Ok(context)
     }
 
