@@ -98,9 +98,14 @@ impl UtcDateTrunc {
             "week" => (7 * NANOS_PER_DAY, A_MONDAY),
             _ => return None,
         };
+        // a time so near the ends of the range that this overflows is left to DataFusion
         let truncated: TimestampNanosecondArray = times
             .as_primitive::<TimestampNanosecondType>()
-            .unary(|time: i64| time - (time - origin).rem_euclid(span));
+            .try_unary(|time: i64| {
+                let into_span = time.checked_sub(origin).ok_or(())?.rem_euclid(span);
+                time.checked_sub(into_span).ok_or(())
+            })
+            .ok()?;
         Some(ColumnarValue::Array(Arc::new(
             truncated.with_timezone(zone.clone()),
         )))
@@ -173,10 +178,12 @@ mod tests {
         }
         let zoned = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
         let schema = Arc::new(Schema::new(vec![Field::new("t", zoned, true)]));
-        let column = TimestampNanosecondArray::from(times).with_timezone("UTC");
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap();
-        let answer = |ours: bool| {
-            let batch = batch.clone();
+        let batch_of = |times: Vec<Option<i64>>| {
+            let column = TimestampNanosecondArray::from(times).with_timezone("UTC");
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap()
+        };
+        let batch = batch_of(times);
+        let query = |ours: bool, batch: RecordBatch, sql: &'static str| {
             let schema = schema.clone();
             async move {
                 let context = SessionContext::new();
@@ -191,13 +198,13 @@ mod tests {
                 }
                 let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
                 context.register_table("x", Arc::new(table)).unwrap();
-                let sql = "SELECT t, date_trunc('hour', t), date_trunc('DAY', t), \
-                           date_trunc('week', t), date_trunc('month', t), datetrunc('day', t) \
-                           FROM x";
-                context.sql(sql).await.unwrap().collect().await.unwrap()
+                context.sql(sql).await?.collect().await
             }
         };
-        let (ours, theirs) = (answer(true).await, answer(false).await);
+        let sql = "SELECT t, date_trunc('hour', t), date_trunc('DAY', t), \
+                   date_trunc('week', t), date_trunc('month', t), datetrunc('day', t) FROM x";
+        let answer = |ours: bool| query(ours, batch.clone(), sql);
+        let (ours, theirs) = (answer(true).await.unwrap(), answer(false).await.unwrap());
         let (ours, theirs) = (
             arrow::compute::concat_batches(&ours[0].schema(), &ours).unwrap(),
             arrow::compute::concat_batches(&theirs[0].schema(), &theirs).unwrap(),
@@ -221,6 +228,16 @@ mod tests {
                         .value(row)
                 );
             }
+        }
+        // at the ends of the range truncating overflows: ours leaves such times to DataFusion
+        for end in [i64::MIN, i64::MAX] {
+            let ends = batch_of(vec![Some(end)]);
+            let sql = "SELECT date_trunc('week', t) FROM x";
+            let ours = query(true, ends.clone(), sql)
+                .await
+                .map_err(|e| e.to_string());
+            let theirs = query(false, ends, sql).await.map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{end}");
         }
     }
 }
