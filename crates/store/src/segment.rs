@@ -704,8 +704,7 @@ pub fn row_groups_meeting(
         .position(|column| column.name() == "start_time");
     let mut begin = 0u32;
     let mut meeting = Vec::new();
-    for group in file.row_groups() {
-        let end = begin.saturating_add(u32::try_from(group.num_rows()).unwrap_or(u32::MAX));
+    for (group, end) in file.row_groups().iter().zip(row_group_ends(metadata)) {
         let range = column
             .and_then(|column| group.column(column).statistics())
             .and_then(|statistics| match statistics {
