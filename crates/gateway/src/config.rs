@@ -37,6 +37,12 @@ pub struct ProviderConfig {
     /// Azure `api-version` query parameter.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Speak HTTP/2 without TLS ("h2c", prior knowledge) to an `http://` upstream that
+    /// supports it (Envoy, an internal gateway, a sidecar): every call shares one
+    /// connection instead of holding its own. `https://` upstreams negotiate HTTP/2 by
+    /// ALPN without this.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
 }
 
 impl ProviderConfig {
@@ -52,6 +58,7 @@ impl ProviderConfig {
             api_key_env: None,
             headers: BTreeMap::new(),
             api_version: None,
+            http2_prior_knowledge: false,
         };
         provider.validate()?;
         Ok(provider)
@@ -81,6 +88,10 @@ impl ProviderConfig {
             .parse()
             .map_err(|e| format!("provider {} base_url {url:?}: {e}", self.name))?;
         match parsed.scheme_str() {
+            Some("https") if self.http2_prior_knowledge => Err(format!(
+                "provider {}: http2_prior_knowledge is for http:// upstreams (https:// negotiates HTTP/2 itself)",
+                self.name
+            )),
             Some("http") | Some("https") => Ok(()),
             _ => Err(format!(
                 "provider {} base_url {url:?} must start with http:// or https://",
@@ -231,6 +242,24 @@ mod tests {
         assert!(ProviderConfig::parse_flag("openai").is_err());
         assert!(ProviderConfig::parse_flag("x=ftp://host").is_err());
         assert!(ProviderConfig::parse_flag("a/b=http://host").is_err());
+    }
+
+    #[test]
+    fn http2_prior_knowledge_is_only_for_plain_http() {
+        let parse = |url: &str| -> Result<ProviderConfig, String> {
+            let provider: ProviderConfig = serde_json::from_value(serde_json::json!(
+                {"name": "edge", "base_url": url, "http2_prior_knowledge": true}
+            ))
+            .map_err(|e| e.to_string())?;
+            provider.validate().map(|()| provider)
+        };
+        assert!(
+            parse("http://127.0.0.1:8080/v1")
+                .unwrap()
+                .http2_prior_knowledge
+        );
+        let refused = parse("https://api.openai.com/v1").unwrap_err();
+        assert!(refused.contains("http2_prior_knowledge"), "{refused}");
     }
 
     #[test]

@@ -36,11 +36,11 @@ use crate::capture::Exchange;
 pub use crate::config::{GatewayConfig, ProviderConfig, ProviderKind, StoreFalse};
 use crate::recorder::{Recorder, RecorderConfig, Stats};
 use crate::relay::{Captured, Outcome, Relay};
-use crate::upstream::{HttpClient, Routes, Target};
+use crate::upstream::{Clients, Routes, Target};
 
 pub struct Gateway {
     routes: Routes,
-    client: HttpClient,
+    clients: Clients,
     recorder: Recorder,
     config: GatewayConfig,
     default_project: String,
@@ -60,21 +60,20 @@ impl Gateway {
         pricer: Option<Arc<llmtrace_cost::Pricer>>,
     ) -> Result<Gateway, String> {
         let routes = Routes::new(&config, env)?;
-        let client = upstream::client(&config)?;
+        let clients = Clients::new(&config)?;
         let recorder = Recorder::start(
             store,
             RecorderConfig {
-                capacity: config.queue_capacity,
-                infer_sessions: config.infer_sessions,
                 sessions_file: config
                     .state_dir
                     .as_ref()
                     .map(|dir| dir.join("gateway").join("sessions.json")),
+                ..RecorderConfig::new(config.queue_capacity, config.infer_sessions)
             },
         );
         Ok(Gateway {
             routes,
-            client,
+            clients,
             recorder,
             config,
             default_project,
@@ -342,7 +341,8 @@ impl Gateway {
             .config
             .first_byte_timeout
             .min(self.config.total_timeout);
-        match tokio::time::timeout(first_byte, self.client.request(request)).await {
+        let client = self.clients.of(provider);
+        match tokio::time::timeout(first_byte, client.request(request)).await {
             Err(_) => Err((
                 SpanStatus::Timeout,
                 StatusCode::GATEWAY_TIMEOUT,

@@ -15,8 +15,31 @@ use crate::config::{GatewayConfig, ProviderConfig, ProviderKind};
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the shared client: keep-alive pool, HTTP/1.1 and HTTP/2 over TLS (system roots).
-pub fn client(config: &GatewayConfig) -> Result<HttpClient, String> {
+/// The shared clients: keep-alive pools, HTTP/1.1 and HTTP/2 over TLS (system roots), and
+/// one that speaks only HTTP/2 for `http2_prior_knowledge` providers.
+pub struct Clients {
+    pub http: HttpClient,
+    pub h2c: HttpClient,
+}
+
+impl Clients {
+    pub fn new(config: &GatewayConfig) -> Result<Clients, String> {
+        Ok(Clients {
+            http: client(config, false)?,
+            h2c: client(config, true)?,
+        })
+    }
+
+    pub fn of(&self, provider: &Provider) -> &HttpClient {
+        if provider.http2_prior_knowledge {
+            &self.h2c
+        } else {
+            &self.http
+        }
+    }
+}
+
+fn client(config: &GatewayConfig, http2_only: bool) -> Result<HttpClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -36,6 +59,7 @@ pub fn client(config: &GatewayConfig) -> Result<HttpClient, String> {
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .http2_only(http2_only)
         .build(https))
 }
 
@@ -60,6 +84,7 @@ pub struct Provider {
     api_key: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
     api_version: Option<String>,
+    http2_prior_knowledge: bool,
 }
 
 impl Provider {
@@ -88,6 +113,7 @@ impl Provider {
             api_key,
             headers,
             api_version: config.api_version.clone(),
+            http2_prior_knowledge: config.http2_prior_knowledge,
         })
     }
 

@@ -33,6 +33,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 
+/// jemalloc rather than glibc's malloc: under gateway load glibc spent ~18% of the CPU in
+/// fastbin consolidation and re-faulting trimmed pages (docs/BENCHMARKS.md).
+#[cfg(unix)]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use crate::config::Config;
 
 #[derive(Parser)]

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use axum::body::{Body, Bytes};
-use axum::http::{Request, header};
-use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -28,9 +27,13 @@ pub struct GatewayArgs {
     #[arg(long, value_delimiter = ',', default_value = "100,400")]
     concurrency: Vec<usize>,
     /// Streams held open for the memory measurement (0 skips it). Each takes a socket at
-    /// both ends of both hops: 9,000 fits a 20,000-descriptor limit.
-    #[arg(long, default_value_t = 9_000)]
+    /// both ends of the client's hop; llmtrace's go upstream over one HTTP/2 connection.
+    #[arg(long, default_value_t = 10_000)]
     open_streams: usize,
+    /// Streams LiteLLM is asked to hold: it forwards at most 500 at once and refuses or
+    /// times out the rest, and a backlog of thousands keeps it busy through the later runs.
+    #[arg(long, default_value_t = 1_000)]
+    litellm_open_streams: usize,
     /// The `litellm` executable (PyPI `litellm[proxy]`) to run side by side.
     #[arg(long)]
     litellm: Option<PathBuf>,
@@ -50,13 +53,15 @@ struct Behaviour {
 
 const ANSWER: &str = "Your parcel ships tomorrow. It left the warehouse this morning.";
 
-fn completion(model: &str) -> String {
-    json!({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1795314700, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER, "refusal": null},
-            "logprobs": null, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 41, "completion_tokens": 12, "total_tokens": 53},
-        "system_fingerprint": "fp_bench"})
-    .to_string()
+fn completion(model: &str) -> Bytes {
+    Bytes::from(
+        json!({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1795314700, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER, "refusal": null},
+                "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 41, "completion_tokens": 12, "total_tokens": 53},
+            "system_fingerprint": "fp_bench"})
+        .to_string(),
+    )
 }
 
 fn chunk(model: &str, text: &str, usage: bool) -> Bytes {
@@ -68,32 +73,69 @@ fn chunk(model: &str, text: &str, usage: bool) -> Bytes {
     Bytes::from(format!("data: {chunk}\n\n"))
 }
 
-async fn upstream_chat(behaviour: Arc<Behaviour>, body: Bytes) -> Response {
-    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let model = request["model"]
-        .as_str()
-        .unwrap_or("gpt-4o-mini")
-        .to_string();
+/// The fields of a chat request the fake upstream answers by.
+#[derive(serde::Deserialize)]
+struct ChatHead {
+    model: Option<String>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+type AnswerBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn answer(content_type: &'static str, body: AnswerBody) -> Response<AnswerBody> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The fake upstream's one route. Every answer to the default model is the same bytes,
+/// made once, so the upstream spends as little of the shared CPU as it can.
+async fn upstream_chat(
+    behaviour: Arc<Behaviour>,
+    usual: Bytes,
+    request: Request<Incoming>,
+) -> Result<Response<AnswerBody>, std::convert::Infallible> {
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let Ok(request) = serde_json::from_slice::<ChatHead>(&body) else {
+        let mut response = answer("text/plain", Full::new(Bytes::from("bad request")).boxed());
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(response);
+    };
+    let model = request.model.unwrap_or_else(|| MODEL.to_string());
     let delay = behaviour.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    if request["stream"] != true {
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            completion(&model),
-        )
-            .into_response();
+    if request.stream != Some(true) {
+        let body = if model == MODEL {
+            usual
+        } else {
+            completion(&model)
+        };
+        return Ok(answer("application/json", Full::new(body).boxed()));
     }
-    let usage = request["stream_options"]["include_usage"] == true;
+    let usage = request.stream_options.and_then(|o| o.include_usage) == Some(true);
     let hold = model == "hold";
     let chunks = behaviour.chunks.load(Ordering::Relaxed).max(1);
     let gap = behaviour.chunk_gap_ms.load(Ordering::Relaxed);
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
         if hold {
             let released = behaviour.release.notified();
-            let _ = sender.send(Ok(chunk(&model, "held", usage))).await;
+            let _ = sender.send(chunk(&model, "held", usage)).await;
             // a stream that arrives after the release (a proxy's backlog) is not held
             if !behaviour.releasing.load(Ordering::SeqCst) {
                 behaviour.held.fetch_add(1, Ordering::Relaxed);
@@ -104,11 +146,7 @@ async fn upstream_chat(behaviour: Arc<Behaviour>, body: Bytes) -> Response {
                 if i > 0 && gap > 0 {
                     tokio::time::sleep(Duration::from_millis(gap)).await;
                 }
-                if sender
-                    .send(Ok(chunk(&model, "word ", usage)))
-                    .await
-                    .is_err()
-                {
+                if sender.send(chunk(&model, "word ", usage)).await.is_err() {
                     return;
                 }
             }
@@ -116,19 +154,25 @@ async fn upstream_chat(behaviour: Arc<Behaviour>, body: Bytes) -> Response {
         if usage {
             let last = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1795314700,
                 "model": model, "choices": [], "usage": {"prompt_tokens": 41, "completion_tokens": 12, "total_tokens": 53}});
-            let _ = sender
-                .send(Ok(Bytes::from(format!("data: {last}\n\n"))))
-                .await;
+            let _ = sender.send(Bytes::from(format!("data: {last}\n\n"))).await;
         }
-        let _ = sender
-            .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
-            .await;
+        let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    let frames = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(receiver),
+        |bytes| Ok(Frame::data(bytes)),
+    );
+    Ok(answer(
+        "text/event-stream",
+        http_body_util::StreamBody::new(frames).boxed(),
+    ))
 }
 
-/// Starts the fake upstream on its own single-threaded runtime; returns its address.
+/// Streams one HTTP/2 connection to the fake upstream may carry.
+const HELD_STREAMS_MAX: u32 = 100_000;
+
+/// Starts the fake upstream (hyper's connection server, HTTP/1.1 and HTTP/2 prior
+/// knowledge, no router) on its own single-threaded runtime; returns its address.
 fn start_upstream(behaviour: Arc<Behaviour>) -> Result<String> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -154,14 +198,27 @@ fn start_upstream(behaviour: Arc<Behaviour>) -> Result<String> {
                 };
                 let address = listener.local_addr().map_err(|e| e.to_string());
                 let _ = sender.send(address.map(|a| a.to_string()));
-                let app = axum::Router::new().route(
-                    "/v1/chat/completions",
-                    axum::routing::post(move |body: Bytes| upstream_chat(behaviour.clone(), body)),
-                );
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let usual = completion(MODEL);
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        // out of descriptors: let held streams finish before accepting again
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
-                });
-                let _ = axum::serve(listener, app).await;
+                    let (behaviour, usual) = (behaviour.clone(), usual.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            upstream_chat(behaviour.clone(), usual.clone(), request)
+                        });
+                        let mut builder = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        // llmtrace's held streams share one HTTP/2 connection
+                        builder.http2().max_concurrent_streams(HELD_STREAMS_MAX);
+                        let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                    });
+                }
             });
         })?;
     let address = receiver
@@ -177,6 +234,8 @@ struct Proxy {
     child: Child,
     base: String,
     auth: Option<String>,
+    /// The model a held stream asks for (the upstream holds every `hold`).
+    hold_model: &'static str,
 }
 
 impl Proxy {
@@ -193,6 +252,23 @@ impl Proxy {
                 .unwrap_or(0)
         };
         field(11) + field(12)
+    }
+
+    /// Waits (at most a minute) until the process has been idle for a second, so the work
+    /// one measurement left behind (released streams being recorded, a backlog) is not
+    /// charged to the next.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = self.cpu_ticks();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = self.cpu_ticks();
+            // a tick is 10 ms: idle, give or take housekeeping
+            if now - last <= 2 {
+                return;
+            }
+            last = now;
+        }
     }
 
     /// Resident memory of the process and its children (LiteLLM forks workers), KiB.
@@ -226,11 +302,21 @@ impl Drop for Proxy {
     }
 }
 
+/// llmtrace with two providers on the same upstream: `bench` (HTTP/1.1, every measured
+/// call) and `bench-h2` (HTTP/2 prior knowledge, the held streams: one connection carries
+/// them all, so 10,000 fit the descriptor limit).
 fn start_llmtrace(upstream: &str, dir: &std::path::Path) -> Result<Proxy> {
-    let provider = format!("bench=http://{upstream}/v1");
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("llmtrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[gateway.providers]]\nname = \"bench\"\nbase_url = \"http://{upstream}/v1\"\n\n[[gateway.providers]]\nname = \"bench-h2\"\nbase_url = \"http://{upstream}/v1\"\nhttp2_prior_knowledge = true\n"
+        ),
+    )?;
     let (child, base) = super::serve(
         dir,
-        &["--provider", &provider],
+        &["--config", &config.to_string_lossy()],
         Stdio::from(std::fs::File::create(dir.with_extension("log"))?),
     )?;
     Ok(Proxy {
@@ -238,6 +324,7 @@ fn start_llmtrace(upstream: &str, dir: &std::path::Path) -> Result<Proxy> {
         child,
         base,
         auth: None,
+        hold_model: "bench-h2/hold",
     })
 }
 
@@ -264,6 +351,7 @@ fn start_litellm(bin: &PathBuf, upstream: &str, dir: &std::path::Path) -> Result
         child,
         base: format!("http://127.0.0.1:{port}"),
         auth: Some("Bearer sk-bench".into()),
+        hold_model: "hold",
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -294,36 +382,79 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client(connections: usize) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(connections)
-        .build(connector)
-}
-
-/// One target of the measurements: a base URL and headers.
+/// One target of the measurements: where it listens and the headers each request carries.
 #[derive(Clone)]
 struct Target {
     name: String,
-    base: String,
+    /// `host:port`
+    address: String,
     headers: Vec<(&'static str, String)>,
 }
 
-fn chat_request(target: &Target, model: &str, stream: bool) -> Request<Full<Bytes>> {
-    let body = json!({"model": model, "stream": stream,
-        "messages": [{"role": "system", "content": "You are a shipping assistant."},
-                     {"role": "user", "content": "Where is my parcel number 4417? It was due yesterday."}]});
-    let mut builder = Request::post(format!("{}/v1/chat/completions", target.base))
-        .header(header::CONTENT_TYPE, "application/json");
-    for (name, value) in &target.headers {
-        builder = builder.header(*name, value);
+impl Target {
+    fn new(name: &str, base: &str, headers: Vec<(&'static str, String)>) -> Target {
+        let address = base.trim_start_matches("http://").trim_end_matches('/');
+        Target {
+            name: name.to_string(),
+            address: address.to_string(),
+            headers,
+        }
     }
-    builder
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_default()
+
+    fn request(&self, body: &Bytes) -> Request<Full<Bytes>> {
+        let mut builder = Request::post("/v1/chat/completions")
+            .header(header::HOST, &self.address)
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value);
+        }
+        builder.body(Full::new(body.clone())).unwrap_or_default()
+    }
+
+    /// One HTTP/1.1 connection (hyper's connection-level client: no pool to share, so a load
+    /// loop spends as little of the shared CPU as it can).
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let tcp = tokio::net::TcpStream::connect(&self.address).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request on `sender` (reconnecting when it closed); `None` when that failed.
+    async fn send(
+        &self,
+        sender: &mut Option<SendRequest<Full<Bytes>>>,
+        body: &Bytes,
+    ) -> Option<Response<Incoming>> {
+        let sent = async {
+            if sender.as_ref().is_none_or(SendRequest::is_closed) {
+                *sender = self.connect().await.ok();
+            }
+            let connection = sender.as_mut()?;
+            connection.ready().await.ok()?;
+            connection.send_request(self.request(body)).await.ok()
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, sent)
+            .await
+            .ok()
+            .flatten();
+        if response.is_none() {
+            *sender = None;
+        }
+        response
+    }
+}
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn chat_body(model: &str, stream: bool) -> Bytes {
+    Bytes::from(
+        json!({"model": model, "stream": stream,
+        "messages": [{"role": "system", "content": "You are a shipping assistant."},
+                     {"role": "user", "content": "Where is my parcel number 4417? It was due yesterday."}]})
+        .to_string(),
+    )
 }
 
 /// Latencies of one run (µs, sorted) and what the chunks looked like.
@@ -361,30 +492,28 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64
 }
 
-/// Sends requests on `connections` loops for `seconds` (after a warm-up second).
-async fn load(
-    client: &HttpClient,
-    target: &Target,
-    connections: usize,
-    seconds: u64,
-    stream: bool,
-) -> Run {
+/// Sends requests on `connections` loops, each on its own connection, for `seconds` (after
+/// a warm-up half second).
+async fn load(target: &Target, connections: usize, seconds: u64, stream: bool) -> Run {
     let warm_until = Instant::now() + Duration::from_millis(500);
     let stop_at = warm_until + Duration::from_secs(seconds);
+    let body = chat_body(MODEL, stream);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let (client, target) = (client.clone(), target.clone());
+        let (target, body) = (target.clone(), body.clone());
         tasks.spawn(async move {
             let mut run = Run::default();
+            let mut sender = None;
             loop {
                 let now = Instant::now();
                 if now >= stop_at {
                     return run;
                 }
                 let started = Instant::now();
-                let request = client.request(chat_request(&target, "gpt-4o-mini", stream));
-                let Ok(Ok(response)) = tokio::time::timeout(REQUEST_TIMEOUT, request).await else {
+                let Some(response) = target.send(&mut sender, &body).await else {
                     run.errors += 1;
+                    // a refused connection is not retried in a tight loop
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let ok = response.status().is_success();
@@ -439,6 +568,15 @@ async fn load(
     total
 }
 
+/// Proxy CPU per request from clock ticks (10 ms each) over requests sent, warm-up included
+/// (its requests used CPU too); a dash for the direct target.
+fn cpu_per_request(ticks: Option<u64>, sent: u64) -> String {
+    match ticks {
+        Some(ticks) => format!("{:.0}", ticks as f64 * 10_000.0 / sent.max(1) as f64),
+        None => "—".into(),
+    }
+}
+
 fn ms(us: f64) -> String {
     format!("{:.3}", us / 1000.0)
 }
@@ -456,35 +594,20 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     }
     let idle: Vec<u64> = proxies.iter().map(Proxy::rss_kib).collect();
 
-    let mut targets = vec![(
-        Target {
-            name: "direct".into(),
-            base: format!("http://{upstream}"),
-            headers: vec![],
-        },
-        None,
-    )];
+    let mut targets = vec![(Target::new("direct", &upstream, vec![]), None)];
     for (index, proxy) in proxies.iter().enumerate() {
         let mut headers = vec![];
         if let Some(auth) = &proxy.auth {
             headers.push(("authorization", auth.clone()));
         }
         targets.push((
-            Target {
-                name: proxy.name.to_string(),
-                base: proxy.base.clone(),
-                headers: headers.clone(),
-            },
+            Target::new(proxy.name, &proxy.base, headers.clone()),
             Some(index),
         ));
         if proxy.name == "llmtrace" {
             headers.push(("x-llmtrace-trace", "off".to_string()));
             targets.push((
-                Target {
-                    name: "llmtrace, recording off".into(),
-                    base: proxy.base.clone(),
-                    headers,
-                },
+                Target::new("llmtrace, recording off", &proxy.base, headers),
                 Some(index),
             ));
         }
@@ -494,69 +617,51 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let max_connections = args
-        .concurrency
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(args.open_streams);
-    let http = client(max_connections);
 
     println!(
-        "upstream: in-process axum on one thread; load: one tokio thread; {}s per measurement after 0.5 s warm-up",
+        "upstream: in-process hyper server (HTTP/1.1 and HTTP/2) on one thread; load: one tokio thread, one hyper connection per loop; {}s per measurement after 0.5 s warm-up",
         args.seconds
     );
     println!();
     println!("## Memory (RSS, process and children), measured first, on fresh processes");
     println!(
-        "| proxy | idle MiB | before holding MiB | with {} open streams MiB | per stream KiB |",
-        args.open_streams
+        "| proxy | idle MiB | before holding MiB | streams held | with them MiB | per stream KiB |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (index, proxy) in proxies.iter().enumerate() {
         let before = proxy.rss_kib();
         behaviour.releasing.store(false, Ordering::SeqCst);
-        let held = if args.open_streams == 0 {
-            "—".to_string()
+        let count = match proxy.name {
+            "LiteLLM" => args.litellm_open_streams,
+            _ => args.open_streams,
+        };
+        let held = if count == 0 {
+            "— | —".to_string()
         } else {
-            let target = Target {
-                name: proxy.name.into(),
-                base: proxy.base.clone(),
-                headers: proxy
-                    .auth
-                    .iter()
-                    .map(|a| ("authorization", a.clone()))
-                    .collect(),
-            };
-            match runtime.block_on(hold_streams(&http, &target, args.open_streams, &behaviour)) {
-                Ok(()) => {
-                    let rss = proxy.rss_kib();
-                    behaviour.releasing.store(true, Ordering::SeqCst);
-                    behaviour.release.notify_waiters();
-                    format!(
-                        "{:.0} | {:.1}",
-                        rss as f64 / 1024.0,
-                        rss.saturating_sub(before) as f64 / args.open_streams as f64
-                    )
-                }
-                Err(e) => {
-                    let rss = proxy.rss_kib();
-                    behaviour.releasing.store(true, Ordering::SeqCst);
-                    behaviour.release.notify_waiters();
-                    format!("{:.0} ({e}) | —", rss as f64 / 1024.0)
-                }
+            let headers = proxy.auth.iter().map(|a| ("authorization", a.clone()));
+            let target = Target::new(proxy.name, &proxy.base, headers.collect());
+            let held = runtime.block_on(hold_streams(&target, proxy.hold_model, count, &behaviour));
+            let rss = proxy.rss_kib();
+            behaviour.releasing.store(true, Ordering::SeqCst);
+            behaviour.release.notify_waiters();
+            match held {
+                Ok(()) => format!(
+                    "{:.0} | {:.1}",
+                    rss as f64 / 1024.0,
+                    rss.saturating_sub(before) as f64 / count as f64
+                ),
+                Err(e) => format!("{:.0} ({e}) | —", rss as f64 / 1024.0),
             }
         };
         println!(
-            "| {} | {:.0} | {:.0} | {} |",
+            "| {} | {:.0} | {:.0} | {count} | {} |",
             proxy.name,
             idle[index] as f64 / 1024.0,
             before as f64 / 1024.0,
             held
         );
         behaviour.held.store(0, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs(2));
+        proxy.settle();
     }
     println!();
     println!(
@@ -571,8 +676,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     for _ in 0..ROUNDS {
         for ((target, proxy), (total, ticks)) in targets.iter().zip(runs.iter_mut()) {
             let before = proxy.map(|i| proxies[i].cpu_ticks()).unwrap_or(0);
-            let run =
-                runtime.block_on(load(&http, target, 1, args.seconds.div_ceil(ROUNDS), false));
+            let run = runtime.block_on(load(target, 1, args.seconds.div_ceil(ROUNDS), false));
             *ticks += proxy.map(|i| proxies[i].cpu_ticks() - before).unwrap_or(0);
             total.absorb(run);
         }
@@ -591,11 +695,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             Some(_) => format!("{:.0}", value - base),
             None => "—".into(),
         };
-        // clock ticks are 10 ms; warm-up requests used CPU too, so they are counted
-        let cpu = match proxy {
-            Some(_) => format!("{:.0}", *ticks as f64 * 10_000.0 / run.sent.max(1) as f64),
-            None => "—".into(),
-        };
+        let cpu = cpu_per_request(proxy.map(|_| *ticks), run.sent);
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             target.name,
@@ -615,17 +715,21 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     for &connections in &args.concurrency {
         println!();
         println!("## Throughput, {connections} connections, upstream answers after 20 ms");
-        println!("| target | requests/s | p50 ms | p99 ms | errors |");
-        println!("|---|---|---|---|---|");
-        for (target, _) in &targets {
-            let run = runtime.block_on(load(&http, target, connections, args.seconds, false));
+        println!("| target | requests/s | p50 ms | p99 ms | errors | proxy CPU µs/request |");
+        println!("|---|---|---|---|---|---|");
+        for (target, proxy) in &targets {
+            proxies.iter().for_each(Proxy::settle);
+            let before = proxy.map(|i| proxies[i].cpu_ticks()).unwrap_or(0);
+            let run = runtime.block_on(load(target, connections, args.seconds, false));
+            let ticks = proxy.map(|i| proxies[i].cpu_ticks() - before);
             println!(
-                "| {} | {:.0} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} |",
                 target.name,
                 run.latencies.len() as f64 / run.elapsed.as_secs_f64(),
                 ms(percentile(&run.latencies, 50.0)),
                 ms(percentile(&run.latencies, 99.0)),
-                run.errors
+                run.errors,
+                cpu_per_request(ticks, run.sent),
             );
         }
     }
@@ -640,7 +744,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|");
     for (target, _) in &targets {
-        let run = runtime.block_on(load(&http, target, 1, args.seconds, true));
+        let run = runtime.block_on(load(target, 1, args.seconds, true));
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             target.name,
@@ -686,24 +790,23 @@ pub fn run(args: GatewayArgs) -> Result<()> {
 /// Opens `count` streams that the upstream holds after one chunk; returns once every
 /// stream has delivered its first chunk to the client (so the proxy holds them all).
 async fn hold_streams(
-    client: &HttpClient,
     target: &Target,
+    model: &str,
     count: usize,
     behaviour: &Arc<Behaviour>,
 ) -> Result<()> {
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
+    let body = chat_body(model, true);
     for _ in 0..count {
-        let (client, target, ready, failed) = (
-            client.clone(),
-            target.clone(),
-            ready.clone(),
-            failed.clone(),
-        );
+        let (target, ready, failed, body) =
+            (target.clone(), ready.clone(), failed.clone(), body.clone());
         tasks.spawn(async move {
-            match client.request(chat_request(&target, "hold", true)).await {
-                Ok(response) => {
+            // the connection lives as long as its sender
+            let mut sender = None;
+            match target.send(&mut sender, &body).await {
+                Some(response) => {
                     let mut body = response.into_body();
                     if let Some(Ok(_)) = body.frame().await {
                         ready.fetch_add(1, Ordering::Relaxed);
@@ -712,7 +815,7 @@ async fn hold_streams(
                     }
                     while let Some(Ok(_)) = body.frame().await {}
                 }
-                Err(_) => {
+                None => {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -111,6 +111,26 @@ async fn azure(
     .into_response()
 }
 
+/// Answers with the HTTP version the call arrived in, plainly or as a one-chunk stream.
+async fn version(request: axum::extract::Request) -> Response {
+    let version = format!("{:?}", request.version());
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if request["stream"] == true {
+        let frames = [chunk(&version), Bytes::from_static(b"data: [DONE]\n\n")];
+        let frames = frames.map(Ok::<_, std::io::Error>);
+        return sse(Body::from_stream(tokio_stream::iter(frames)));
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-v", "object": "chat.completion", "created": 1, "model": request["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": version}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    }))
+    .into_response()
+}
+
 fn sse(body: Body) -> Response {
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
@@ -135,7 +155,8 @@ fn start_upstream(seen: Arc<Seen>) -> String {
                 .route(
                     "/openai/deployments/{deployment}/chat/completions",
                     axum::routing::post(azure),
-                );
+                )
+                .route("/version/v1/chat/completions", axum::routing::post(version));
             axum::serve(listener, app).await.unwrap();
         });
     });
@@ -447,6 +468,79 @@ fn inferred_sessions_continue_across_a_restart() {
         spans
             .iter()
             .all(|span| span["session_id"] == session.as_str()),
+        "{spans:#?}"
+    );
+}
+
+/// A provider marked `http2_prior_knowledge` is called over HTTP/2 without TLS, plain and
+/// streamed; the others stay on HTTP/1.1.
+#[test]
+fn an_http2_prior_knowledge_provider_is_called_over_http2() {
+    let upstream = start_upstream(Arc::new(Seen::default()));
+    let base = upstream.replace("/v1", "/version/v1");
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("llmtrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[gateway.providers]]
+name = "h1"
+base_url = "{base}"
+
+[[gateway.providers]]
+name = "h2"
+base_url = "{base}"
+http2_prior_knowledge = true
+"#
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_in(
+        &temp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let content = |model: &str| {
+        let (status, answer) = call(
+            &server,
+            "http2",
+            json!({"model": model, "messages": [{"role": "user", "content": "which version?"}]}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer["choices"][0]["message"]["content"].clone()
+    };
+    assert_eq!(content("h2/m"), "HTTP/2.0");
+    assert_eq!(content("h1/m"), "HTTP/1.1");
+    let streamed = server.post(
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-llmtrace-user-id", "http2"),
+        ],
+        json!({"model": "h2/m", "stream": true, "messages": [{"role": "user", "content": "and streamed?"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.text().contains("HTTP/2.0"), "{}", streamed.text());
+    assert!(streamed.text().contains("[DONE]"), "{}", streamed.text());
+    let spans = spans_of(&server, "http2", 3);
+    let mut outputs: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|span| {
+            (
+                span["provider"].as_str().unwrap(),
+                span["output_text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        [("h1", "HTTP/1.1"), ("h2", "HTTP/2.0"), ("h2", "HTTP/2.0")]
+    );
+    assert!(
+        spans.iter().all(|span| span["status"] == "ok"),
         "{spans:#?}"
     );
 }
