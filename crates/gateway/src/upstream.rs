@@ -16,25 +16,30 @@ use crate::config::{GatewayConfig, ProviderConfig, ProviderKind};
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The shared clients: keep-alive pools, HTTP/1.1 and HTTP/2 over TLS (system roots), and
-/// one that speaks only HTTP/2 for `http2_prior_knowledge` providers.
+/// — only when a provider asks for it — one that speaks only HTTP/2, for
+/// `http2_prior_knowledge` providers.
 pub struct Clients {
-    pub http: HttpClient,
-    pub h2c: HttpClient,
+    http: HttpClient,
+    h2c: Option<HttpClient>,
 }
 
 impl Clients {
     pub fn new(config: &GatewayConfig) -> Result<Clients, String> {
+        // the built-in providers are HTTPS: only configured ones can ask for h2c
+        let h2c = config
+            .providers
+            .iter()
+            .any(|provider| provider.http2_prior_knowledge);
         Ok(Clients {
             http: client(config, false)?,
-            h2c: client(config, true)?,
+            h2c: h2c.then(|| client(config, true)).transpose()?,
         })
     }
 
     pub fn of(&self, provider: &Provider) -> &HttpClient {
-        if provider.http2_prior_knowledge {
-            &self.h2c
-        } else {
-            &self.http
+        match &self.h2c {
+            Some(h2c) if provider.http2_prior_knowledge => h2c,
+            _ => &self.http,
         }
     }
 }

@@ -33,13 +33,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 
+use crate::config::Config;
+
 /// jemalloc rather than glibc's malloc: under gateway load glibc spent ~18% of the CPU in
 /// fastbin consolidation and re-faulting trimmed pages (docs/BENCHMARKS.md).
 #[cfg(unix)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-use crate::config::Config;
 
 #[derive(Parser)]
 #[command(
