@@ -35,8 +35,8 @@ use tonic::codec::CompressionEncoding;
 
 use crate::config::Config;
 
-/// jemalloc rather than glibc's malloc: under gateway load glibc spent ~18% of the CPU in
-/// fastbin consolidation and re-faulting trimmed pages (docs/BENCHMARKS.md).
+/// jemalloc rather than glibc's malloc: under gateway load glibc's malloc functions took
+/// ~18% of the CPU, fastbin consolidation the largest part (docs/BENCHMARKS.md).
 #[cfg(unix)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
