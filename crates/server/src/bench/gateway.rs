@@ -264,7 +264,7 @@ impl Proxy {
             std::thread::sleep(Duration::from_secs(1));
             let now = self.cpu_ticks();
             // a tick is 10 ms: idle, give or take housekeeping
-            if now - last <= 2 {
+            if now.saturating_sub(last) <= 2 {
                 return;
             }
             last = now;
@@ -677,7 +677,9 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         for ((target, proxy), (total, ticks)) in targets.iter().zip(runs.iter_mut()) {
             let before = proxy.map(|i| proxies[i].cpu_ticks()).unwrap_or(0);
             let run = runtime.block_on(load(target, 1, args.seconds.div_ceil(ROUNDS), false));
-            *ticks += proxy.map(|i| proxies[i].cpu_ticks() - before).unwrap_or(0);
+            *ticks += proxy
+                .map(|i| proxies[i].cpu_ticks().saturating_sub(before))
+                .unwrap_or(0);
             total.absorb(run);
         }
     }
@@ -721,7 +723,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             proxies.iter().for_each(Proxy::settle);
             let before = proxy.map(|i| proxies[i].cpu_ticks()).unwrap_or(0);
             let run = runtime.block_on(load(target, connections, args.seconds, false));
-            let ticks = proxy.map(|i| proxies[i].cpu_ticks() - before);
+            let ticks = proxy.map(|i| proxies[i].cpu_ticks().saturating_sub(before));
             println!(
                 "| {} | {:.0} | {} | {} | {} | {} |",
                 target.name,
