@@ -47,6 +47,8 @@ const MIN_CHUNK: usize = 128;
 const MAX_CHUNK: usize = 8 * 1024;
 const CUT_BITS: u32 = 9;
 const BLOCK_BYTES: usize = 64 * 1024;
+/// zstd level of pool blocks.
+const BLOCK_ZSTD_LEVEL: i32 = 3;
 const MAGIC: &[u8; 8] = b"LLMTPOL1";
 const TRAILER_BYTES: u64 = 20;
 const BLOCK_ENTRY_BYTES: usize = 24;
@@ -66,9 +68,9 @@ pub fn chunk_fields() -> Vec<Field> {
         .collect()
 }
 
+/// The last value of a conversation, as its chunks: (end offset in the value, chunk id),
+/// in order. Its bytes are the chunks' bytes in the pool, so no copy of it is kept.
 struct Previous {
-    value: Vec<u8>,
-    /// (end offset in `value`, chunk id) of each chunk, in order.
     chunks: Vec<(usize, u32)>,
 }
 
@@ -149,14 +151,9 @@ impl PoolWriter {
         let mut covered = 0;
         let previous = self.previous[column].remove_entry(key);
         if let Some((_, previous)) = &previous {
-            let common = previous
-                .value
-                .iter()
-                .zip(value)
-                .take_while(|(a, b)| a == b)
-                .count();
+            // the previous value's chunks that lie inside the common prefix are reused
             for &(end, id) in &previous.chunks {
-                if end > common {
+                if value.get(covered..end) != Some(self.chunk_bytes(id)) {
                     break;
                 }
                 ids.push(id);
@@ -177,28 +174,23 @@ impl PoolWriter {
             chunks.push((covered + end, id));
         }
         let key = previous.map_or_else(|| key.to_string(), |(key, _)| key);
-        self.previous[column].insert(
-            key,
-            Previous {
-                value: value.to_vec(),
-                chunks,
-            },
-        );
+        self.previous[column].insert(key, Previous { chunks });
         true
+    }
+
+    fn chunk_bytes(&self, id: u32) -> &[u8] {
+        let start = match id {
+            0 => 0,
+            id => self.ends[id as usize - 1],
+        };
+        &self.data[start..self.ends[id as usize]]
     }
 
     fn intern(&mut self, piece: &[u8]) -> u32 {
         let hash = self.by_hash.hasher().hash_one(piece);
         if let Some(candidates) = self.by_hash.get(&hash) {
-            for &id in candidates {
-                let start = if id == 0 {
-                    0
-                } else {
-                    self.ends[id as usize - 1]
-                };
-                if &self.data[start..self.ends[id as usize]] == piece {
-                    return id;
-                }
+            if let Some(&id) = candidates.iter().find(|&&id| self.chunk_bytes(id) == piece) {
+                return id;
             }
         }
         let id = self.ends.len() as u32;
@@ -218,6 +210,9 @@ impl PoolWriter {
         let mut chunk_ends = Vec::with_capacity(self.ends.len() * 4);
         let mut offset = 0u64;
         let mut first = 0usize;
+        // One context for every block: creating one costs more than compressing a block.
+        let mut compressor =
+            zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).map_err(|e| Error::io(path, e))?;
         while first < self.ends.len() {
             let start = if first == 0 { 0 } else { self.ends[first - 1] };
             let mut last = first;
@@ -228,7 +223,7 @@ impl PoolWriter {
             for id in first..=last {
                 chunk_ends.extend_from_slice(&((self.ends[id] - start) as u32).to_le_bytes());
             }
-            let compressed = zstd::bulk::compress(raw, 3).map_err(|e| Error::io(path, e))?;
+            let compressed = compressor.compress(raw).map_err(|e| Error::io(path, e))?;
             file.write_all(&compressed)
                 .map_err(|e| Error::io(path, e))?;
             table.extend_from_slice(&offset.to_le_bytes());

@@ -165,10 +165,6 @@ pub fn project(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
         .map_err(Error::encode)
 }
 
-fn json_text(value: &Value) -> Option<String> {
-    (!value.is_null()).then(|| value.to_string())
-}
-
 /// Converts rows to one Arrow batch in the segment schema.
 pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     let n = rows.len();
@@ -177,12 +173,39 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     rows.iter().for_each(|row| seq.append_value(row.seq));
     columns.push(Arc::new(seq.finish()));
 
-    let text = |get: &dyn Fn(&Span) -> Option<String>| -> ArrayRef {
-        let mut builder = StringBuilder::with_capacity(n, n * 16);
+    // Values are copied straight from the spans into buffers sized for them: a flush used
+    // to clone every value first and grow the builders by reallocation.
+    let text = |get: &dyn Fn(&Span) -> Option<&str>| -> ArrayRef {
+        let bytes = rows
+            .iter()
+            .map(|row| get(&row.span).map_or(0, str::len))
+            .sum();
+        let mut builder = StringBuilder::with_capacity(n, bytes);
         for row in rows {
             builder.append_option(get(&row.span));
         }
         Arc::new(builder.finish())
+    };
+    // JSON documents are serialized one after another into one scratch buffer.
+    let json = |write: &dyn Fn(&Span, &mut Vec<u8>) -> Result<bool>| -> Result<ArrayRef> {
+        let mut builder = StringBuilder::with_capacity(n, n * 64);
+        let mut scratch = Vec::new();
+        for row in rows {
+            scratch.clear();
+            if write(&row.span, &mut scratch)? {
+                builder.append_value(std::str::from_utf8(&scratch).map_err(Error::encode)?);
+            } else {
+                builder.append_null();
+            }
+        }
+        Ok(Arc::new(builder.finish()))
+    };
+    let value = |value: &Value, out: &mut Vec<u8>| -> Result<bool> {
+        if value.is_null() {
+            return Ok(false);
+        }
+        serde_json::to_writer(out, value).map_err(Error::encode)?;
+        Ok(true)
     };
     let int = |get: &dyn Fn(&Span) -> Option<i64>| -> ArrayRef {
         let mut builder = Int64Builder::with_capacity(n);
@@ -203,29 +226,29 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
         Arc::new(builder.finish())
     };
 
-    columns.push(text(&|s| Some(s.project.clone())));
-    columns.push(text(&|s| Some(s.trace_id.clone())));
-    columns.push(text(&|s| Some(s.span_id.clone())));
-    columns.push(text(&|s| s.parent_span_id.clone()));
-    columns.push(text(&|s| Some(s.name.clone())));
-    columns.push(text(&|s| Some(s.kind.as_str().into())));
-    columns.push(text(&|s| Some(s.source.as_str().into())));
-    columns.push(text(&|s| s.service_name.clone()));
+    columns.push(text(&|s| Some(s.project.as_str())));
+    columns.push(text(&|s| Some(s.trace_id.as_str())));
+    columns.push(text(&|s| Some(s.span_id.as_str())));
+    columns.push(text(&|s| s.parent_span_id.as_deref()));
+    columns.push(text(&|s| Some(s.name.as_str())));
+    columns.push(text(&|s| Some(s.kind.as_str())));
+    columns.push(text(&|s| Some(s.source.as_str())));
+    columns.push(text(&|s| s.service_name.as_deref()));
     columns.push(time(&|s| s.start_time));
     columns.push(time(&|s| s.end_time));
     columns.push(float(&|s| Some(s.duration_ms)));
     columns.push(float(&|s| s.time_to_first_token_ms));
-    columns.push(text(&|s| Some(s.status.as_str().into())));
-    columns.push(text(&|s| s.status_message.clone()));
-    columns.push(text(&|s| s.error_type.clone()));
+    columns.push(text(&|s| Some(s.status.as_str())));
+    columns.push(text(&|s| s.status_message.as_deref()));
+    columns.push(text(&|s| s.error_type.as_deref()));
     columns.push(int(&|s| s.http_status.map(i64::from)));
-    columns.push(text(&|s| s.session_id.clone()));
-    columns.push(text(&|s| s.user_id.clone()));
-    columns.push(text(&|s| s.provider.clone()));
-    columns.push(text(&|s| s.request_model.clone()));
-    columns.push(text(&|s| s.model.clone()));
-    columns.push(text(&|s| s.routing_alias.clone()));
-    columns.push(text(&|s| s.operation.clone()));
+    columns.push(text(&|s| s.session_id.as_deref()));
+    columns.push(text(&|s| s.user_id.as_deref()));
+    columns.push(text(&|s| s.provider.as_deref()));
+    columns.push(text(&|s| s.request_model.as_deref()));
+    columns.push(text(&|s| s.model.as_deref()));
+    columns.push(text(&|s| s.routing_alias.as_deref()));
+    columns.push(text(&|s| s.operation.as_deref()));
     let mut stream = BooleanBuilder::with_capacity(n);
     rows.iter()
         .for_each(|row| stream.append_option(row.span.stream));
@@ -233,29 +256,34 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     columns.push(float(&|s| s.temperature));
     columns.push(int(&|s| s.max_tokens));
     columns.push(float(&|s| s.top_p));
-    columns.push(text(&|s| s.finish_reason.clone()));
+    columns.push(text(&|s| s.finish_reason.as_deref()));
     columns.push(int(&|s| s.input_tokens));
     columns.push(int(&|s| s.output_tokens));
     columns.push(int(&|s| s.cached_input_tokens));
     columns.push(int(&|s| s.reasoning_tokens));
     columns.push(int(&|s| s.total_tokens));
-    columns.push(text(&|s| s.usage_source.clone()));
+    columns.push(text(&|s| s.usage_source.as_deref()));
     columns.push(float(&|s| s.input_cost_usd));
     columns.push(float(&|s| s.output_cost_usd));
     columns.push(float(&|s| s.total_cost_usd));
-    columns.push(text(&|s| s.pricing_version.clone()));
-    columns.push(text(&|s| json_text(&s.input)));
-    columns.push(text(&|s| json_text(&s.output)));
-    columns.push(text(&|s| Some(s.input_text.clone())));
-    columns.push(text(&|s| Some(s.output_text.clone())));
-    columns.push(text(&|s| json_text(&s.tools)));
-    columns.push(text(&|s| serde_json::to_string(&s.metadata).ok()));
-    columns.push(text(&|s| json_text(&s.attributes)));
-    columns.push(text(&|s| {
-        (!s.events.is_empty())
-            .then(|| serde_json::to_string(&s.events).ok())
-            .flatten()
-    }));
+    columns.push(text(&|s| s.pricing_version.as_deref()));
+    columns.push(json(&|s, out| value(&s.input, out))?);
+    columns.push(json(&|s, out| value(&s.output, out))?);
+    columns.push(text(&|s| Some(s.input_text.as_str())));
+    columns.push(text(&|s| Some(s.output_text.as_str())));
+    columns.push(json(&|s, out| value(&s.tools, out))?);
+    columns.push(json(&|s, out| {
+        serde_json::to_writer(out, &s.metadata).map_err(Error::encode)?;
+        Ok(true)
+    })?);
+    columns.push(json(&|s, out| value(&s.attributes, out))?);
+    columns.push(json(&|s, out| {
+        if s.events.is_empty() {
+            return Ok(false);
+        }
+        serde_json::to_writer(out, &s.events).map_err(Error::encode)?;
+        Ok(true)
+    })?);
     RecordBatch::try_new(schema(), columns).map_err(Error::encode)
 }
 

@@ -32,6 +32,7 @@ const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
 const KIND_SPANS_ZSTD: u8 = 3;
 /// zstd level for span batches: the fastest levels already catch repeated history.
+/// (LZ4, from the pure-Rust `lz4_flex`, took as long as this under `perf`.)
 const ZSTD_LEVEL: i32 = 1;
 /// No single record may be larger than this; a longer length field means corruption.
 pub const MAX_RECORD_BYTES: u32 = 512 << 20;
@@ -52,10 +53,19 @@ pub struct EncodedEntry {
 
 impl EncodedEntry {
     pub fn spans(spans: &[Span]) -> Result<EncodedEntry> {
-        let json = serde_json::to_vec(spans).map_err(Error::encode)?;
+        let payload = JSON_BUFFER.with(|cell| {
+            let mut json = cell.borrow_mut();
+            json.clear();
+            serde_json::to_writer(&mut *json, spans).map_err(Error::encode)?;
+            let payload = compress(&json);
+            if json.capacity() > MAX_KEPT_BUFFER_BYTES {
+                *json = Vec::new();
+            }
+            payload
+        })?;
         Ok(EncodedEntry {
             kind: KIND_SPANS_ZSTD,
-            payload: compress(&json)?,
+            payload,
         })
     }
 
@@ -67,7 +77,14 @@ impl EncodedEntry {
     }
 }
 
+/// Largest serialization buffer an appending thread keeps between batches.
+const MAX_KEPT_BUFFER_BYTES: usize = 64 << 20;
+
 thread_local! {
+    /// The JSON of a batch, serialized into a buffer each appending thread keeps: a fresh
+    /// one grows by reallocation, and its new pages had to be faulted in and zeroed for
+    /// every batch (half the appending thread's time at batch 1000, under `perf`).
+    static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// One compression context per appending thread: creating a context costs more than
     /// compressing a small batch.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -329,22 +346,44 @@ mod tests {
             input_text: "hello ".repeat(100),
             ..Span::default()
         }];
-        let compressed = EncodedEntry::spans(&spans).unwrap();
-        assert_eq!(compressed.kind, KIND_SPANS_ZSTD);
-        let plain = EncodedEntry {
-            kind: KIND_SPANS,
-            payload: serde_json::to_vec(&spans).unwrap(),
-        };
+        let written = EncodedEntry::spans(&spans).unwrap();
+        assert_eq!(written.kind, KIND_SPANS_ZSTD);
+        let json = serde_json::to_vec(&spans).unwrap();
         assert!(
-            compressed.payload.len() * 2 < plain.payload.len(),
+            written.payload.len() * 2 < json.len(),
             "repeated text compresses"
         );
-        for (seq, entry) in [(7, compressed), (8, plain)] {
+        // what earlier versions wrote
+        let plain = EncodedEntry {
+            kind: KIND_SPANS,
+            payload: json,
+        };
+        for (seq, entry) in [(7, written), (8, plain)] {
             let mut bytes = Vec::new();
             frame(seq, &entry, &mut bytes);
             let (decoded_seq, decoded, end) = decode_record(&bytes, 0).unwrap();
             assert_eq!((decoded_seq, end), (seq, bytes.len()));
             assert_eq!(decoded, WalEntry::Spans(spans.clone()));
+        }
+    }
+
+    #[test]
+    fn the_appending_threads_buffer_is_not_carried_into_the_next_batch() {
+        let batch = |n: u64, text: &str| {
+            vec![Span {
+                input_text: text.repeat(n as usize),
+                ..span(n)
+            }]
+        };
+        let long = EncodedEntry::spans(&batch(50, "long text ")).unwrap();
+        let short = EncodedEntry::spans(&batch(1, "x")).unwrap();
+        for (entry, expected) in [(long, batch(50, "long text ")), (short, batch(1, "x"))] {
+            let mut bytes = Vec::new();
+            frame(1, &entry, &mut bytes);
+            assert_eq!(
+                decode_record(&bytes, 0).unwrap().1,
+                WalEntry::Spans(expected)
+            );
         }
     }
 
