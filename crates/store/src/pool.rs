@@ -188,10 +188,10 @@ impl PoolWriter {
 
     fn intern(&mut self, piece: &[u8]) -> u32 {
         let hash = self.by_hash.hasher().hash_one(piece);
-        if let Some(candidates) = self.by_hash.get(&hash) {
-            if let Some(&id) = candidates.iter().find(|&&id| self.chunk_bytes(id) == piece) {
-                return id;
-            }
+        if let Some(candidates) = self.by_hash.get(&hash)
+            && let Some(&id) = candidates.iter().find(|&&id| self.chunk_bytes(id) == piece)
+        {
+            return id;
         }
         let id = self.ends.len() as u32;
         self.data.extend_from_slice(piece);
