@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{dir_bytes, fsync_dir, rename_to_quarantine};
 use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
-use crate::memtable::Memtable;
+use crate::memtable::{Memtable, Prepared};
 use crate::pool::{self, Pool};
 use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup, RollupUse};
 use crate::segment::{self, Projection, StoredSpan};
@@ -397,7 +397,7 @@ impl EmbeddedStore {
                     WalEntry::Spans(spans) => {
                         for span in spans {
                             note_write(&segments, &span);
-                            active.insert(seq, span);
+                            active.insert(seq, Prepared::new(span));
                         }
                     }
                     WalEntry::Deletion(deletion) => {
@@ -1765,7 +1765,8 @@ impl Store for EmbeddedStore {
         }
         self.wait_for_room()?;
         let entry = EncodedEntry::spans(&spans)?;
-        self.submit(entry, Mutation::Spans(spans))?;
+        let prepared = spans.into_iter().map(Prepared::new).collect();
+        self.submit(entry, Mutation::Spans(prepared))?;
         Ok(())
     }
 

@@ -16,17 +16,40 @@ pub struct Memtable {
     pub max_seq: u64,
 }
 
+/// A span made ready for the memtable on the appending thread: its key, its shared
+/// allocation and its size estimate. The writer thread inserts it under the state lock, so
+/// what can be done before (allocating, walking its JSON) is done before: under `perf` that
+/// was about half of the writer thread's time at batch 1000.
+pub struct Prepared {
+    key: SpanKey,
+    span: Arc<Span>,
+    approx_bytes: usize,
+}
+
+impl Prepared {
+    pub fn new(span: Span) -> Prepared {
+        Prepared {
+            key: span.key(),
+            approx_bytes: approx_size(&span),
+            span: Arc::new(span),
+        }
+    }
+
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+}
+
 impl Memtable {
-    pub fn insert(&mut self, seq: u64, span: Span) {
-        self.approx_bytes += approx_size(&span);
+    pub fn insert(&mut self, seq: u64, prepared: Prepared) {
+        let Prepared {
+            key,
+            span,
+            approx_bytes,
+        } = prepared;
+        self.approx_bytes += approx_bytes;
         self.max_seq = self.max_seq.max(seq);
-        self.rows.insert(
-            span.key(),
-            StoredSpan {
-                seq,
-                span: Arc::new(span),
-            },
-        );
+        self.rows.insert(key, StoredSpan { seq, span });
     }
 
     /// Removes matching rows; returns how many.

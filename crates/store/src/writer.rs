@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
-use llmtrace_model::{Deletion, Span};
+use llmtrace_model::Deletion;
 
 use crate::engine::{Shared, note_write};
 use crate::error::{Error, Result};
 use crate::manifest::DeletionRecord;
-use crate::memtable::Memtable;
+use crate::memtable::{Memtable, Prepared};
 use crate::wal::{EncodedEntry, WalWriter};
 
 /// How hard an append works to be durable before it is acknowledged.
@@ -30,7 +30,7 @@ pub enum Durability {
 }
 
 pub enum Mutation {
-    Spans(Vec<Span>),
+    Spans(Vec<Prepared>),
     Deletion(Deletion),
 }
 
@@ -167,7 +167,7 @@ impl WalThread {
                 match std::mem::replace(&mut item.mutation, Mutation::Spans(Vec::new())) {
                     Mutation::Spans(spans) => {
                         for span in spans {
-                            note_write(&state.segments, &span);
+                            note_write(&state.segments, span.span());
                             state.active.insert(item.seq, span);
                         }
                     }
