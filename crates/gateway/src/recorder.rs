@@ -398,7 +398,14 @@ mod tests {
     #[test]
     fn a_stuck_store_never_blocks_recording_and_losses_are_counted() {
         let store = Arc::new(GatedStore::default());
-        let recorder = Recorder::start(store.clone(), RecorderConfig::new(8, true));
+        // batches of at most a queue's length: while the first batch gathers, the thread
+        // takes calls as fast as they are sent, so with the usual 4,096 the number that gets
+        // through would depend on how the two threads interleave
+        let config = RecorderConfig {
+            batch: 8,
+            ..RecorderConfig::new(8, true)
+        };
+        let recorder = Recorder::start(store.clone(), config);
         let started = Instant::now();
         for i in 0..100 {
             recorder
@@ -411,9 +418,8 @@ mod tests {
         );
         let stats = recorder.handle().stats().clone();
         let dropped = stats.dropped.load(Ordering::Relaxed);
-        // at most a full queue plus one batch in the thread's hands (itself at most a queue
-        // and one) got through
-        assert!(dropped >= 100 - 2 * 8 - 1, "dropped {dropped}");
+        // at most a full queue plus one batch in the thread's hands got through
+        assert!(dropped >= 100 - 2 * 8, "dropped {dropped}");
         *store.open.lock().unwrap() = true;
         store.opened.notify_all();
         recorder.stop();
