@@ -19,7 +19,7 @@ pub struct Memtable {
 /// A span made ready for the memtable on the appending thread: its key, its shared
 /// allocation and its size estimate. The writer thread inserts it under the state lock, so
 /// what can be done before (allocating, walking its JSON) is done before: under `perf` that
-/// was about 45% of the writer thread's time at batch 1000.
+/// was about a third of the writer thread's time at batch 1000.
 pub struct Prepared {
     key: SpanKey,
     span: Arc<Span>,

@@ -83,7 +83,7 @@ const MAX_KEPT_BUFFER_BYTES: usize = 64 << 20;
 thread_local! {
     /// The JSON of a batch, serialized into a buffer each appending thread keeps: a fresh
     /// one grows by reallocation, and its new pages had to be faulted in and zeroed for
-    /// every batch (half the appending thread's time at batch 1000, under `perf`).
+    /// every batch (about a quarter of the appending thread's time at batch 1000, under `perf`).
     static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// One compression context per appending thread: creating a context costs more than
     /// compressing a small batch.
