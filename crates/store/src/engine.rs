@@ -48,8 +48,12 @@ pub struct StoreConfig {
     pub flush_bytes: usize,
     /// …or once its oldest row is this old.
     pub flush_interval: Duration,
-    /// Compact a partition once it has this many segments.
+    /// Compact a partition once it has this many small segments in a row (by write order)…
     pub compact_min_segments: usize,
+    /// …merging at most this many bytes of them at once; a segment of half this size or
+    /// more is left as it is. Bounds what one merge holds in memory and how long it keeps
+    /// flushing waiting, and rewrites each row a few times at most, not once per flush.
+    pub compact_max_bytes: u64,
     /// Retention in days for projects without their own setting; 0 keeps forever.
     pub default_retention_days: u32,
     pub retention_days: HashMap<String, u32>,
@@ -72,6 +76,7 @@ impl StoreConfig {
             flush_bytes: 256 << 20,
             flush_interval: Duration::from_secs(30),
             compact_min_segments: 8,
+            compact_max_bytes: 64 << 20,
             default_retention_days: 30,
             retention_days: HashMap::new(),
             background: true,
@@ -500,13 +505,12 @@ impl EmbeddedStore {
                                 || state.active.approx_bytes() >= config.flush_bytes
                                 || state.last_rotation.elapsed() >= config.flush_interval)
                     };
-                    if due {
-                        if let Err(err) = flush(&shared, &commands) {
-                            tracing::error!(error = %err, "background flush failed; will retry");
-                        }
-                        if let Err(err) = compact(&shared, false) {
-                            tracing::error!(error = %err, "background compaction failed");
-                        }
+                    if due && let Err(err) = flush(&shared, &commands) {
+                        tracing::error!(error = %err, "background flush failed; will retry");
+                    }
+                    // One bounded merge a round, so flushing never waits long behind it.
+                    if let Err(err) = compact(&shared, false) {
+                        tracing::error!(error = %err, "background compaction failed");
                     }
                     if last_retention.elapsed() >= Duration::from_secs(3600) {
                         last_retention = Instant::now();
@@ -704,12 +708,13 @@ pub(crate) fn note_write(segments: &[Arc<SegmentHandle>], span: &Span) {
 }
 
 /// Marks segments whose rows a later segment of their partition holds newer versions of.
-/// Within a partition, segment ids follow write order (compaction merges a partition's
-/// every segment), so the later segment holds the newer version.
+/// Within a partition, segments hold disjoint ranges of sequence numbers (a flush writes
+/// one memtable's rows; compaction merges runs of neighbours), so the later range holds
+/// the newer version.
 fn mark_rewritten_by_segments(segments: &[Arc<SegmentHandle>]) {
     for newer in segments.iter().filter(|handle| handle.meta.supersedes) {
         for older in segments {
-            if older.meta.id < newer.meta.id
+            if older.meta.max_seq < newer.meta.min_seq
                 && older.meta.project == newer.meta.project
                 && older.meta.day == newer.meta.day
                 && shares_a_key(&older.keys, &newer.keys)
@@ -1592,8 +1597,9 @@ fn mark_rewritten<'a>(
     any
 }
 
-/// Merges the segments of crowded partitions (and, when `force`, of partitions with
-/// deletions to purge) into one segment each, dropping deleted and superseded rows.
+/// Merges a run of small neighbouring segments of a crowded partition into one (one run a
+/// call, `small_run`); when `force`, every segment of each crowded partition, or of one with
+/// deletions to purge. Deleted and superseded rows are dropped.
 fn compact(shared: &Shared, force: bool) -> Result<u64> {
     let _maintenance = shared.lock_maintenance();
     let (segments, mut manifest, deletions) = {
@@ -1620,7 +1626,9 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
     let data_dir = &shared.config.data_dir;
     let mut replaced: Vec<Arc<SegmentHandle>> = Vec::new();
     let mut added: Vec<Arc<SegmentHandle>> = Vec::new();
-    for ((project, day), handles) in partitions {
+    for ((project, day), mut handles) in partitions {
+        handles.sort_by_key(|handle| handle.meta.min_seq);
+        let partition_segments = handles.len();
         let purge = force
             && handles.iter().any(|handle| {
                 persisted.iter().any(|record| {
@@ -1628,9 +1636,18 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
                         && record.deletion.project == handle.meta.project
                 })
             });
-        if handles.len() < shared.config.compact_min_segments && !purge {
-            continue;
-        }
+        let handles = if force {
+            if handles.len() < shared.config.compact_min_segments && !purge {
+                continue;
+            }
+            handles
+        } else {
+            match small_run(&handles, &shared.config) {
+                Some(run) => run,
+                None => continue,
+            }
+        };
+        let whole = handles.len() == partition_segments;
         let mut latest: HashMap<SpanKey, StoredSpan> = HashMap::new();
         for handle in &handles {
             for row in segment::read(&handle.path)? {
@@ -1654,17 +1671,22 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         let id = manifest.next_segment_id;
         manifest.next_segment_id += 1;
         if !rows.is_empty() {
-            // Every version of a span lives in its partition, and only the newest survives.
+            // Every version of a span lives in its partition, and only the newest of those
+            // merged survives; a run may still hold newer versions of its partition's
+            // earlier segments.
             let merged = NewSegment {
                 id,
                 project: &project,
                 day: &day,
                 deletions_applied_through: newest_deletion,
-                supersedes: false,
+                supersedes: !whole && handles.iter().any(|handle| handle.meta.supersedes),
             };
             added.push(Arc::new(write_segment(data_dir, merged, &mut rows)?));
         }
         replaced.extend(handles);
+        if !force {
+            break;
+        }
     }
     if replaced.is_empty() {
         return Ok(0);
@@ -1692,9 +1714,11 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         state
             .segments
             .retain(|handle| !replaced_ids.contains(&handle.meta.id));
-        // Every row in memory is newer than every row compacted.
+        // Every row in memory is newer than every row compacted; so may be rows of the
+        // partition's later segments, where only a run was merged.
         mark_rewritten_by_memtables(&state, &added);
         state.segments.extend(added);
+        mark_rewritten_by_segments(&state.segments);
         let flushed_seq = manifest.flushed_seq;
         state
             .deletions
@@ -1705,6 +1729,36 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
         handle.obsolete.store(true, Ordering::SeqCst);
     }
     Ok(replaced.len() as u64)
+}
+
+/// The first run, in write order, of at least `compact_min_segments` neighbouring segments
+/// each under half of `compact_max_bytes`, cut where their bytes together would pass it.
+/// Only neighbours are merged, so a partition's segments keep disjoint ranges of sequence
+/// numbers (`mark_rewritten_by_segments` relies on it).
+fn small_run(
+    handles: &[Arc<SegmentHandle>],
+    config: &StoreConfig,
+) -> Option<Vec<Arc<SegmentHandle>>> {
+    let small = |handle: &&Arc<SegmentHandle>| handle.meta.bytes < config.compact_max_bytes / 2;
+    let mut start = 0;
+    while start < handles.len() {
+        let length = handles[start..].iter().take_while(small).count();
+        if length >= config.compact_min_segments.max(2) {
+            let mut bytes = 0;
+            // Two segments under half the limit always fit.
+            let run = handles[start..start + length]
+                .iter()
+                .take_while(|handle| {
+                    bytes += handle.meta.bytes;
+                    bytes <= config.compact_max_bytes
+                })
+                .cloned()
+                .collect();
+            return Some(run);
+        }
+        start += length + 1;
+    }
+    None
 }
 
 /// Drops whole partitions whose newest row is past its project's retention.

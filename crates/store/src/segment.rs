@@ -22,10 +22,12 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, PrimitiveArray,
     RecordBatch, StringArray, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit,
     TimestampNanosecondType, UInt64Type,
@@ -186,19 +188,25 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
         }
         Arc::new(builder.finish())
     };
-    // JSON documents are serialized one after another into one scratch buffer.
+    // JSON documents are serialized one after another straight into the column's buffer.
     let json = |write: &dyn Fn(&Span, &mut Vec<u8>) -> Result<bool>| -> Result<ArrayRef> {
-        let mut builder = StringBuilder::with_capacity(n, n * 64);
-        let mut scratch = Vec::new();
+        let mut values = Vec::with_capacity(n * 64);
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut nulls = NullBufferBuilder::new(n);
+        offsets.push(0i32);
         for row in rows {
-            scratch.clear();
-            if write(&row.span, &mut scratch)? {
-                builder.append_value(std::str::from_utf8(&scratch).map_err(Error::encode)?);
-            } else {
-                builder.append_null();
-            }
+            nulls.append(write(&row.span, &mut values)?);
+            let end = i32::try_from(values.len())
+                .map_err(|_| Error::Encode("a JSON column exceeds 2 GiB in one segment".into()))?;
+            offsets.push(end);
         }
-        Ok(Arc::new(builder.finish()))
+        let array = StringArray::try_new(
+            OffsetBuffer::new(offsets.into()),
+            Buffer::from_vec(values),
+            nulls.finish(),
+        )
+        .map_err(Error::encode)?;
+        Ok(Arc::new(array))
     };
     let value = |value: &Value, out: &mut Vec<u8>| -> Result<bool> {
         if value.is_null() {

@@ -27,6 +27,8 @@ enum Op {
     Append(Vec<(u8, u8)>),
     Flush,
     Compact,
+    /// A background compaction step: merges one run of small neighbouring segments.
+    CompactRun,
     Delete(u8, u8),
     Reopen,
 }
@@ -36,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => prop::collection::vec((0u8..40, 0u8..4), 1..8).prop_map(Op::Append),
         2 => Just(Op::Flush),
         1 => Just(Op::Compact),
+        2 => Just(Op::CompactRun),
         1 => (0u8..3, 0u8..8).prop_map(|(what, which)| Op::Delete(what, which)),
         1 => Just(Op::Reopen),
     ]
@@ -300,6 +303,17 @@ proptest! {
                 Op::Flush => store.flush().unwrap(),
                 Op::Compact => {
                     store.compact(true).unwrap();
+                }
+                Op::CompactRun => {
+                    // Segments under the average size count as small, the others not: runs
+                    // of small ones are merged between segments left as they are.
+                    let stats = store.stats().unwrap();
+                    let mut config = config(dir.path());
+                    config.compact_max_bytes = 2 * stats.segment_bytes / stats.segments.max(1);
+                    config.compact_min_segments = 2;
+                    drop(store);
+                    store = EmbeddedStore::open(config).unwrap();
+                    store.compact(false).unwrap();
                 }
                 Op::Delete(what, which) => {
                     let deletion = deletion(what, which);

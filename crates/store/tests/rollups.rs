@@ -279,3 +279,55 @@ fn agree(
         assert_aggregates_agree(&answer, &aggregate(query, live.values()), &what);
     }
 }
+
+#[test]
+fn background_compaction_merges_only_neighbouring_small_segments() {
+    // Two small segments, a large one that rewrites their rows, then two more small ones,
+    // all in one day's partition. Only neighbours are merged: the first two, whose merged
+    // rows the large segment still rewrites (so their rollup must not count them), then the
+    // last two. Merging all four small ones would mix rows older and newer than the large
+    // segment's in one segment.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut live = BTreeMap::new();
+    append(&store, &mut live, (0..5).map(|n| span(n, 0)).collect());
+    store.flush().unwrap();
+    let small = store.stats().unwrap().segment_bytes;
+    append(&store, &mut live, (5..10).map(|n| span(n, 0)).collect());
+    store.flush().unwrap();
+    let before = store.stats().unwrap().segment_bytes;
+    append(&store, &mut live, (0..700).map(|n| span(n, 1)).collect());
+    store.flush().unwrap();
+    let large = store.stats().unwrap().segment_bytes - before;
+    assert!(large > 4 * small, "segments of {small} and {large} bytes");
+    append(&store, &mut live, (700..705).map(|n| span(n, 0)).collect());
+    store.flush().unwrap();
+    append(&store, &mut live, (705..710).map(|n| span(n, 0)).collect());
+    store.flush().unwrap();
+    drop(store);
+
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = Durability::None;
+    config.background = false;
+    config.compact_min_segments = 2;
+    // the large segment is at least half of it, the small ones far less
+    config.compact_max_bytes = large;
+    let store = EmbeddedStore::open(config.clone()).unwrap();
+    assert_eq!(
+        store.compact(false).unwrap(),
+        2,
+        "the first two were merged"
+    );
+    assert_counts_agree(&store, &live, "after merging the first two");
+    assert_eq!(store.compact(false).unwrap(), 2, "the last two were merged");
+    assert_counts_agree(&store, &live, "after merging the last two");
+    assert_eq!(
+        store.compact(false).unwrap(),
+        0,
+        "no neighbours left to merge"
+    );
+    assert_eq!(store.stats().unwrap().segments, 3);
+    drop(store);
+    let store = EmbeddedStore::open(config).unwrap();
+    assert_counts_agree(&store, &live, "after reopening");
+}

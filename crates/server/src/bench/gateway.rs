@@ -240,18 +240,7 @@ struct Proxy {
 
 impl Proxy {
     fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // fields after the command name: state is 3rd; utime 14th, stime 15th
-        let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field(11) + field(12)
+        (super::process_cpu(&self.child.id().to_string()).as_millis() / 10) as u64
     }
 
     /// Waits (at most a minute) until the process has been idle for a second, so the work
