@@ -63,52 +63,23 @@ impl Tokenizer for TermsTokenizer {
 
 impl TokenStream for TermsStream<'_> {
     fn advance(&mut self) -> bool {
-        // Byte by byte while the text is ASCII (most of it, and where `char::is_alphanumeric`
-        // is `u8::is_ascii_alphanumeric`); a non-ASCII character is decoded and asked.
-        let text = self.text;
-        let bytes = text.as_bytes();
-        let step = |at: usize| -> (bool, usize, bool) {
-            let byte = bytes[at];
-            if byte.is_ascii() {
-                (byte.is_ascii_alphanumeric(), 1, true)
-            } else {
-                let c = text[at..]
-                    .chars()
-                    .next()
-                    .unwrap_or(char::REPLACEMENT_CHARACTER);
-                (c.is_alphanumeric(), c.len_utf8(), false)
-            }
-        };
-        let mut at = self.position;
-        while at < bytes.len() {
-            let (alphanumeric, width, _) = step(at);
-            if alphanumeric {
-                break;
-            }
-            at += width;
-        }
-        if at >= bytes.len() {
-            self.position = bytes.len();
+        let rest = &self.text[self.position..];
+        let Some(start) = rest.find(char::is_alphanumeric) else {
+            self.position = self.text.len();
             return false;
-        }
-        let from = at;
-        let mut ascii = true;
-        while at < bytes.len() {
-            let (alphanumeric, width, is_ascii) = step(at);
-            if !alphanumeric {
-                break;
-            }
-            ascii &= is_ascii;
-            at += width;
-        }
-        let to = at;
-        let word = &text[from..to];
+        };
+        let from = self.position + start;
+        let length = self.text[from..]
+            .find(|c: char| !c.is_alphanumeric())
+            .unwrap_or(self.text.len() - from);
+        let to = from + length;
+        let word = &self.text[from..to];
         self.position = to;
         self.token.offset_from = from;
         self.token.offset_to = to;
         self.token.position = self.token.position.wrapping_add(1);
         self.token.text.clear();
-        if ascii {
+        if word.is_ascii() {
             self.token.text.push_str(word);
             self.token.text.make_ascii_lowercase();
         } else {
@@ -801,8 +772,8 @@ mod tests {
             prop_assert_eq!(tokens(&text), terms(&text).collect::<Vec<_>>());
         }
 
-        // Mostly ASCII, as message text is, with letters, digits and separators from beyond
-        // it inside and between words (the tokenizer goes byte by byte until it meets one).
+        // Mostly ASCII, as message text is, with letters, digits, marks and separators from
+        // beyond it inside and between words.
         #[test]
         fn mostly_ascii_text_yields_the_reference_terms(
             text in "[a-zA-Z0-9 .,_'\"\n\t-]{0,30}([ÀéßΣЖ中٣Ⅻ\u{301}\u{a0}…—][a-zA-Z0-9 .-]{0,10}){0,4}"
