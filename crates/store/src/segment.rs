@@ -22,10 +22,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::NullBufferBuilder;
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, PrimitiveArray,
-    RecordBatch, StringArray, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, NullBufferBuilder,
+    PrimitiveArray, RecordBatch, StringArray, StringBuilder, TimestampNanosecondBuilder,
+    UInt64Builder,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{
