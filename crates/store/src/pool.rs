@@ -47,8 +47,9 @@ const MIN_CHUNK: usize = 128;
 const MAX_CHUNK: usize = 8 * 1024;
 const CUT_BITS: u32 = 9;
 const BLOCK_BYTES: usize = 64 * 1024;
-/// zstd level of pool blocks.
-const BLOCK_ZSTD_LEVEL: i32 = 3;
+/// zstd level of pool blocks: as for the segment's columns, level 1 (level 3 saved 7% of
+/// the bytes for about an eighth more CPU per ingested span).
+const BLOCK_ZSTD_LEVEL: i32 = 1;
 const MAGIC: &[u8; 8] = b"LLMTPOL1";
 const TRAILER_BYTES: u64 = 20;
 const BLOCK_ENTRY_BYTES: usize = 24;
