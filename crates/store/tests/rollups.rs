@@ -42,12 +42,16 @@ fn span(n: i64, version: i64) -> Span {
     }
 }
 
-fn open(dir: &std::path::Path) -> EmbeddedStore {
+fn config(dir: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.durability = Durability::None;
     config.background = false;
     config.compact_min_segments = 2;
-    EmbeddedStore::open(config).unwrap()
+    config
+}
+
+fn open(dir: &std::path::Path) -> EmbeddedStore {
+    EmbeddedStore::open(config(dir)).unwrap()
 }
 
 /// Counts per (day, model, status), per (day, user, status) and per (day, tier, status) —
@@ -306,10 +310,7 @@ fn background_compaction_merges_only_neighbouring_small_segments() {
     store.flush().unwrap();
     drop(store);
 
-    let mut config = StoreConfig::new(dir.path());
-    config.durability = Durability::None;
-    config.background = false;
-    config.compact_min_segments = 2;
+    let mut config = config(dir.path());
     // the large segment is at least half of it, the small ones far less
     config.compact_max_bytes = large;
     let store = EmbeddedStore::open(config.clone()).unwrap();
