@@ -51,8 +51,8 @@ pub struct StoreConfig {
     /// Compact a partition once it has this many small segments in a row (by write order)…
     pub compact_min_segments: usize,
     /// …merging at most this many bytes of them at once; a segment of half this size or
-    /// more is left as it is. Bounds what one merge holds in memory and how long it keeps
-    /// flushing waiting, and rewrites each row a few times at most, not once per flush.
+    /// more is left as it is. Bounds what one merge holds in memory and how long flushing
+    /// waits behind it, and a row stops being rewritten once its segment reaches half of it.
     pub compact_max_bytes: u64,
     /// Retention in days for projects without their own setting; 0 keeps forever.
     pub default_retention_days: u32,
