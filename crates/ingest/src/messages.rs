@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
+pub use llmtrace_model::span::flatten_text;
+
 /// A JSON value that may arrive as a JSON-encoded string (span attributes) or as a tree
 /// (log events): always returns the tree.
 pub fn json_tree(value: &Value) -> Value {
@@ -447,45 +449,6 @@ pub fn from_flat(
         out.insert("finish_reason".into(), reason.clone());
     }
     Value::Object(out)
-}
-
-/// The searchable text of normalized messages: text parts and tool-call arguments.
-pub fn flatten_text(messages: &Value) -> String {
-    let mut out = String::new();
-    let mut push = |text: &str| {
-        if !text.is_empty() {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(text);
-        }
-    };
-    for message in messages.as_array().into_iter().flatten() {
-        for part in message
-            .get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(text) = part.get("text").and_then(Value::as_str) {
-                push(text);
-            }
-        }
-        for call in message
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(name) = call.get("name").and_then(Value::as_str) {
-                push(name);
-            }
-            if let Some(arguments) = call.get("arguments").and_then(Value::as_str) {
-                push(arguments);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

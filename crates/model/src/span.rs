@@ -242,6 +242,74 @@ impl Span {
     }
 }
 
+/// The searchable text of normalized messages (what `input_text` and `output_text` hold for
+/// the messages of `input` and `output`): every text part and every tool call's name and
+/// arguments, in order, the non-empty ones joined by newlines.
+///
+/// The WAL leaves out a text that equals this and derives it again on replay
+/// (`llmtrace_store` `wal.rs`): a change to what this returns changes how logs written
+/// before it replay, so it needs a new WAL record kind.
+pub fn flatten_text(messages: &Value) -> String {
+    let mut out = String::new();
+    text_pieces(messages, |piece| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(piece);
+        true
+    });
+    out
+}
+
+/// Whether `text` is exactly `flatten_text(messages)`, found without building it.
+pub fn is_flattened_text(messages: &Value, text: &str) -> bool {
+    let mut rest = text;
+    let mut first = true;
+    let whole = text_pieces(messages, |piece| {
+        if !first {
+            match rest.strip_prefix('\n') {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        first = false;
+        match rest.strip_prefix(piece) {
+            Some(after) => {
+                rest = after;
+                true
+            }
+            None => false,
+        }
+    });
+    whole && rest.is_empty()
+}
+
+/// Calls `visit` with each non-empty piece of `flatten_text`, in order, until it returns
+/// false; returns whether every piece was visited.
+fn text_pieces(messages: &Value, mut visit: impl FnMut(&str) -> bool) -> bool {
+    for message in messages.as_array().into_iter().flatten() {
+        let parts = message
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get("text").and_then(Value::as_str));
+        let calls = message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|call| [call.get("name"), call.get("arguments")])
+            .filter_map(|value| value.and_then(Value::as_str));
+        for piece in parts.chain(calls) {
+            if !piece.is_empty() && !visit(piece) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Identity of a span inside the store: later writes with the same key replace earlier ones.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpanKey {
@@ -289,6 +357,43 @@ pub fn is_valid_hex_id(text: &str, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pinned: logs written with this function's output left out replay through it.
+    #[test]
+    fn flatten_text_joins_text_parts_and_tool_calls_in_order() {
+        let messages = serde_json::json!([
+            {"role": "system", "content": [{"type": "text", "text": "Be terse."}]},
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "image", "url": "u"},
+                {"type": "text", "text": "Weather\nin Paris?"}]},
+            {"role": "assistant", "content": [], "tool_calls": [
+                {"id": "c1", "name": "weather", "arguments": "{\"city\":\"Paris\"}"},
+                {"id": "c2", "name": "", "arguments": null}]},
+            {"role": "tool", "content": [{"type": "refusal", "text": "rainy"}], "tool_call_id": "c1"},
+            "not a message",
+        ]);
+        let text = "Be terse.\nWeather\nin Paris?\nweather\n{\"city\":\"Paris\"}\nrainy";
+        assert_eq!(flatten_text(&messages), text);
+        assert!(is_flattened_text(&messages, text));
+        for other in [
+            "",
+            "Be terse.",
+            &text[..text.len() - 1],
+            &format!("{text}\n"),
+            &format!("\n{text}"),
+            &text.replace("Weather\nin", "Weather in"),
+        ] {
+            assert!(!is_flattened_text(&messages, other), "{other:?}");
+        }
+        for empty in [
+            Value::Null,
+            serde_json::json!([]),
+            serde_json::json!("text"),
+        ] {
+            assert_eq!(flatten_text(&empty), "");
+            assert!(is_flattened_text(&empty, ""));
+            assert!(!is_flattened_text(&empty, "x"));
+        }
+    }
 
     #[test]
     fn kind_status_source_round_trip_through_text() {

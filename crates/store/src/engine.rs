@@ -1806,7 +1806,7 @@ fn retention(shared: &Shared, now_ns: i64) -> Result<u64> {
 }
 
 impl Store for EmbeddedStore {
-    fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
+    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
         if spans.is_empty() {
             return Ok(());
         }
@@ -1818,7 +1818,7 @@ impl Store for EmbeddedStore {
             return Err(llmtrace_model::Error::BadRequest(problem));
         }
         self.wait_for_room()?;
-        let entry = EncodedEntry::spans(&spans)?;
+        let entry = EncodedEntry::spans(&mut spans)?;
         let prepared = spans.into_iter().map(Prepared::new).collect();
         self.submit(entry, Mutation::Spans(prepared))?;
         Ok(())

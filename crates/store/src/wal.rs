@@ -6,11 +6,18 @@
 //! body   := seq:u64le kind:u8 payload        crc = crc32c(body)
 //! kind   := 1 spans (payload = JSON array of Span) | 2 deletion (payload = JSON Deletion)
 //!         | 3 spans, zstd (payload = zstd frame of the JSON array of Span)
+//!         | 4 spans, zstd, derived text (payload = zstd frame of
+//!             count:u32le flags:u8[count] JSON array of count Span)
+//! flags  := bit 0: the span's input_text is flatten_text(input), written as ""
+//!           bit 1: the same for output_text and output
 //! ```
 //!
-//! Span batches are written compressed (kind 3): chat calls resend their history, so a
+//! Span batches are written compressed (kind 4): chat calls resend their history, so a
 //! batch compresses several-fold, and the log's write bandwidth is what bounds durable
-//! ingest of large spans. Kind 1 is still read.
+//! ingest of large spans. A span's message text is usually its messages' text
+//! (`llmtrace_model::span::flatten_text`): that copy is left out and derived again on
+//! replay, which halves what is serialized and compressed for chat spans. Kinds 1 and 3
+//! are still read.
 //!
 //! Files are named `{first_seq:020}.wal`; the writer starts a new file at every memtable
 //! rotation, so a file's rows are either all in the memtable or all in a flushed segment.
@@ -31,6 +38,10 @@ pub const MAGIC: &[u8; 8] = b"LTWAL001";
 const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
 const KIND_SPANS_ZSTD: u8 = 3;
+const KIND_SPANS_DERIVED_TEXT: u8 = 4;
+/// Flags of a kind-4 span: which of its text fields were left out.
+const INPUT_TEXT_DERIVED: u8 = 1;
+const OUTPUT_TEXT_DERIVED: u8 = 2;
 /// zstd level for span batches: the fastest levels already catch repeated history.
 /// (LZ4, from the pure-Rust `lz4_flex`, took as long as this under `perf`.)
 const ZSTD_LEVEL: i32 = 1;
@@ -52,21 +63,66 @@ pub struct EncodedEntry {
 }
 
 impl EncodedEntry {
-    pub fn spans(spans: &[Span]) -> Result<EncodedEntry> {
-        let payload = JSON_BUFFER.with(|cell| {
-            let mut json = cell.borrow_mut();
-            json.clear();
-            serde_json::to_writer(&mut *json, spans).map_err(Error::encode)?;
-            let payload = compress(&json);
-            if json.capacity() > MAX_KEPT_BUFFER_BYTES {
-                *json = Vec::new();
+    /// Serializes and compresses a batch. Text fields its messages determine are taken out
+    /// of the spans while they are serialized and put back before this returns.
+    pub fn spans(spans: &mut [Span]) -> Result<EncodedEntry> {
+        let mut flags = Vec::with_capacity(spans.len());
+        let mut taken = Vec::new();
+        for (position, span) in spans.iter_mut().enumerate() {
+            let derived = |text: &str, messages: &serde_json::Value| {
+                !text.is_empty() && llmtrace_model::span::is_flattened_text(messages, text)
+            };
+            let mut flag = 0;
+            if derived(&span.input_text, &span.input) {
+                flag |= INPUT_TEXT_DERIVED;
+            }
+            if derived(&span.output_text, &span.output) {
+                flag |= OUTPUT_TEXT_DERIVED;
+            }
+            flags.push(flag);
+            if flag != 0 {
+                let take =
+                    |bit: u8, text: &mut String| (flag & bit != 0).then(|| std::mem::take(text));
+                let input = take(INPUT_TEXT_DERIVED, &mut span.input_text);
+                let output = take(OUTPUT_TEXT_DERIVED, &mut span.output_text);
+                taken.push((position, input, output));
+            }
+        }
+        let payload = BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            buffer.clear();
+            buffer.extend_from_slice(&(spans.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(&flags);
+            let payload = serde_json::to_writer(&mut *buffer, &*spans)
+                .map_err(Error::encode)
+                .and_then(|()| compress(&buffer));
+            if buffer.capacity() > MAX_KEPT_BUFFER_BYTES {
+                *buffer = Vec::new();
             }
             payload
-        })?;
+        });
+        for (position, input, output) in taken {
+            let span = &mut spans[position];
+            if let Some(text) = input {
+                span.input_text = text;
+            }
+            if let Some(text) = output {
+                span.output_text = text;
+            }
+        }
         Ok(EncodedEntry {
-            kind: KIND_SPANS_ZSTD,
-            payload,
+            kind: KIND_SPANS_DERIVED_TEXT,
+            payload: payload?,
         })
+    }
+
+    /// Bytes of the record's payload.
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
     }
 
     pub fn deletion(deletion: &Deletion) -> Result<EncodedEntry> {
@@ -81,10 +137,11 @@ impl EncodedEntry {
 const MAX_KEPT_BUFFER_BYTES: usize = 64 << 20;
 
 thread_local! {
-    /// The JSON of a batch, serialized into a buffer each appending thread keeps: a fresh
-    /// one grows by reallocation, and its new pages had to be faulted in and zeroed for
-    /// every batch (about a quarter of the appending thread's time at batch 1000, under `perf`).
-    static JSON_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A batch's record before compression, serialized into a buffer each appending thread
+    /// keeps: a fresh one grows by reallocation, and its new pages had to be faulted in and
+    /// zeroed for every batch (about a quarter of the appending thread's time at batch
+    /// 1000, under `perf`).
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// One compression context per appending thread: creating a context costs more than
     /// compressing a small batch.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -287,10 +344,31 @@ fn decode_record(data: &[u8], offset: usize) -> Option<(u64, WalEntry, usize)> {
             let json = zstd::stream::decode_all(payload).ok()?;
             WalEntry::Spans(serde_json::from_slice(&json).ok()?)
         }
+        KIND_SPANS_DERIVED_TEXT => WalEntry::Spans(decode_derived(payload)?),
         KIND_DELETION => WalEntry::Deletion(serde_json::from_slice(payload).ok()?),
         _ => return None,
     };
     Some((seq, entry, body_start + len as usize))
+}
+
+/// A kind-4 payload: the spans, with the text fields left out derived again.
+fn decode_derived(payload: &[u8]) -> Option<Vec<Span>> {
+    let body = zstd::stream::decode_all(payload).ok()?;
+    let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let flags = body.get(4..4usize.checked_add(count)?)?;
+    let mut spans: Vec<Span> = serde_json::from_slice(&body[4 + count..]).ok()?;
+    if spans.len() != count {
+        return None;
+    }
+    for (span, flag) in spans.iter_mut().zip(flags) {
+        if flag & INPUT_TEXT_DERIVED != 0 {
+            span.input_text = llmtrace_model::span::flatten_text(&span.input);
+        }
+        if flag & OUTPUT_TEXT_DERIVED != 0 {
+            span.output_text = llmtrace_model::span::flatten_text(&span.output);
+        }
+    }
+    Some(spans)
 }
 
 #[cfg(test)]
@@ -311,7 +389,7 @@ mod tests {
         let mut writer = WalWriter::create(dir, 1).unwrap();
         for seq in 1..=3 {
             writer
-                .write(seq, &EncodedEntry::spans(&[span(seq)]).unwrap())
+                .write(seq, &EncodedEntry::spans(&mut [span(seq)]).unwrap())
                 .unwrap();
         }
         writer.sync(true).unwrap();
@@ -338,33 +416,127 @@ mod tests {
         assert_eq!(report.cut_bytes, 0);
     }
 
+    fn decoded(entry: &EncodedEntry) -> WalEntry {
+        let mut bytes = Vec::new();
+        frame(7, entry, &mut bytes);
+        let (seq, decoded, end) = decode_record(&bytes, 0).unwrap();
+        assert_eq!((seq, end), (7, bytes.len()));
+        decoded
+    }
+
     #[test]
-    fn compressed_and_plain_span_records_both_decode() {
-        let spans = vec![Span {
+    fn records_of_every_span_kind_decode() {
+        let mut spans = vec![Span {
             trace_id: "t".into(),
             span_id: "s".into(),
             input_text: "hello ".repeat(100),
             ..Span::default()
         }];
-        let written = EncodedEntry::spans(&spans).unwrap();
-        assert_eq!(written.kind, KIND_SPANS_ZSTD);
+        let original = spans.clone();
+        let written = EncodedEntry::spans(&mut spans).unwrap();
+        assert_eq!(spans, original, "the caller's spans are given back whole");
+        assert_eq!(written.kind, KIND_SPANS_DERIVED_TEXT);
         let json = serde_json::to_vec(&spans).unwrap();
         assert!(
             written.payload.len() * 2 < json.len(),
             "repeated text compresses"
         );
         // what earlier versions wrote
+        let compressed = EncodedEntry {
+            kind: KIND_SPANS_ZSTD,
+            payload: compress(&json).unwrap(),
+        };
         let plain = EncodedEntry {
             kind: KIND_SPANS,
             payload: json,
         };
-        for (seq, entry) in [(7, written), (8, plain)] {
-            let mut bytes = Vec::new();
-            frame(seq, &entry, &mut bytes);
-            let (decoded_seq, decoded, end) = decode_record(&bytes, 0).unwrap();
-            assert_eq!((decoded_seq, end), (seq, bytes.len()));
-            assert_eq!(decoded, WalEntry::Spans(spans.clone()));
+        for entry in [written, compressed, plain] {
+            assert_eq!(decoded(&entry), WalEntry::Spans(original.clone()));
         }
+    }
+
+    /// Text its messages determine is left out of the record and derived on replay; any
+    /// other text is kept as it came.
+    #[test]
+    fn message_text_is_derived_on_replay_only_where_the_messages_give_it() {
+        let messages = |text: &str| {
+            serde_json::json!([{"role": "user", "content": [{"type": "text", "text": text}]},
+                {"role": "assistant", "content": [], "tool_calls": [{"name": "f", "arguments": "{}"}]}])
+        };
+        let long = "resent history ".repeat(200);
+        let spans: Vec<Span> = [
+            (
+                messages(&long),
+                format!("{long}\nf\n{{}}"),
+                messages("a"),
+                "a\nf\n{}".to_string(),
+            ),
+            // a text that is not its messages' (a source set it from elsewhere)
+            (
+                messages(&long),
+                long.clone(),
+                serde_json::Value::Null,
+                "answer".to_string(),
+            ),
+            (
+                messages("x"),
+                String::new(),
+                messages(""),
+                "f\n{}".to_string(),
+            ),
+            (
+                serde_json::Value::Null,
+                String::new(),
+                serde_json::Value::Null,
+                String::new(),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (input, input_text, output, output_text))| Span {
+            input,
+            input_text,
+            output,
+            output_text,
+            ..span(n as u64 + 1)
+        })
+        .collect();
+        let mut written = spans.clone();
+        let entry = EncodedEntry::spans(&mut written).unwrap();
+        assert_eq!(written, spans);
+        let body = zstd::stream::decode_all(&entry.payload[..]).unwrap();
+        assert_eq!(&body[..4], &4u32.to_le_bytes());
+        assert_eq!(
+            &body[4..8],
+            &[
+                INPUT_TEXT_DERIVED | OUTPUT_TEXT_DERIVED,
+                0,
+                OUTPUT_TEXT_DERIVED,
+                0
+            ]
+        );
+        let json = String::from_utf8(body[8..].to_vec()).unwrap();
+        assert_eq!(
+            json.matches(&long).count(),
+            3,
+            "the derived copy is left out"
+        );
+        assert_eq!(decoded(&entry), WalEntry::Spans(spans));
+    }
+
+    #[test]
+    fn a_derived_record_whose_count_disagrees_is_not_decoded() {
+        let mut spans = vec![span(1), span(2)];
+        let entry = EncodedEntry::spans(&mut spans).unwrap();
+        let mut body = zstd::stream::decode_all(&entry.payload[..]).unwrap();
+        body[0] = 3;
+        let tampered = EncodedEntry {
+            kind: KIND_SPANS_DERIVED_TEXT,
+            payload: compress(&body).unwrap(),
+        };
+        let mut bytes = Vec::new();
+        frame(1, &tampered, &mut bytes);
+        assert!(decode_record(&bytes, 0).is_none());
     }
 
     #[test]
@@ -375,8 +547,8 @@ mod tests {
                 ..span(n)
             }]
         };
-        let long = EncodedEntry::spans(&batch(50, "long text ")).unwrap();
-        let short = EncodedEntry::spans(&batch(1, "x")).unwrap();
+        let long = EncodedEntry::spans(&mut batch(50, "long text ")).unwrap();
+        let short = EncodedEntry::spans(&mut batch(1, "x")).unwrap();
         for (entry, expected) in [(long, batch(50, "long text ")), (short, batch(1, "x"))] {
             let mut bytes = Vec::new();
             frame(1, &entry, &mut bytes);

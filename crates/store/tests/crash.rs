@@ -18,16 +18,27 @@ use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
 const CHILD_ENV: &str = "LLMTRACE_CRASH_CHILD_DIR";
 const BATCH: u64 = 20;
 
+/// A chat call. Its text is usually its messages' text, which the WAL stores once and
+/// derives again on replay; every third span's input text is not, and is kept as it came.
 fn span(batch: u64, index: u64) -> Span {
     let n = batch * BATCH + index;
+    let prompt = format!("prompt number {n} {}", "x".repeat((n % 50) as usize));
+    let answer = format!("answer {n}");
+    let message = |role: &str, text: &str| serde_json::json!([{"role": role, "content": [{"type": "text", "text": text}]}]);
     Span {
         project: "crash".into(),
         trace_id: format!("{:032x}", batch + 1),
         span_id: format!("{:016x}", n + 1),
         name: format!("call {n}"),
         start_time: 1_795_000_000_000_000_000 + n as i64 * 1_000,
-        input_text: format!("prompt number {n} {}", "x".repeat((n % 50) as usize)),
-        output_text: format!("answer {n}"),
+        input: message("user", &prompt),
+        output: message("assistant", &answer),
+        input_text: if n.is_multiple_of(3) {
+            format!("{prompt} (edited)")
+        } else {
+            prompt
+        },
+        output_text: answer,
         input_tokens: Some(n as i64),
         metadata: BTreeMap::from([("batch".into(), batch.to_string())]),
         ..Span::default()

@@ -340,6 +340,36 @@ fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> 
     Ok(EmbeddedStore::open(config)?)
 }
 
+/// What the appending thread spends on one batch's WAL record (serializing and compressing
+/// it), as the batch is and with every span's text changed so that it is no longer its
+/// messages' text: the WAL then keeps both copies, as it did before it derived one.
+fn print_wal_encoding(what: &str, batch: &[llmtrace_model::Span]) -> Result<()> {
+    const ROUNDS: u32 = 20;
+    let per_span = |spans: &mut Vec<llmtrace_model::Span>| -> Result<(f64, usize)> {
+        // once untimed: the thread's buffer and compressor are made on first use
+        llmtrace_store::wal::EncodedEntry::spans(spans)?;
+        let started = Instant::now();
+        let mut bytes = 0;
+        for _ in 0..ROUNDS {
+            bytes = llmtrace_store::wal::EncodedEntry::spans(spans)?.len();
+        }
+        let micros = started.elapsed().as_secs_f64() * 1e6 / f64::from(ROUNDS);
+        Ok((micros / spans.len() as f64, bytes / spans.len()))
+    };
+    let (derived, derived_bytes) = per_span(&mut batch.to_vec())?;
+    let mut kept: Vec<_> = batch.to_vec();
+    for span in &mut kept {
+        span.input_text.push(' ');
+        span.output_text.push(' ');
+    }
+    let (whole, whole_bytes) = per_span(&mut kept)?;
+    println!(
+        "| WAL record of {what} ({} spans): serialize and compress | {derived:.1} µs/span, {derived_bytes} bytes/span (text kept twice: {whole:.1} µs/span, {whole_bytes} bytes/span) |",
+        batch.len()
+    );
+    Ok(())
+}
+
 fn store(args: StoreArgs) -> Result<()> {
     if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
         bail!("{} is not empty", args.dir.display());
@@ -363,6 +393,9 @@ fn store(args: StoreArgs) -> Result<()> {
             batches.push((0..batch).map(|_| corpus.next_span("bench")).collect());
         }
         let written = (batches.len() * batch) as u64;
+        if let Some(first) = batches.first() {
+            print_wal_encoding("a durable ingest batch", first)?;
+        }
         let mut lanes: Vec<Vec<Vec<_>>> = (0..args.appenders.max(1)).map(|_| Vec::new()).collect();
         let lane_count = lanes.len();
         for (n, spans) in batches.into_iter().enumerate() {
@@ -415,6 +448,7 @@ fn store(args: StoreArgs) -> Result<()> {
     let mut raw_message_bytes = 0u64;
     let started = Instant::now();
     let mut probe = None;
+    let mut middle_batch = Vec::new();
     for chunk_start in (0..args.spans).step_by(1000) {
         let n = (args.spans - chunk_start).min(1000);
         let spans: Vec<_> = (0..n).map(|_| corpus.next_span("bench")).collect();
@@ -432,12 +466,14 @@ fn store(args: StoreArgs) -> Result<()> {
             .sum::<u64>();
         if chunk_start == args.spans / 2 {
             probe = spans.first().cloned();
+            middle_batch = spans.clone();
         }
         store.append(spans)?;
     }
     store.flush()?;
     let load_time = started.elapsed();
     let probe = probe.context("corpus too small")?;
+    print_wal_encoding("a multi-turn corpus batch", &middle_batch)?;
     let stats = store.stats()?;
     println!(
         "| corpus load (no fsync) + flush, {} spans | {:.1} s |",
