@@ -66,12 +66,12 @@ impl EncodedEntry {
     /// Serializes and compresses a batch. Text fields its messages determine are taken out
     /// of the spans while they are serialized and put back before this returns.
     pub fn spans(spans: &mut [Span]) -> Result<EncodedEntry> {
+        let derived = |text: &str, messages: &serde_json::Value| {
+            !text.is_empty() && llmtrace_model::span::is_flattened_text(messages, text)
+        };
         let mut flags = Vec::with_capacity(spans.len());
         let mut taken = Vec::new();
         for (position, span) in spans.iter_mut().enumerate() {
-            let derived = |text: &str, messages: &serde_json::Value| {
-                !text.is_empty() && llmtrace_model::span::is_flattened_text(messages, text)
-            };
             let mut flag = 0;
             if derived(&span.input_text, &span.input) {
                 flag |= INPUT_TEXT_DERIVED;
