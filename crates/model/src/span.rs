@@ -240,15 +240,47 @@ impl Span {
     pub fn is_model_call(&self) -> bool {
         matches!(self.kind, SpanKind::Llm | SpanKind::Embedding)
     }
+
+    /// Which of this span's texts (`INPUT_TEXT_DERIVED`, `OUTPUT_TEXT_DERIVED`) are not
+    /// empty and are exactly `flatten_text` of its messages: a store may keep the messages
+    /// only and put such a text back with `derive_text`.
+    pub fn derived_text(&self) -> u8 {
+        let derived =
+            |text: &str, messages: &Value| !text.is_empty() && is_flattened_text(messages, text);
+        let mut flags = 0;
+        if derived(&self.input_text, &self.input) {
+            flags |= INPUT_TEXT_DERIVED;
+        }
+        if derived(&self.output_text, &self.output) {
+            flags |= OUTPUT_TEXT_DERIVED;
+        }
+        flags
+    }
+
+    /// Sets the texts that `flags` (from `derived_text`) names from the messages.
+    pub fn derive_text(&mut self, flags: u8) {
+        if flags & INPUT_TEXT_DERIVED != 0 {
+            self.input_text = flatten_text(&self.input);
+        }
+        if flags & OUTPUT_TEXT_DERIVED != 0 {
+            self.output_text = flatten_text(&self.output);
+        }
+    }
 }
+
+/// `Span::derived_text`: `input_text` is `flatten_text(input)`.
+pub const INPUT_TEXT_DERIVED: u8 = 1;
+/// `Span::derived_text`: `output_text` is `flatten_text(output)`.
+pub const OUTPUT_TEXT_DERIVED: u8 = 2;
 
 /// The searchable text of normalized messages (what `input_text` and `output_text` hold for
 /// the messages of `input` and `output`): every text part and every tool call's name and
 /// arguments, in order, the non-empty ones joined by newlines.
 ///
-/// The WAL leaves out a text that equals this and derives it again on replay
-/// (`llmtrace_store` `wal.rs`): a change to what this returns changes how logs written
-/// before it replay, so it needs a new WAL record kind.
+/// The WAL and the segment files leave out a text that equals this and derive it again
+/// when they are read (`llmtrace_store` `wal.rs`, `segment.rs`): a change to what this
+/// returns changes how logs and segments written before it read, so it needs a new WAL
+/// record kind and a new segment flag.
 pub fn flatten_text(messages: &Value) -> String {
     let mut out = String::new();
     text_pieces(messages, |piece| {

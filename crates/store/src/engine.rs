@@ -230,6 +230,10 @@ impl SegmentHandle {
         segment::read_rows(&self.path, &self.parquet, &self.pool, rows, projection)
     }
 
+    fn complete(&self, rows: &[u32], spans: &mut [Span]) -> Result<()> {
+        segment::complete_rows(&self.path, &self.parquet, &self.pool, rows, spans)
+    }
+
     fn batches(
         &self,
         rows: &[u32],
@@ -1410,28 +1414,31 @@ struct Collected<'q> {
 }
 
 impl Collected<'_> {
-    /// Reads the segment rows among `found` whole.
+    /// The spans of `found`, in that order, with the segment rows among them completed
+    /// (they were read light).
     fn whole(segments: &[Arc<SegmentHandle>], found: Vec<Found>) -> Result<Vec<Span>> {
-        let mut wanted: Vec<(usize, u32)> = found.iter().filter_map(|f| f.origin).collect();
-        wanted.sort_unstable();
-        let mut whole: HashMap<(usize, u32), Arc<Span>> = HashMap::with_capacity(wanted.len());
-        for group in wanted.chunk_by(|a, b| a.0 == b.0) {
-            let rows: Vec<u32> = group.iter().map(|(_, row)| *row).collect();
-            let read = segments[group[0].0].read(&rows, Projection::WHOLE)?;
-            for (row, stored) in rows.into_iter().zip(read) {
-                whole.insert((group[0].0, row), stored.span);
+        let mut spans: Vec<Span> = Vec::with_capacity(found.len());
+        // (segment, row, position in `spans`) of each segment row
+        let mut light: Vec<(usize, u32, usize)> = Vec::new();
+        for (position, found) in found.into_iter().enumerate() {
+            if let Some((segment, row)) = found.origin {
+                light.push((segment, row, position));
+            }
+            spans.push(Arc::unwrap_or_clone(found.span));
+        }
+        light.sort_unstable();
+        for group in light.chunk_by(|a, b| a.0 == b.0) {
+            let rows: Vec<u32> = group.iter().map(|&(_, row, _)| row).collect();
+            let mut taken: Vec<Span> = group
+                .iter()
+                .map(|&(_, _, position)| std::mem::take(&mut spans[position]))
+                .collect();
+            segments[group[0].0].complete(&rows, &mut taken)?;
+            for (&(_, _, position), span) in group.iter().zip(taken) {
+                spans[position] = span;
             }
         }
-        Ok(found
-            .into_iter()
-            .map(|found| {
-                let span = found
-                    .origin
-                    .and_then(|origin| whole.remove(&origin))
-                    .unwrap_or(found.span);
-                Arc::unwrap_or_clone(span)
-            })
-            .collect())
+        Ok(spans)
     }
 }
 

@@ -16,6 +16,11 @@
 //! (the file schema, `file_schema`, is the spans table plus those two columns); the chunks
 //! are in `<id>.pool` beside the file, and `llmtrace.pool_chunks` in the footer says how
 //! many. Every read here puts the values back together, so callers see the spans table.
+//!
+//! A message text that its messages give (`Span::derived_text`: `input_text` is
+//! `flatten_text(input)`, likewise for output) is written empty and flagged in the
+//! `text_derived` column, so the messages are kept once; reads that ask for the text read the
+//! messages too and derive it again. Files written before that column left nothing out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -25,13 +30,14 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, NullBufferBuilder,
     PrimitiveArray, RecordBatch, StringArray, StringBuilder, TimestampNanosecondBuilder,
-    UInt64Builder,
+    UInt8Array, UInt64Builder,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit,
-    TimestampNanosecondType, UInt64Type,
+    TimestampNanosecondType, UInt8Type, UInt64Type,
 };
+use llmtrace_model::span::{INPUT_TEXT_DERIVED, OUTPUT_TEXT_DERIVED, flatten_text};
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -123,9 +129,29 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// What a segment file holds: `schema` and the pool's chunk-id columns.
-pub fn file_schema() -> SchemaRef {
+/// Which of a row's texts the file leaves out because its messages give them: the bits of
+/// `Span::derived_text`. Files written before it lack the column and leave nothing out.
+const DERIVED_COLUMN: &str = "text_derived";
+/// Each text a file may leave out, the messages it is derived from, and its bit.
+const DERIVED_TEXT: [(&str, &str, u8); 2] = [
+    ("input_text", "input", INPUT_TEXT_DERIVED),
+    ("output_text", "output", OUTPUT_TEXT_DERIVED),
+];
+
+/// `schema` and `DERIVED_COLUMN`: the rows as they are written, before pooling.
+fn written_schema() -> SchemaRef {
     let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DERIVED_COLUMN, DataType::UInt8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// What a segment file holds: `written_schema` and the pool's chunk-id columns.
+pub fn file_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = written_schema()
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())
@@ -169,7 +195,38 @@ pub fn project(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
 
 /// Converts rows to one Arrow batch in the segment schema.
 pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
+    batch_of(rows, false)
+}
+
+/// Rows as a segment file holds them before pooling (`written_schema`): a text its
+/// messages give is left empty and flagged in `DERIVED_COLUMN`, so the file (and the pool)
+/// keeps each message once rather than twice.
+fn to_written_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
+    batch_of(rows, true)
+}
+
+fn batch_of(rows: &[StoredSpan], leave_out_derived: bool) -> Result<RecordBatch> {
     let n = rows.len();
+    let derived: Vec<u8> = if leave_out_derived {
+        rows.iter().map(|row| row.span.derived_text()).collect()
+    } else {
+        Vec::new()
+    };
+    // a message text, left empty where `derived` flags it with `bit`
+    let message_text = |bit: u8, get: fn(&Span) -> &str| -> ArrayRef {
+        let kept = |at: usize| derived.get(at).is_none_or(|flags| flags & bit == 0);
+        let bytes = rows
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| kept(*at))
+            .map(|(_, row)| get(&row.span).len())
+            .sum();
+        let mut builder = StringBuilder::with_capacity(n, bytes);
+        for (at, row) in rows.iter().enumerate() {
+            builder.append_value(if kept(at) { get(&row.span) } else { "" });
+        }
+        Arc::new(builder.finish())
+    };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(48);
     let mut seq = UInt64Builder::with_capacity(n);
     rows.iter().for_each(|row| seq.append_value(row.seq));
@@ -277,8 +334,8 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
     columns.push(text(&|s| s.pricing_version.as_deref()));
     columns.push(json(&|s, out| value(&s.input, out))?);
     columns.push(json(&|s, out| value(&s.output, out))?);
-    columns.push(text(&|s| Some(s.input_text.as_str())));
-    columns.push(text(&|s| Some(s.output_text.as_str())));
+    columns.push(message_text(INPUT_TEXT_DERIVED, |s| &s.input_text));
+    columns.push(message_text(OUTPUT_TEXT_DERIVED, |s| &s.output_text));
     columns.push(json(&|s, out| value(&s.tools, out))?);
     columns.push(json(&|s, out| {
         serde_json::to_writer(out, &s.metadata).map_err(Error::encode)?;
@@ -292,7 +349,11 @@ pub fn to_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
         serde_json::to_writer(out, &s.events).map_err(Error::encode)?;
         Ok(true)
     })?);
-    RecordBatch::try_new(schema(), columns).map_err(Error::encode)
+    if !leave_out_derived {
+        return RecordBatch::try_new(schema(), columns).map_err(Error::encode);
+    }
+    columns.push(Arc::new(UInt8Array::from(derived)));
+    RecordBatch::try_new(written_schema(), columns).map_err(Error::encode)
 }
 
 /// Columns holding message content, JSON documents and text.
@@ -378,7 +439,7 @@ fn write_grouped(path: &Path, rows: &[StoredSpan], row_group_rows: usize) -> Res
     let mut pool = PoolWriter::default();
     for chunk in rows.chunks(16 * 1024) {
         writer
-            .write(&pool.encode(&to_batch(chunk)?)?)
+            .write(&pool.encode(&to_written_batch(chunk)?)?)
             .map_err(|e| Error::segment(path, e))?;
     }
     // the pool is durable before the segment that needs it is
@@ -495,9 +556,15 @@ pub fn open_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
         ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
     )
     .map_err(|e| Error::segment(path, e))?;
-    // files written before the pool lack its columns, and are read as they are
+    // files written before the pool lack its columns, files written before derived text
+    // lack `DERIVED_COLUMN`; both are read as they are
     let fields = metadata.schema().fields().len();
-    if fields != schema().fields().len() && fields != file_schema().fields().len() {
+    let known = [
+        schema().fields().len(),
+        schema().fields().len() + pool::POOLED.len(),
+        file_schema().fields().len(),
+    ];
+    if !known.contains(&fields) {
         return Err(Error::segment(path, "schema does not match this version"));
     }
     Ok(metadata)
@@ -613,7 +680,8 @@ pub fn visit_rows(
         .map(|field| field.name().as_str())
         .filter(|name| !skipped.contains(name))
         .collect();
-    let reader = open_rows(path, metadata, pool, rows, &wanted)?;
+    // texts left out of the file are put back from the span's messages (`visit_batch`)
+    let reader = open_rows(path, metadata, pool, rows, &wanted, false)?;
     let mut span = Span::default();
     let mut seen = 0;
     // the visitor's own error, passed through the decoder as text, is returned as it was
@@ -643,6 +711,73 @@ pub fn visit_rows(
     Ok(())
 }
 
+/// Completes rows that a light read found: sets the fields only a whole read holds
+/// (messages, texts, tools, attributes, events) on `spans`, the rows at `rows` (ascending
+/// row numbers) in that order. Reads those columns alone, not the whole row again: every
+/// column a read opens costs its pages and a codec.
+pub fn complete_rows(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    pool: &Pool,
+    rows: &[u32],
+    spans: &mut [Span],
+) -> Result<()> {
+    if rows.len() != spans.len() {
+        return Err(Error::segment(path, "rows and spans to complete disagree"));
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut next = spans.iter_mut();
+    for batch in open_rows(path, metadata, pool, rows, &HEAVY_COLUMNS, false)? {
+        let batch = batch?;
+        let columns = Columns::new(&batch);
+        let failed = |message: String| Error::segment(path, message);
+        let text = |name| columns.text_column(name).map_err(failed);
+        let (input, output, input_text, output_text) = (
+            text("input")?,
+            text("output")?,
+            text("input_text")?,
+            text("output_text")?,
+        );
+        let (tools, attributes, events) = (text("tools")?, text("attributes")?, text("events")?);
+        let derived = columns
+            .present(DERIVED_COLUMN)
+            .and_then(|column| column.as_primitive_opt::<UInt8Type>());
+        for row in 0..batch.num_rows() {
+            let span = next
+                .next()
+                .ok_or_else(|| failed("read returned more rows than asked for".into()))?;
+            span.input = input.json(row).map_err(failed)?;
+            span.output = output.json(row).map_err(failed)?;
+            set_text(
+                &mut span.input_text,
+                input_text.value(row).unwrap_or_default(),
+            );
+            set_text(
+                &mut span.output_text,
+                output_text.value(row).unwrap_or_default(),
+            );
+            span.derive_text(derived.map_or(0, |derived| derived.value(row)));
+            span.tools = tools.json(row).map_err(failed)?;
+            span.attributes = attributes.json(row).map_err(failed)?;
+            span.events = match events.value(row) {
+                Some(text) => {
+                    serde_json::from_str(text).map_err(|e| failed(format!("column events: {e}")))?
+                }
+                None => Vec::new(),
+            };
+        }
+    }
+    if next.next().is_some() {
+        return Err(Error::segment(
+            path,
+            "read returned fewer rows than asked for",
+        ));
+    }
+    Ok(())
+}
+
 /// Hands the batches holding the rows at `rows` (ascending row numbers), with only the
 /// `columns` named, to `visit`: for scans that work on whole columns.
 pub fn visit_batches(
@@ -656,7 +791,7 @@ pub fn visit_batches(
     if rows.is_empty() {
         return Ok(());
     }
-    for batch in open_rows(path, metadata, pool, rows, columns)? {
+    for batch in open_rows(path, metadata, pool, rows, columns, true)? {
         visit(&batch?)?;
     }
     Ok(())
@@ -666,12 +801,16 @@ pub fn visit_batches(
 /// groups from the first row's to the last's are opened (a skip over a row group's rows
 /// still reads its dictionary and boundary pages), and the page index lets the reader skip
 /// pages that hold none of the rows.
+///
+/// A text column comes with its messages and `DERIVED_COLUMN` where the file may have left
+/// it out; with `restore`, the batches hold the texts put back and only `columns`.
 fn open_rows<'p>(
     path: &Path,
     metadata: &ArrowReaderMetadata,
     pool: &'p Pool,
     rows: &[u32],
     columns: &[&str],
+    restore: bool,
 ) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<'p>> {
     let total = usize::try_from(metadata.metadata().file_metadata().num_rows())
         .map_err(|e| Error::segment(path, e))?;
@@ -683,8 +822,21 @@ fn open_rows<'p>(
     }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
-    // a pooled column is read with its chunk ids, in files that have them
+    let asked: Vec<String> = columns.iter().map(|column| column.to_string()).collect();
     let mut columns = columns.to_vec();
+    let derives = metadata.schema().index_of(DERIVED_COLUMN).is_ok()
+        && DERIVED_TEXT
+            .iter()
+            .any(|(text, _, _)| columns.contains(text));
+    if derives {
+        for (text, messages, _) in DERIVED_TEXT {
+            if columns.contains(&text) && !columns.contains(&messages) {
+                columns.push(messages);
+            }
+        }
+        columns.push(DERIVED_COLUMN);
+    }
+    // a pooled column is read with its chunk ids, in files that have them
     for (text, chunks) in pool::POOLED {
         if columns.contains(&text) && metadata.schema().index_of(chunks).is_ok() {
             columns.push(chunks);
@@ -726,7 +878,51 @@ fn open_rows<'p>(
         .map_err(|e| Error::segment(path, e))?;
     let path = path.to_path_buf();
     let mut pool_reader = pool.reader();
-    Ok(reader.map(move |batch| pool_reader.decode(batch.map_err(|e| Error::segment(&path, e))?)))
+    Ok(reader.map(move |batch| {
+        let batch = pool_reader.decode(batch.map_err(|e| Error::segment(&path, e))?)?;
+        if restore && derives {
+            restore_text(&batch, &asked).map_err(|message| Error::segment(&path, message))
+        } else {
+            Ok(batch)
+        }
+    }))
+}
+
+/// `batch` with the texts its `DERIVED_COLUMN` flags put back from their messages, holding
+/// only `columns`, in that order.
+fn restore_text(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, String> {
+    let flags = batch
+        .column_by_name(DERIVED_COLUMN)
+        .and_then(|column| column.as_primitive_opt::<UInt8Type>())
+        .ok_or("column text_derived is missing or not uint8")?;
+    let found = Columns::new(batch);
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for name in columns {
+        let index = batch
+            .schema_ref()
+            .index_of(name)
+            .map_err(|_| format!("column {name} is missing"))?;
+        let mut array = batch.column(index).clone();
+        if let Some((text, messages, bit)) = DERIVED_TEXT.iter().find(|(text, ..)| text == name) {
+            let texts = found.text_column(text)?;
+            let messages = found.text_column(messages)?;
+            let mut rebuilt = StringBuilder::with_capacity(batch.num_rows(), 0);
+            for row in 0..batch.num_rows() {
+                if flags.value(row) & bit != 0 {
+                    rebuilt.append_value(flatten_text(&messages.json(row)?));
+                } else {
+                    rebuilt.append_option(texts.value(row));
+                }
+            }
+            array = Arc::new(rebuilt.finish());
+        }
+        fields.push(batch.schema_ref().field(index).clone());
+        arrays.push(array);
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+        .map_err(|e| e.to_string())
 }
 
 /// The rows, as `[start, end)` row numbers, of the row groups whose `start_time` statistics
@@ -994,6 +1190,14 @@ fn visit_batch(
     let col_input = columns.text_column("input")?;
     let col_output = columns.text_column("output")?;
     let col_tools = columns.text_column("tools")?;
+    let derived = columns
+        .present(DERIVED_COLUMN)
+        .map(|column| {
+            column
+                .as_primitive_opt::<UInt8Type>()
+                .ok_or("column text_derived is not uint8")
+        })
+        .transpose()?;
     for row in 0..batch.num_rows() {
         let kind_text = col_kind.required_str(row)?;
         let status_text = col_status.required_str(row)?;
@@ -1071,6 +1275,18 @@ fn visit_batch(
             if let Some(text) = col_events.get(row) {
                 span.events =
                     serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
+            }
+        }
+        // a text the file left out, from the messages (parsed here when the read is light)
+        let flags = derived.map_or(0, |derived| derived.value(row));
+        if flags != 0 && projection.whole {
+            span.derive_text(flags);
+        } else if flags != 0 {
+            if flags & INPUT_TEXT_DERIVED != 0 {
+                span.input_text = flatten_text(&col_input.json(row)?);
+            }
+            if flags & OUTPUT_TEXT_DERIVED != 0 {
+                span.output_text = flatten_text(&col_output.json(row)?);
             }
         }
         visit(span, seqs.value(row))?;
@@ -1401,5 +1617,174 @@ mod tests {
         assert_eq!(back[0].seq, 8, "rows are sorted by start time");
         assert_eq!(back[1].seq, 7);
         assert_eq!(*back[1].span, span);
+    }
+
+    /// Chat rows whose texts are their messages' text (`derived`), one whose input text is
+    /// not, and one with a tool call; long enough that the input is pooled.
+    fn chat_rows() -> Vec<StoredSpan> {
+        let message = |role: &str, text: &str| json!({"role": role, "content": [{"type": "text", "text": text}]});
+        (0..6u64)
+            .map(|n| {
+                let question = format!("question {n}: {}", "why is the sky blue ".repeat(40));
+                let mut input = vec![message("system", "be brief"), message("user", &question)];
+                if n == 4 {
+                    input.push(json!({"role": "assistant", "tool_calls": [{"id": "c1",
+                        "function": {"name": "lookup", "arguments": "{\"q\":\"sky\"}"}}]}));
+                }
+                let input = Value::Array(input);
+                let output = json!([message("assistant", &format!("answer {n}: scattering"))]);
+                let mut input_text = flatten_text(&input);
+                if n == 2 {
+                    // a source whose text says more than its messages: kept as it is
+                    input_text.push_str(" (and more)");
+                }
+                StoredSpan {
+                    seq: n,
+                    span: Arc::new(Span {
+                        trace_id: format!("{:032x}", n + 1),
+                        span_id: format!("{:016x}", n + 1),
+                        session_id: Some("s".into()),
+                        start_time: n as i64,
+                        output_text: flatten_text(&output),
+                        input,
+                        output,
+                        input_text,
+                        ..Span::default()
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// The texts of `columns` for `rows`, through `visit_batches`, checking that no other
+    /// column comes along.
+    fn texts_of(path: &Path, rows: &[u32], columns: &[&str]) -> Vec<Vec<String>> {
+        let metadata = open_metadata(path).unwrap();
+        let pool = open_pool(path, &metadata).unwrap();
+        let mut texts = vec![Vec::new(); columns.len()];
+        visit_batches(path, &metadata, &pool, rows, columns, &mut |batch| {
+            let names: Vec<&str> = batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|field| field.name().as_str())
+                .collect();
+            assert_eq!(names, columns, "only the columns asked for");
+            for (at, column) in batch.columns().iter().enumerate() {
+                let column = column.as_string::<i32>();
+                texts[at].extend((0..column.len()).map(|row| column.value(row).to_string()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        texts
+    }
+
+    #[test]
+    fn message_text_the_messages_give_is_left_out_of_the_file_and_read_back_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.parquet");
+        let rows = chat_rows();
+        write(&path, &rows).unwrap();
+        // the file itself: the texts are empty where flagged, kept where not derivable
+        let file = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let flags = file
+            .column_by_name(DERIVED_COLUMN)
+            .unwrap()
+            .as_primitive::<UInt8Type>()
+            .values()
+            .to_vec();
+        let both = INPUT_TEXT_DERIVED | OUTPUT_TEXT_DERIVED;
+        assert_eq!(flags, [both, both, OUTPUT_TEXT_DERIVED, both, both, both]);
+        let stored = |name: &str| -> Vec<String> {
+            let column = file.column_by_name(name).unwrap().as_string::<i32>();
+            (0..column.len())
+                .map(|row| column.value(row).to_string())
+                .collect()
+        };
+        assert!(stored("output_text").iter().all(String::is_empty));
+        let input_text = stored("input_text");
+        let chunks = file.column_by_name("input_text_chunks").unwrap();
+        for (row, text) in input_text.iter().enumerate() {
+            // the one text kept is pooled, the others are not there at all
+            assert!(text.is_empty());
+            assert_eq!(chunks.is_valid(row), row == 2, "row {row}");
+        }
+        // every read path gives the texts back
+        assert_eq!(read(&path).unwrap(), rows);
+        let metadata = open_metadata(&path).unwrap();
+        let pool = open_pool(&path, &metadata).unwrap();
+        let wanted = [1, 2, 4];
+        for projection in [
+            Projection::WHOLE,
+            Projection {
+                text: true,
+                ..Projection::LIGHT
+            },
+        ] {
+            let read = read_rows(&path, &metadata, &pool, &wanted, projection).unwrap();
+            for (row, &n) in read.iter().zip(&wanted) {
+                let expected = &rows[n as usize].span;
+                assert_eq!(row.span.input_text, expected.input_text, "{projection:?}");
+                assert_eq!(row.span.output_text, expected.output_text, "{projection:?}");
+            }
+        }
+        // a light read completed gives the whole rows
+        let mut completed: Vec<Span> =
+            read_rows(&path, &metadata, &pool, &wanted, Projection::LIGHT)
+                .unwrap()
+                .into_iter()
+                .map(|row| Arc::unwrap_or_clone(row.span))
+                .collect();
+        assert!(completed.iter().all(|span| span.input.is_null()));
+        complete_rows(&path, &metadata, &pool, &wanted, &mut completed).unwrap();
+        for (span, &n) in completed.iter().zip(&wanted) {
+            assert_eq!(span, rows[n as usize].span.as_ref());
+        }
+        assert!(complete_rows(&path, &metadata, &pool, &wanted, &mut completed[1..]).is_err());
+        let expected = |get: fn(&Span) -> &str| -> Vec<String> {
+            wanted
+                .iter()
+                .map(|&n| get(&rows[n as usize].span).to_string())
+                .collect()
+        };
+        assert_eq!(
+            texts_of(&path, &wanted, &["output_text", "input_text"]),
+            [expected(|s| &s.output_text), expected(|s| &s.input_text)]
+        );
+        assert_eq!(
+            texts_of(&path, &wanted, &["input_text"]),
+            [expected(|s| &s.input_text)]
+        );
+    }
+
+    #[test]
+    fn files_written_before_derived_text_read_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.parquet");
+        let rows = chat_rows();
+        // the layout of the version before: spans table and pool columns, texts kept
+        let mut pool = PoolWriter::default();
+        let batch = pool.encode(&to_batch(&rows).unwrap()).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        let (_, chunks) = pool.finish(&pool::path_for(&path)).unwrap().unwrap();
+        writer.append_key_value_metadata(KeyValue::new(POOL_KEY.to_string(), chunks.to_string()));
+        writer.close().unwrap();
+        assert_eq!(read(&path).unwrap(), rows);
+        assert_eq!(
+            texts_of(&path, &[0, 2], &["input_text"]),
+            [[
+                rows[0].span.input_text.clone(),
+                rows[2].span.input_text.clone()
+            ]]
+        );
     }
 }

@@ -29,6 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use llmtrace_model::span::{INPUT_TEXT_DERIVED, OUTPUT_TEXT_DERIVED};
 use llmtrace_model::{Deletion, Span};
 
 use crate::error::{Error, Result};
@@ -39,9 +40,6 @@ const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
 const KIND_SPANS_ZSTD: u8 = 3;
 const KIND_SPANS_DERIVED_TEXT: u8 = 4;
-/// Flags of a kind-4 span: which of its text fields were left out.
-const INPUT_TEXT_DERIVED: u8 = 1;
-const OUTPUT_TEXT_DERIVED: u8 = 2;
 /// zstd level for span batches: the fastest levels already catch repeated history.
 /// (LZ4, from the pure-Rust `lz4_flex`, took as long as this under `perf`.)
 const ZSTD_LEVEL: i32 = 1;
@@ -66,19 +64,10 @@ impl EncodedEntry {
     /// Serializes and compresses a batch. Text fields its messages determine are taken out
     /// of the spans while they are serialized and put back before this returns.
     pub fn spans(spans: &mut [Span]) -> Result<EncodedEntry> {
-        let derived = |text: &str, messages: &serde_json::Value| {
-            !text.is_empty() && llmtrace_model::span::is_flattened_text(messages, text)
-        };
         let mut flags = Vec::with_capacity(spans.len());
         let mut taken = Vec::new();
         for (position, span) in spans.iter_mut().enumerate() {
-            let mut flag = 0;
-            if derived(&span.input_text, &span.input) {
-                flag |= INPUT_TEXT_DERIVED;
-            }
-            if derived(&span.output_text, &span.output) {
-                flag |= OUTPUT_TEXT_DERIVED;
-            }
+            let flag = span.derived_text();
             flags.push(flag);
             if flag != 0 {
                 let take =
@@ -360,13 +349,8 @@ fn decode_derived(payload: &[u8]) -> Option<Vec<Span>> {
     if spans.len() != count {
         return None;
     }
-    for (span, flag) in spans.iter_mut().zip(flags) {
-        if flag & INPUT_TEXT_DERIVED != 0 {
-            span.input_text = llmtrace_model::span::flatten_text(&span.input);
-        }
-        if flag & OUTPUT_TEXT_DERIVED != 0 {
-            span.output_text = llmtrace_model::span::flatten_text(&span.output);
-        }
+    for (span, &flag) in spans.iter_mut().zip(flags) {
+        span.derive_text(flag);
     }
     Some(spans)
 }

@@ -105,6 +105,24 @@ pub struct StoreArgs {
     /// Repetitions of each query (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Skip the ingest measurements and the load: measure the queries again on the corpus an
+    /// earlier run left in `--dir` (with the same `--spans`). The memtable measurements
+    /// append `--memtable-spans` more spans to it; pass 0 to keep it as it is.
+    #[arg(long)]
+    reuse_corpus: bool,
+    /// Measure only the queries whose name contains this (to profile one).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// What the queries of `bench store` are built from, kept beside the corpus so that a later
+/// run can measure them again without loading it (`--reuse-corpus`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CorpusProbe {
+    /// The corpus's newest time, nanoseconds since the epoch (the windows end there).
+    end: i64,
+    /// The first span of the batch in the middle of the load.
+    probe: llmtrace_model::Span,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -371,14 +389,34 @@ fn print_wal_encoding(what: &str, batch: &[llmtrace_model::Span]) -> Result<()> 
 }
 
 fn store(args: StoreArgs) -> Result<()> {
-    if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
-        bail!("{} is not empty", args.dir.display());
-    }
-    let end = now_ns();
     println!("| measurement | result |");
     println!("|---|---|");
-    // Durable ingest at each batch size, fsync per group commit, `appenders` threads
-    // appending concurrently (as concurrent requests do; group commit shares fsyncs).
+    let probe_path = args.dir.join("corpus-probe.json");
+    let (store, CorpusProbe { end, probe }) = if args.reuse_corpus {
+        let probe: CorpusProbe = serde_json::from_slice(
+            &std::fs::read(&probe_path)
+                .with_context(|| format!("{}: no corpus to reuse", probe_path.display()))?,
+        )?;
+        (open(&args.dir.join("corpus"), Durability::None)?, probe)
+    } else {
+        if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
+            bail!("{} is not empty", args.dir.display());
+        }
+        let end = now_ns();
+        measure_ingest(&args, end)?;
+        let (store, probe) = load_corpus(&args, end)?;
+        let probe = CorpusProbe { end, probe };
+        std::fs::write(&probe_path, serde_json::to_vec(&probe)?)?;
+        (store, probe)
+    };
+    measure_queries(&args, &store, end, &probe)?;
+    store.close()?;
+    Ok(())
+}
+
+/// Durable ingest at each batch size, fsync per group commit, `appenders` threads
+/// appending concurrently (as concurrent requests do; group commit shares fsyncs).
+fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
     for &batch in &args.batches {
         let dir = args.dir.join(format!("ingest-batch-{batch}"));
         let store = open(&dir, Durability::Fsync)?;
@@ -438,8 +476,12 @@ fn store(args: StoreArgs) -> Result<()> {
         );
         std::fs::remove_dir_all(&dir)?;
     }
+    Ok(())
+}
 
-    // A corpus of `spans` on disk.
+/// Loads a corpus of `spans` into `--dir/corpus` and reports its size on disk; answers the
+/// store and the span the queries look for.
+fn load_corpus(args: &StoreArgs, end: i64) -> Result<(EmbeddedStore, llmtrace_model::Span)> {
     let dir = args.dir.join("corpus");
     let store = open(&dir, Durability::None)?;
     let mut corpus = Corpus::new(42, args.spans, args.days, end, args.text_bytes);
@@ -534,6 +576,17 @@ fn store(args: StoreArgs) -> Result<()> {
             *bytes as f64 / args.spans as f64
         );
     }
+    Ok((store, probe))
+}
+
+/// Times each search, lookup and aggregate on the corpus, then again with
+/// `--memtable-spans` recent spans still in the memtable.
+fn measure_queries(
+    args: &StoreArgs,
+    store: &EmbeddedStore,
+    end: i64,
+    probe: &llmtrace_model::Span,
+) -> Result<()> {
     let project = SpanFilter::for_project("bench");
     let longest_word = probe
         .output_text
@@ -644,7 +697,6 @@ fn store(args: StoreArgs) -> Result<()> {
     ];
     let mut queries: Vec<(String, TimedQuery)> = Vec::new();
     for (name, filter) in searches {
-        let store = &store;
         let second_page = SpanQuery::new(filter.clone());
         queries.push((
             format!("search, {name}"),
@@ -740,6 +792,9 @@ fn store(args: StoreArgs) -> Result<()> {
         ),
     ];
     queries.extend(lookups);
+    if let Some(only) = &args.only {
+        queries.retain(|(name, _)| name.contains(only.as_str()));
+    }
     for (name, query) in &queries {
         let (took, rows) = time(args.repeat, query)?;
         println!(
@@ -749,6 +804,9 @@ fn store(args: StoreArgs) -> Result<()> {
         );
     }
     // The same searches while recent rows are still in the memtable (scanned, not indexed).
+    if args.memtable_spans == 0 {
+        return Ok(());
+    }
     let mut fresh = Corpus::new(7, args.memtable_spans, 1, now_ns(), args.text_bytes);
     for chunk_start in (0..args.memtable_spans).step_by(1000) {
         let n = (args.memtable_spans - chunk_start).min(1000);
@@ -762,6 +820,5 @@ fn store(args: StoreArgs) -> Result<()> {
             took.as_secs_f64() * 1000.0
         );
     }
-    store.close()?;
     Ok(())
 }
