@@ -743,7 +743,12 @@ pub fn complete_rows(
         let (tools, attributes, events) = (text("tools")?, text("attributes")?, text("events")?);
         let derived = columns
             .present(DERIVED_COLUMN)
-            .and_then(|column| column.as_primitive_opt::<UInt8Type>());
+            .map(|column| {
+                column
+                    .as_primitive_opt::<UInt8Type>()
+                    .ok_or_else(|| failed("column text_derived is not uint8".into()))
+            })
+            .transpose()?;
         for row in 0..batch.num_rows() {
             let span = next
                 .next()
