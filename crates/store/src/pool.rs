@@ -14,6 +14,12 @@
 //! stored once (found by hash, compared byte for byte). Values shorter than `MIN_POOLED`
 //! stay inline in the segment.
 //!
+//! Layout: chunk ids are handed out in the order values are chunked, which interleaves the
+//! conversations of a segment; the file lays each conversation's chunks out together (in
+//! the order the conversation made them) and the segment's chunk ids are renumbered to
+//! match (`WrittenPool::renumber`), so that reading one call's history decompresses the
+//! few blocks of its own conversation rather than a block for every turn it resends.
+//!
 //! File: zstd-compressed blocks of about `BLOCK_BYTES` of chunks, each with a CRC32C, then
 //! a footer (block table, each chunk's end inside its block) with its own CRC32C, then a
 //! trailer (block count, chunk count, footer CRC, magic).
@@ -82,8 +88,53 @@ pub struct PoolWriter {
     /// End of each chunk in `data`, by id.
     ends: Vec<usize>,
     by_hash: HashMap<u64, Vec<u32>, foldhash::fast::FixedState>,
+    /// The conversation that made each chunk, by id (numbered in order of appearance).
+    owner: Vec<u32>,
+    conversations: HashMap<String, u32>,
     /// The last value of each conversation, per pooled column.
     previous: [HashMap<String, Previous>; 2],
+}
+
+/// A pool file written: its size, its chunk count, and the new id of each chunk id that
+/// `PoolWriter::encode` gave out.
+#[derive(Debug)]
+pub struct WrittenPool {
+    pub bytes: u64,
+    pub chunks: u32,
+    renumbered: Vec<u32>,
+}
+
+impl WrittenPool {
+    /// `batch`, as `PoolWriter::encode` made it, with its chunk ids as the file numbers them.
+    pub fn renumber(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let schema = batch.schema();
+        let mut columns = batch.columns().to_vec();
+        for (_, chunk_name) in POOLED {
+            let Ok(index) = schema.index_of(chunk_name) else {
+                continue;
+            };
+            let ids = batch.column(index).as_binary::<i32>();
+            let mut renumbered = BinaryBuilder::with_capacity(ids.len(), ids.value_data().len());
+            let mut value = Vec::new();
+            for row in 0..ids.len() {
+                if ids.is_null(row) {
+                    renumbered.append_null();
+                    continue;
+                }
+                value.clear();
+                for id in ids.value(row).chunks_exact(4) {
+                    let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+                    let new = self.renumbered.get(id as usize).ok_or_else(|| {
+                        Error::encode(format!("chunk {id} is not in the pool written"))
+                    })?;
+                    value.extend_from_slice(&new.to_le_bytes());
+                }
+                renumbered.append_value(&value);
+            }
+            columns[index] = Arc::new(renumbered.finish());
+        }
+        RecordBatch::try_new(schema, columns).map_err(Error::encode)
+    }
 }
 
 impl PoolWriter {
@@ -148,6 +199,14 @@ impl PoolWriter {
             return false;
         }
         ids.clear();
+        let owner = match self.conversations.get(key) {
+            Some(&owner) => owner,
+            None => {
+                let owner = self.conversations.len() as u32;
+                self.conversations.insert(key.to_string(), owner);
+                owner
+            }
+        };
         let mut chunks = Vec::new();
         let mut covered = 0;
         let previous = self.previous[column].remove_entry(key);
@@ -169,7 +228,7 @@ impl PoolWriter {
             if end <= start {
                 continue;
             }
-            let id = self.intern(&rest[start..end]);
+            let id = self.intern(&rest[start..end], owner);
             start = end;
             ids.push(id);
             chunks.push((covered + end, id));
@@ -187,7 +246,7 @@ impl PoolWriter {
         &self.data[start..self.ends[id as usize]]
     }
 
-    fn intern(&mut self, piece: &[u8]) -> u32 {
+    fn intern(&mut self, piece: &[u8], owner: u32) -> u32 {
         let hash = self.by_hash.hasher().hash_one(piece);
         if let Some(candidates) = self.by_hash.get(&hash)
             && let Some(&id) = candidates.iter().find(|&&id| self.chunk_bytes(id) == piece)
@@ -197,34 +256,42 @@ impl PoolWriter {
         let id = self.ends.len() as u32;
         self.data.extend_from_slice(piece);
         self.ends.push(self.data.len());
+        self.owner.push(owner);
         self.by_hash.entry(hash).or_default().push(id);
         id
     }
 
-    /// Writes the pool file (fsync'd) if any value was pooled: (bytes, chunks).
-    pub fn finish(self, path: &Path) -> Result<Option<(u64, u32)>> {
+    /// Writes the pool file (fsync'd), each conversation's chunks together, if any value
+    /// was pooled. The batches `encode` gave must then be renumbered before they are
+    /// written.
+    pub fn finish(self, path: &Path) -> Result<Option<WrittenPool>> {
         if self.ends.is_empty() {
             return Ok(None);
         }
+        let count = self.ends.len();
+        let mut order: Vec<u32> = (0..count as u32).collect();
+        // stable: a conversation's chunks stay in the order it made them
+        order.sort_by_key(|&id| self.owner[id as usize]);
+        let mut renumbered = vec![0u32; count];
+        for (new, &old) in order.iter().enumerate() {
+            renumbered[old as usize] = new as u32;
+        }
         let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
         let mut table = Vec::new();
-        let mut chunk_ends = Vec::with_capacity(self.ends.len() * 4);
+        let mut chunk_ends = Vec::with_capacity(count * 4);
         let mut offset = 0u64;
         let mut first = 0usize;
+        let mut raw = Vec::with_capacity(BLOCK_BYTES + MAX_CHUNK);
         // One context for every block: creating one costs more than compressing a block.
         let mut compressor =
             zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).map_err(|e| Error::io(path, e))?;
-        while first < self.ends.len() {
-            let start = if first == 0 { 0 } else { self.ends[first - 1] };
-            let mut last = first;
-            while last + 1 < self.ends.len() && self.ends[last] - start < BLOCK_BYTES {
-                last += 1;
+        for (new, &old) in order.iter().enumerate() {
+            raw.extend_from_slice(self.chunk_bytes(old));
+            chunk_ends.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            if raw.len() < BLOCK_BYTES && new + 1 < count {
+                continue;
             }
-            let raw = &self.data[start..self.ends[last]];
-            for id in first..=last {
-                chunk_ends.extend_from_slice(&((self.ends[id] - start) as u32).to_le_bytes());
-            }
-            let compressed = compressor.compress(raw).map_err(|e| Error::io(path, e))?;
+            let compressed = compressor.compress(&raw).map_err(|e| Error::io(path, e))?;
             file.write_all(&compressed)
                 .map_err(|e| Error::io(path, e))?;
             table.extend_from_slice(&offset.to_le_bytes());
@@ -233,10 +300,11 @@ impl PoolWriter {
             table.extend_from_slice(&(first as u32).to_le_bytes());
             table.extend_from_slice(&crc32c::crc32c(&compressed).to_le_bytes());
             offset += compressed.len() as u64;
-            first = last + 1;
+            first = new + 1;
+            raw.clear();
         }
         let blocks = (table.len() / BLOCK_ENTRY_BYTES) as u32;
-        let chunks = self.ends.len() as u32;
+        let chunks = count as u32;
         table.extend_from_slice(&chunk_ends);
         let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
         trailer.extend_from_slice(&blocks.to_le_bytes());
@@ -246,8 +314,11 @@ impl PoolWriter {
         file.write_all(&table).map_err(|e| Error::io(path, e))?;
         file.write_all(&trailer).map_err(|e| Error::io(path, e))?;
         file.sync_all().map_err(|e| Error::io(path, e))?;
-        let bytes = offset + table.len() as u64 + TRAILER_BYTES;
-        Ok(Some((bytes, chunks)))
+        Ok(Some(WrittenPool {
+            bytes: offset + table.len() as u64 + TRAILER_BYTES,
+            chunks,
+            renumbered,
+        }))
     }
 }
 
@@ -603,6 +674,84 @@ mod tests {
             writer.data.len() < distinct * 2,
             "{} bytes stored for {distinct} bytes of distinct turns ({resent} resent)",
             writer.data.len()
+        );
+    }
+    /// Conversations whose calls arrive interleaved: the file lays each one's chunks out
+    /// together, so reading a call's whole history decompresses the blocks of its own
+    /// conversation only; and every value reads back as it was written.
+    #[test]
+    fn a_conversation_is_read_from_its_own_blocks() {
+        use arrow::array::StringArray;
+        let conversations = 8;
+        let turns = 30;
+        let mut batches = Vec::new();
+        let mut values = Vec::new();
+        let mut writer = PoolWriter::default();
+        for turn in 0..turns {
+            let mut sessions = Vec::new();
+            let mut inputs = Vec::new();
+            for conversation in 0..conversations {
+                let history: Vec<String> = (0..=turn)
+                    .map(|t| words((conversation * 1000 + t) as u64, 150))
+                    .collect();
+                sessions.push(format!("s{conversation}"));
+                inputs.push(history.join("|"));
+            }
+            let column = |values: &[String]| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values(values.iter()))
+            };
+            let schema = Schema::new(vec![
+                Field::new("session_id", DataType::Utf8, true),
+                Field::new("trace_id", DataType::Utf8, false),
+                Field::new("input", DataType::Utf8, true),
+                Field::new("input_text", DataType::Utf8, false),
+            ]);
+            let empty = vec![String::new(); conversations];
+            let batch = RecordBatch::try_new(
+                Arc::new(schema),
+                vec![
+                    column(&sessions),
+                    column(&sessions),
+                    column(&inputs),
+                    column(&empty),
+                ],
+            )
+            .unwrap();
+            batches.push(writer.encode(&batch).unwrap());
+            values.push(inputs);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.pool");
+        let written = writer.finish(&path).unwrap().unwrap();
+        let batches: Vec<RecordBatch> = batches
+            .into_iter()
+            .map(|batch| written.renumber(batch).unwrap())
+            .collect();
+        let pool = Pool::open(&path, written.chunks).unwrap();
+        assert!(pool.blocks.len() >= 4, "{} blocks", pool.blocks.len());
+        for (batch, written) in batches.iter().zip(&values) {
+            let decoded = pool.reader().decode(batch.clone()).unwrap();
+            let inputs = decoded.column_by_name("input").unwrap().as_string::<i32>();
+            let read: Vec<&str> = inputs.iter().map(Option::unwrap).collect();
+            assert_eq!(&read, written);
+        }
+        // the last call of one conversation resends all of its 30 turns
+        let last = batches[turns - 1].slice(3, 1);
+        let mut reader = pool.reader();
+        let decoded = reader.decode(last).unwrap();
+        assert_eq!(
+            decoded
+                .column_by_name("input")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            values[turns - 1][3]
+        );
+        assert!(
+            reader.blocks.len() <= 2,
+            "one conversation's history took {} of {} blocks",
+            reader.blocks.len(),
+            pool.blocks.len()
         );
     }
 }

@@ -437,21 +437,25 @@ fn write_grouped(path: &Path, rows: &[StoredSpan], row_group_rows: usize) -> Res
     )
     .map_err(|e| Error::segment(path, e))?;
     let mut pool = PoolWriter::default();
-    for chunk in rows.chunks(16 * 1024) {
-        writer
-            .write(&pool.encode(&to_written_batch(chunk)?)?)
-            .map_err(|e| Error::segment(path, e))?;
-    }
+    let encoded = rows
+        .chunks(16 * 1024)
+        .map(|chunk| pool.encode(&to_written_batch(chunk)?))
+        .collect::<Result<Vec<_>>>()?;
     // the pool is durable before the segment that needs it is
     let pool_path = pool::path_for(path);
-    let (pool_bytes, chunks) = match pool.finish(&pool_path)? {
-        Some(written) => written,
-        None => {
-            // a file left by an earlier, interrupted write of this segment
-            let _ = std::fs::remove_file(&pool_path);
-            (0, 0)
-        }
-    };
+    let written = pool.finish(&pool_path)?;
+    if written.is_none() {
+        // a file left by an earlier, interrupted write of this segment
+        let _ = std::fs::remove_file(&pool_path);
+    }
+    for batch in encoded {
+        let batch = match &written {
+            Some(written) => written.renumber(batch)?,
+            None => batch,
+        };
+        writer.write(&batch).map_err(|e| Error::segment(path, e))?;
+    }
+    let (pool_bytes, chunks) = written.map_or((0, 0), |written| (written.bytes, written.chunks));
     writer.append_key_value_metadata(KeyValue::new(POOL_KEY.to_string(), chunks.to_string()));
     let rollup = Rollup::of(rows.iter().map(|row| row.span.as_ref()));
     let rollup = serde_json::to_string(&rollup).map_err(Error::encode)?;
@@ -1777,11 +1781,15 @@ mod tests {
         // the layout of the version before: spans table and pool columns, texts kept
         let mut pool = PoolWriter::default();
         let batch = pool.encode(&to_batch(&rows).unwrap()).unwrap();
+        let written = pool.finish(&pool::path_for(&path)).unwrap().unwrap();
+        let batch = written.renumber(batch).unwrap();
         let mut writer =
             ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
         writer.write(&batch).unwrap();
-        let (_, chunks) = pool.finish(&pool::path_for(&path)).unwrap().unwrap();
-        writer.append_key_value_metadata(KeyValue::new(POOL_KEY.to_string(), chunks.to_string()));
+        writer.append_key_value_metadata(KeyValue::new(
+            POOL_KEY.to_string(),
+            written.chunks.to_string(),
+        ));
         writer.close().unwrap();
         assert_eq!(read(&path).unwrap(), rows);
         assert_eq!(
