@@ -655,6 +655,10 @@ fn body_user(request: &Value) -> Option<String> {
 /// Builds the span for one exchange.
 /// Model and usage of a complete, non-streamed answer: what pricing needs, read before the
 /// body is relayed (for the cost header). `None` when the answer reports no usage.
+///
+/// This runs on the request path, so it reads only `model` and `usage` and skips the rest
+/// of the body without building it (the recorder parses the whole answer later, off the
+/// path); the usage is read by the same functions as the recorded span's.
 pub fn usage_span(
     api: Api,
     project: &str,
@@ -662,17 +666,27 @@ pub fn usage_span(
     request_model: Option<&str>,
     body: &Bytes,
 ) -> Option<Span> {
-    let captured = Captured {
-        body: body.clone(),
-        truncated: false,
-        chunk_times: Vec::new(),
-        outcome: Outcome::Completed,
-        ended: std::time::Instant::now(),
+    #[derive(serde::Deserialize)]
+    struct Priced {
+        model: Option<Value>,
+        usage: Option<Value>,
+    }
+    let priced: Priced = serde_json::from_slice(body).ok()?;
+    let reported = priced.usage.as_ref()?;
+    let usage = match api {
+        Api::Chat | Api::Completions | Api::Embeddings => Usage::openai_chat(reported),
+        Api::Responses => Usage::openai_responses(reported),
+        Api::AnthropicMessages => Usage::anthropic(reported),
+        Api::Models | Api::Other => return None,
     };
-    let answer = answer_of(api, false, &captured);
-    if answer.usage.is_empty() {
+    if usage.is_empty() {
         return None;
     }
+    let model = priced
+        .model
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut span = Span {
         project: project.to_string(),
         kind: if api == Api::Embeddings {
@@ -682,11 +696,11 @@ pub fn usage_span(
         },
         provider: Some(provider.to_string()),
         request_model: request_model.map(str::to_string),
-        model: answer.model.or_else(|| request_model.map(str::to_string)),
+        model: model.or_else(|| request_model.map(str::to_string)),
         ..Span::default()
     };
-    answer.usage.fill(&mut span);
-    if let Some(write) = answer.usage.cache_write {
+    usage.fill(&mut span);
+    if let Some(write) = usage.cache_write {
         span.attributes = json!({"gen_ai.usage.cache_creation.input_tokens": write});
     }
     Some(span)
@@ -952,5 +966,94 @@ pub(crate) mod tests {
         assert_eq!(answer.usage.input, Some(12));
         assert_eq!(answer.usage.output, Some(15));
         assert_eq!(answer.finish_reason.as_deref(), Some("tool_use"));
+    }
+    /// The cost header prices what the recorded span will say: the partial read of the
+    /// request path finds the same model and usage as the recorder's whole read, for every
+    /// API that reports usage.
+    #[test]
+    fn pricing_reads_the_usage_the_recorded_span_has() {
+        let answers = [
+            (
+                Api::Chat,
+                json!({"id": "c1", "model": "gpt-x-1", "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39,
+                    "prompt_tokens_details": {"cached_tokens": 12},
+                    "completion_tokens_details": {"reasoning_tokens": 4}}}),
+            ),
+            (
+                Api::Completions,
+                json!({"id": "c2", "model": "gpt-x-instruct", "choices": [
+                {"index": 0, "text": "hi", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+            ),
+            (
+                Api::Responses,
+                json!({"id": "resp_1", "object": "response", "model": "gpt-x-2",
+                "status": "completed", "output": [{"type": "message", "role": "assistant",
+                "content": [{"type": "output_text", "text": "hi"}]}],
+                "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 2},
+                    "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 1},
+                    "total_tokens": 15}}),
+            ),
+            (
+                Api::AnthropicMessages,
+                json!({"id": "msg_1", "type": "message",
+                "role": "assistant", "model": "claude-x", "content": [{"type": "text",
+                "text": "hi"}], "stop_reason": "end_turn", "usage": {"input_tokens": 7,
+                "output_tokens": 3, "cache_read_input_tokens": 4,
+                "cache_creation_input_tokens": 5}}),
+            ),
+            (
+                Api::Embeddings,
+                json!({"object": "list", "data": [{"object": "embedding",
+                "index": 0, "embedding": [0.1, 0.2]}], "model": "text-embedding-x",
+                "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+            ),
+        ];
+        for (api, body) in answers {
+            let mut exchange = sample("0123456789abcdef0123456789abcdef");
+            exchange.api = api;
+            let body = Bytes::from(body.to_string());
+            if let Some(captured) = exchange.response.as_mut() {
+                captured.body = body.clone();
+            }
+            let recorded = to_span(&exchange);
+            let priced = usage_span(api, "default", "openai", Some("gpt-x"), &body)
+                .unwrap_or_else(|| panic!("{api:?}: no usage read"));
+            let cache_write = |span: &Span| {
+                span.attributes
+                    .get("gen_ai.usage.cache_creation.input_tokens")
+                    .cloned()
+            };
+            assert_eq!(
+                (
+                    &priced.kind,
+                    &priced.model,
+                    priced.input_tokens,
+                    priced.output_tokens,
+                    priced.cached_input_tokens,
+                    priced.reasoning_tokens,
+                    priced.total_tokens,
+                    cache_write(&priced),
+                ),
+                (
+                    &recorded.kind,
+                    &recorded.model,
+                    recorded.input_tokens,
+                    recorded.output_tokens,
+                    recorded.cached_input_tokens,
+                    recorded.reasoning_tokens,
+                    recorded.total_tokens,
+                    cache_write(&recorded),
+                ),
+                "{api:?}"
+            );
+            assert!(priced.input_tokens.is_some(), "{api:?}");
+        }
+        // no usage, or not JSON: nothing to price
+        let bare = Bytes::from(json!({"model": "gpt-x", "choices": []}).to_string());
+        assert!(usage_span(Api::Chat, "p", "openai", None, &bare).is_none());
+        assert!(usage_span(Api::Chat, "p", "openai", None, &Bytes::from("not json")).is_none());
     }
 }
