@@ -374,9 +374,37 @@ const WRITE_BATCH_ROWS: usize = 16;
 /// Rows per row group: the unit that statistics and bloom filters prune.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// zstd level of every column. Level 3 made files 7% smaller than level 1 but took about
-/// an eighth of all the CPU that ingesting a chat span costs (docs/BENCHMARKS.md, ⁴).
+/// zstd level of every compressed column. Level 3 made files 7% smaller than level 1 but
+/// took about an eighth of all the CPU that ingesting a chat span costs (docs/BENCHMARKS.md, ⁴).
 const ZSTD_LEVEL: i32 = 1;
+
+/// Columns of few distinct values, written without compression: their dictionary indexes
+/// (a few bits per row) are about as small as zstd makes them, and the parquet reader makes
+/// a zstd compression and decompression context for every compressed column chunk a read
+/// opens — a fifth of a search page's time at 10 M spans, under `perf`.
+const UNCOMPRESSED_COLUMNS: [&str; 21] = [
+    "project",
+    "name",
+    "kind",
+    "source",
+    "service_name",
+    "status",
+    "error_type",
+    "http_status",
+    "provider",
+    "request_model",
+    "model",
+    "routing_alias",
+    "operation",
+    "stream",
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "finish_reason",
+    "usage_source",
+    "pricing_version",
+    DERIVED_COLUMN,
+];
 
 fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
     let zstd = ZstdLevel::try_new(ZSTD_LEVEL).map_err(Error::encode)?;
@@ -390,6 +418,10 @@ fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
         .set_max_row_group_row_count(Some(row_group_rows));
     for column in ["trace_id", "session_id", "user_id"] {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
+    }
+    for column in UNCOMPRESSED_COLUMNS {
+        builder =
+            builder.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
     }
     // Rows are read one by one for pages and lookups: small pages of the heavy columns keep
     // the bytes decompressed per row read close to the row itself.
@@ -1544,6 +1576,35 @@ mod tests {
         assert_eq!(day_of(1_795_314_670_442_314_223), "2026-11-22");
         assert_eq!(day_of(-1), "1969-12-31");
         assert_eq!(day_of(951_782_400 * 1_000_000_000), "2000-02-29");
+    }
+
+    /// The low-cardinality columns are written without compression (so reads make no codec
+    /// for them) and every other column with zstd; a name in the list that is not a column
+    /// would silently do nothing, so each must be one.
+    #[test]
+    fn few_valued_columns_are_written_uncompressed_and_the_rest_with_zstd() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.parquet");
+        write(&path, &chat_rows()).unwrap();
+        let metadata = open_metadata(&path).unwrap();
+        let group = metadata.metadata().row_group(0);
+        let mut uncompressed = Vec::new();
+        for column in group.columns() {
+            let name = column.column_path().string();
+            match column.compression() {
+                Compression::UNCOMPRESSED => uncompressed.push(name),
+                Compression::ZSTD(_) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut expected: Vec<String> = UNCOMPRESSED_COLUMNS
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        expected.sort();
+        uncompressed.sort();
+        assert_eq!(uncompressed, expected);
+        assert_eq!(read(&path).unwrap(), chat_rows());
     }
 
     #[test]
