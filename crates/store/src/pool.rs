@@ -88,11 +88,12 @@ pub struct PoolWriter {
     /// End of each chunk in `data`, by id.
     ends: Vec<usize>,
     by_hash: HashMap<u64, Vec<u32>, foldhash::fast::FixedState>,
-    /// The conversation that made each chunk, by id (numbered in order of appearance).
+    /// The conversation that made each chunk, by id.
     owner: Vec<u32>,
+    /// Each conversation key's number, in order of appearance.
     conversations: HashMap<String, u32>,
-    /// The last value of each conversation, per pooled column.
-    previous: [HashMap<String, Previous>; 2],
+    /// The last value of each conversation (by number), per pooled column.
+    previous: [HashMap<u32, Previous>; 2],
 }
 
 /// A pool file written: its size, its chunk count, and the new id of each chunk id that
@@ -209,8 +210,8 @@ impl PoolWriter {
         };
         let mut chunks = Vec::new();
         let mut covered = 0;
-        let previous = self.previous[column].remove_entry(key);
-        if let Some((_, previous)) = &previous {
+        let previous = self.previous[column].remove(&owner);
+        if let Some(previous) = &previous {
             // the previous value's chunks that lie inside the common prefix are reused
             for &(end, id) in &previous.chunks {
                 if value.get(covered..end) != Some(self.chunk_bytes(id)) {
@@ -233,8 +234,7 @@ impl PoolWriter {
             ids.push(id);
             chunks.push((covered + end, id));
         }
-        let key = previous.map_or_else(|| key.to_string(), |(key, _)| key);
-        self.previous[column].insert(key, Previous { chunks });
+        self.previous[column].insert(owner, Previous { chunks });
         true
     }
 
