@@ -767,47 +767,13 @@ pub fn complete_rows(
     let mut next = spans.iter_mut();
     for batch in open_rows(path, metadata, pool, rows, &HEAVY_COLUMNS, false)? {
         let batch = batch?;
-        let columns = Columns::new(&batch);
         let failed = |message: String| Error::segment(path, message);
-        let text = |name| columns.text_column(name).map_err(failed);
-        let (input, output, input_text, output_text) = (
-            text("input")?,
-            text("output")?,
-            text("input_text")?,
-            text("output_text")?,
-        );
-        let (tools, attributes, events) = (text("tools")?, text("attributes")?, text("events")?);
-        let derived = columns
-            .present(DERIVED_COLUMN)
-            .map(|column| {
-                column
-                    .as_primitive_opt::<UInt8Type>()
-                    .ok_or_else(|| failed("column text_derived is not uint8".into()))
-            })
-            .transpose()?;
+        let heavy = HeavyColumns::new(&Columns::new(&batch)).map_err(failed)?;
         for row in 0..batch.num_rows() {
             let span = next
                 .next()
                 .ok_or_else(|| failed("read returned more rows than asked for".into()))?;
-            span.input = input.json(row).map_err(failed)?;
-            span.output = output.json(row).map_err(failed)?;
-            set_text(
-                &mut span.input_text,
-                input_text.value(row).unwrap_or_default(),
-            );
-            set_text(
-                &mut span.output_text,
-                output_text.value(row).unwrap_or_default(),
-            );
-            span.derive_text(derived.map_or(0, |derived| derived.value(row)));
-            span.tools = tools.json(row).map_err(failed)?;
-            span.attributes = attributes.json(row).map_err(failed)?;
-            span.events = match events.value(row) {
-                Some(text) => {
-                    serde_json::from_str(text).map_err(|e| failed(format!("column events: {e}")))?
-                }
-                None => Vec::new(),
-            };
+            heavy.fill(row, span, true, true).map_err(failed)?;
         }
     }
     if next.next().is_some() {
@@ -1125,13 +1091,18 @@ impl TextColumn<'_> {
             .and_then(|array| (!array.is_null(row)).then(|| array.value(row)))
     }
 
-    fn get(&self, row: usize) -> Option<String> {
-        self.value(row).map(str::to_string)
-    }
-
     pub(crate) fn required_str(&self, row: usize) -> Result<&str, String> {
         self.value(row)
             .ok_or_else(|| format!("column {} is null in row {row}", self.name))
+    }
+
+    /// The row's JSON when `wanted`, else null (not parsed).
+    fn json_if(&self, wanted: bool, row: usize) -> Result<Value, String> {
+        if wanted {
+            self.json(row)
+        } else {
+            Ok(Value::Null)
+        }
     }
 
     fn json(&self, row: usize) -> Result<Value, String> {
@@ -1192,8 +1163,6 @@ fn visit_batch(
     let col_kind = columns.text_column("kind")?;
     let col_status = columns.text_column("status")?;
     let col_source = columns.text_column("source")?;
-    let col_input_text = columns.text_column("input_text")?;
-    let col_output_text = columns.text_column("output_text")?;
     let col_metadata = columns.text_column("metadata")?;
     let col_parent_span_id = columns.text_column("parent_span_id")?;
     let col_name = columns.text_column("name")?;
@@ -1210,7 +1179,6 @@ fn visit_batch(
     let col_finish_reason = columns.text_column("finish_reason")?;
     let col_usage_source = columns.text_column("usage_source")?;
     let col_pricing_version = columns.text_column("pricing_version")?;
-    let col_events = columns.text_column("events")?;
     let col_max_tokens = columns.int_column("max_tokens")?;
     let col_http_status = columns.int_column("http_status")?;
     let col_input_tokens = columns.int_column("input_tokens")?;
@@ -1227,18 +1195,7 @@ fn visit_batch(
     let col_total_cost_usd = columns.float_column("total_cost_usd")?;
     let col_start_time = columns.time_column("start_time")?;
     let col_end_time = columns.time_column("end_time")?;
-    let col_attributes = columns.text_column("attributes")?;
-    let col_input = columns.text_column("input")?;
-    let col_output = columns.text_column("output")?;
-    let col_tools = columns.text_column("tools")?;
-    let derived = columns
-        .present(DERIVED_COLUMN)
-        .map(|column| {
-            column
-                .as_primitive_opt::<UInt8Type>()
-                .ok_or("column text_derived is not uint8")
-        })
-        .transpose()?;
+    let heavy = HeavyColumns::new(&columns)?;
     for row in 0..batch.num_rows() {
         let kind_text = col_kind.required_str(row)?;
         let status_text = col_status.required_str(row)?;
@@ -1292,47 +1249,98 @@ fn visit_batch(
         span.output_cost_usd = col_output_cost_usd.get(row);
         span.total_cost_usd = col_total_cost_usd.get(row);
         set_optional(&mut span.pricing_version, col_pricing_version.value(row));
-        span.input = Value::Null;
-        span.output = Value::Null;
-        set_text(
-            &mut span.input_text,
-            col_input_text.value(row).unwrap_or_default(),
-        );
-        set_text(
-            &mut span.output_text,
-            col_output_text.value(row).unwrap_or_default(),
-        );
-        span.tools = Value::Null;
         span.metadata = metadata;
-        span.attributes = Value::Null;
-        span.events = Vec::new();
-        if projection.whole || projection.attributes {
-            span.attributes = col_attributes.json(row)?;
-        }
-        if projection.whole {
-            span.input = col_input.json(row)?;
-            span.output = col_output.json(row)?;
-            span.tools = col_tools.json(row)?;
-            if let Some(text) = col_events.get(row) {
-                span.events =
-                    serde_json::from_str(&text).map_err(|e| format!("column events: {e}"))?;
-            }
-        }
-        // a text the file left out, from the messages (parsed here when the read is light)
-        let flags = derived.map_or(0, |derived| derived.value(row));
-        if flags != 0 && projection.whole {
-            span.derive_text(flags);
-        } else if flags != 0 {
-            if flags & INPUT_TEXT_DERIVED != 0 {
-                span.input_text = flatten_text(&col_input.json(row)?);
-            }
-            if flags & OUTPUT_TEXT_DERIVED != 0 {
-                span.output_text = flatten_text(&col_output.json(row)?);
-            }
-        }
+        heavy.fill(
+            row,
+            span,
+            projection.whole,
+            projection.whole || projection.attributes,
+        )?;
         visit(span, seqs.value(row))?;
     }
     Ok(())
+}
+
+/// The columns only a whole read needs (`HEAVY_COLUMNS`), and which texts a row left out
+/// because its messages give them.
+struct HeavyColumns<'a> {
+    input: TextColumn<'a>,
+    output: TextColumn<'a>,
+    input_text: TextColumn<'a>,
+    output_text: TextColumn<'a>,
+    tools: TextColumn<'a>,
+    attributes: TextColumn<'a>,
+    events: TextColumn<'a>,
+    derived: Option<&'a PrimitiveArray<UInt8Type>>,
+}
+
+impl<'a> HeavyColumns<'a> {
+    fn new(columns: &Columns<'a>) -> Result<HeavyColumns<'a>, String> {
+        Ok(HeavyColumns {
+            input: columns.text_column("input")?,
+            output: columns.text_column("output")?,
+            input_text: columns.text_column("input_text")?,
+            output_text: columns.text_column("output_text")?,
+            tools: columns.text_column("tools")?,
+            attributes: columns.text_column("attributes")?,
+            events: columns.text_column("events")?,
+            derived: columns
+                .present(DERIVED_COLUMN)
+                .map(|column| {
+                    column
+                        .as_primitive_opt::<UInt8Type>()
+                        .ok_or("column text_derived is not uint8")
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Sets `span`'s texts, its messages, tools and events when `whole` (else leaves them
+    /// empty), and its attributes when `attributes`. A text the file left out comes from
+    /// the messages, parsed for it alone when the read is not whole.
+    fn fill(
+        &self,
+        row: usize,
+        span: &mut Span,
+        whole: bool,
+        attributes: bool,
+    ) -> Result<(), String> {
+        set_text(
+            &mut span.input_text,
+            self.input_text.value(row).unwrap_or_default(),
+        );
+        set_text(
+            &mut span.output_text,
+            self.output_text.value(row).unwrap_or_default(),
+        );
+        span.attributes = if attributes {
+            self.attributes.json(row)?
+        } else {
+            Value::Null
+        };
+        let (input, output) = (
+            self.input.json_if(whole, row)?,
+            self.output.json_if(whole, row)?,
+        );
+        (span.input, span.output) = (input, output);
+        span.tools = self.tools.json_if(whole, row)?;
+        span.events = match self.events.value(row).filter(|_| whole) {
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("column events: {e}"))?,
+            None => Vec::new(),
+        };
+        let flags = self.derived.map_or(0, |derived| derived.value(row));
+        if whole {
+            span.derive_text(flags);
+        } else {
+            if flags & INPUT_TEXT_DERIVED != 0 {
+                span.input_text = flatten_text(&self.input.json(row)?);
+            }
+            if flags & OUTPUT_TEXT_DERIVED != 0 {
+                span.output_text = flatten_text(&self.output.json(row)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Replaces `target`'s text, keeping its buffer.
