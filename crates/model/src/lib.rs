@@ -26,6 +26,9 @@ pub struct StoreStats {
     pub segment_bytes: u64,
     pub wal_bytes: u64,
     pub quarantined: u64,
+    /// Time appends have spent waiting for flushing to catch up (memory at its bound), in
+    /// milliseconds since the store opened: ingest running at flushing's pace.
+    pub append_wait_ms: u64,
 }
 
 /// The span store. Writes are durable when `append` returns; reads see every

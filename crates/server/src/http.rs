@@ -162,6 +162,61 @@ async fn metrics(State(state): State<Shared>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    match run_store(&state, |store| store.stats()).await {
+        Ok(stats) => {
+            let store = [
+                (
+                    "llmtrace_store_rows",
+                    "gauge",
+                    "Span rows in memory and in segments.",
+                    stats.rows as f64,
+                ),
+                (
+                    "llmtrace_store_memtable_rows",
+                    "gauge",
+                    "Span rows not yet flushed to a segment.",
+                    stats.memtable_rows as f64,
+                ),
+                (
+                    "llmtrace_store_segments",
+                    "gauge",
+                    "Segment files.",
+                    stats.segments as f64,
+                ),
+                (
+                    "llmtrace_store_segment_bytes",
+                    "gauge",
+                    "Bytes of segment files.",
+                    stats.segment_bytes as f64,
+                ),
+                (
+                    "llmtrace_store_wal_bytes",
+                    "gauge",
+                    "Bytes of write-ahead log not yet flushed.",
+                    stats.wal_bytes as f64,
+                ),
+                (
+                    "llmtrace_store_quarantined",
+                    "gauge",
+                    "Corrupt segment files moved aside at open.",
+                    stats.quarantined as f64,
+                ),
+                (
+                    "llmtrace_store_append_wait_seconds_total",
+                    "counter",
+                    "Time appends waited for flushing to catch up (ingest at flushing's pace).",
+                    stats.append_wait_ms as f64 / 1000.0,
+                ),
+            ];
+            for (name, kind, help, value) in store {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "store statistics unavailable for /metrics"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -306,6 +306,8 @@ pub(crate) struct Shared {
     maintenance: Mutex<()>,
     stopping: AtomicBool,
     quarantined: AtomicU64,
+    /// Nanoseconds appends have waited in `wait_for_room`.
+    append_wait_ns: AtomicU64,
 }
 
 impl Shared {
@@ -429,6 +431,7 @@ impl EmbeddedStore {
         let records_in_file = 0;
         let shared = Arc::new(Shared {
             quarantined: AtomicU64::new(report.segments_quarantined.len() as u64),
+            append_wait_ns: AtomicU64::new(0),
             state: RwLock::new(State {
                 active,
                 frozen: Vec::new(),
@@ -541,20 +544,29 @@ impl EmbeddedStore {
             return Ok(());
         }
         let started = Instant::now();
-        loop {
+        let mut slept = false;
+        let result = loop {
             let held = {
                 let state = self.shared.read_state();
                 state.active.approx_bytes()
                     + state.frozen.iter().map(|m| m.approx_bytes()).sum::<usize>()
             };
             if held < config.max_memtable_bytes || self.shared.stopping.load(Ordering::SeqCst) {
-                return Ok(());
+                break Ok(());
             }
             if started.elapsed() >= config.max_append_wait {
-                return Err(Error::Backlog(held));
+                break Err(Error::Backlog(held));
             }
             std::thread::sleep(Duration::from_millis(5));
+            slept = true;
+        };
+        if slept {
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.shared
+                .append_wait_ns
+                .fetch_add(nanos, Ordering::Relaxed);
         }
+        result
     }
 
     fn submit(&self, entry: EncodedEntry, mutation: Mutation) -> Result<u64> {
@@ -2044,6 +2056,7 @@ impl Store for EmbeddedStore {
             segment_bytes: state.segments.iter().map(|h| h.meta.bytes).sum(),
             wal_bytes: dir_bytes(&self.shared.config.data_dir.join("wal")),
             quarantined: self.shared.quarantined.load(Ordering::SeqCst),
+            append_wait_ms: self.shared.append_wait_ns.load(Ordering::Relaxed) / 1_000_000,
         })
     }
 }

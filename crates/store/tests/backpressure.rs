@@ -1,5 +1,6 @@
 //! Appends wait for flushing instead of growing the memtables without bound, and give up
-//! with "unavailable" (a 503 upstream) when flushing cannot make room.
+//! with "unavailable" (a 503 upstream) when flushing cannot make room; the store counts
+//! the time they waited.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -37,14 +38,21 @@ fn appends_past_the_limit_fail_as_unavailable_when_nothing_flushes() {
     config.flush_interval = Duration::from_secs(3600);
     let store = EmbeddedStore::open(config).unwrap();
     store.append(spans(0, 400)).unwrap();
+    assert_eq!(
+        store.stats().unwrap().append_wait_ms,
+        0,
+        "room for the first"
+    );
     let started = Instant::now();
     let err = store.append(spans(400, 1)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(
-        store.stats().unwrap().rows,
-        400,
-        "the refused batch was not written"
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.rows, 400, "the refused batch was not written");
+    assert!(
+        (300..2000).contains(&stats.append_wait_ms),
+        "the wait is counted: {} ms",
+        stats.append_wait_ms
     );
 }
 

@@ -278,4 +278,12 @@ fn openai_and_anthropic_sdks_get_what_they_would_get_directly_and_calls_are_reco
         metrics.contains("llmtrace_gateway_dropped_total 0"),
         "{metrics}"
     );
+    let stored = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert!(stored("llmtrace_store_rows") >= 1.0, "{metrics}");
+    assert_eq!(stored("llmtrace_store_append_wait_seconds_total"), 0.0);
 }
