@@ -317,6 +317,14 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether the active memtable is due to be frozen and flushed for its size; only with
+    /// background flushing (without it, flushes happen when asked and freeze what is there).
+    pub(crate) fn memtable_full(&self, active: &Memtable) -> bool {
+        let config = &self.config;
+        config.background
+            && (active.len() >= config.flush_rows || active.approx_bytes() >= config.flush_bytes)
+    }
+
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state
             .read()
@@ -504,15 +512,19 @@ impl EmbeddedStore {
                 let mut last_retention = Instant::now() - Duration::from_secs(3600);
                 while !shared.stopping.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(200));
-                    let due = {
+                    // Memtables the WAL thread froze are written as they are; the active one
+                    // is frozen too once its oldest row is old enough (or, should freezing
+                    // have failed there, once it is full).
+                    let (frozen, rotate) = {
                         let state = shared.read_state();
-                        let config = &shared.config;
-                        !state.active.is_empty()
-                            && (state.active.len() >= config.flush_rows
-                                || state.active.approx_bytes() >= config.flush_bytes
-                                || state.last_rotation.elapsed() >= config.flush_interval)
+                        let rotate = !state.active.is_empty()
+                            && (shared.memtable_full(&state.active)
+                                || state.last_rotation.elapsed() >= shared.config.flush_interval);
+                        (!state.frozen.is_empty(), rotate)
                     };
-                    if due && let Err(err) = flush(&shared, &commands) {
+                    if (frozen || rotate)
+                        && let Err(err) = flush(&shared, &commands, rotate)
+                    {
                         tracing::error!(error = %err, "background flush failed; will retry");
                     }
                     // One bounded merge a round, so flushing never waits long behind it.
@@ -606,7 +618,7 @@ impl EmbeddedStore {
         }
         let flushed = self
             .sender()
-            .and_then(|commands| flush(&self.shared, &commands));
+            .and_then(|commands| flush(&self.shared, &commands, true));
         lock(&self.commands).take();
         if let Some(handle) = lock(&self.writer).take() {
             let _ = handle.join();
@@ -1456,54 +1468,71 @@ impl Collected<'_> {
 
 /// Rotates the WAL, writes the frozen memtables as segments, swaps the manifest, then
 /// removes the WAL files the new manifest covers.
-fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
+/// Freezes the active memtable when `rotate`, then writes the frozen memtables as segments,
+/// oldest first, each freed with its WAL files as soon as its segments are durable.
+fn flush(shared: &Shared, commands: &SyncSender<Command>, rotate: bool) -> Result<()> {
     let _maintenance = shared.lock_maintenance();
-    let (reply, answer) = mpsc::sync_channel(1);
-    commands
-        .send(Command::Rotate { reply })
-        .map_err(|_| Error::Closed)?;
-    answer.recv().map_err(|_| Error::Closed)??;
-    let (frozen, mut manifest, deletions, existing) = {
-        let state = shared.read_state();
-        (
-            state.frozen.clone(),
-            state.manifest.clone(),
-            state.deletions.clone(),
-            state.segments.clone(),
-        )
-    };
-    let Some(through) = frozen.iter().map(|memtable| memtable.max_seq).max() else {
-        return Ok(());
-    };
+    if rotate {
+        let (reply, answer) = mpsc::sync_channel(1);
+        commands
+            .send(Command::Rotate { reply })
+            .map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)??;
+    }
+    loop {
+        let (memtable, manifest, deletions, existing) = {
+            let state = shared.read_state();
+            let Some(oldest) = state.frozen.first() else {
+                return Ok(());
+            };
+            (
+                oldest.clone(),
+                state.manifest.clone(),
+                state.deletions.clone(),
+                state.segments.clone(),
+            )
+        };
+        flush_memtable(shared, &memtable, manifest, &deletions, &existing)?;
+    }
+}
+
+/// Writes one frozen memtable as segments (one per project and day), names them in the
+/// manifest, swaps them in for the memtable and removes the WAL files it came from.
+fn flush_memtable(
+    shared: &Shared,
+    memtable: &Arc<Memtable>,
+    mut manifest: Manifest,
+    deletions: &[DeletionRecord],
+    existing: &[Arc<SegmentHandle>],
+) -> Result<()> {
+    let through = memtable.max_seq;
     let data_dir = &shared.config.data_dir;
     let mut new_handles = Vec::new();
-    for memtable in &frozen {
-        let mut partitions: BTreeMap<(String, String), Vec<StoredSpan>> = BTreeMap::new();
-        for row in memtable.rows() {
-            if hidden(&row.span, row.seq, memtable.max_seq, &deletions) {
-                continue;
-            }
-            let key = (
-                row.span.project.clone(),
-                segment::day_of(row.span.start_time),
-            );
-            partitions.entry(key).or_default().push(row.clone());
+    let mut partitions: BTreeMap<(String, String), Vec<StoredSpan>> = BTreeMap::new();
+    for row in memtable.rows() {
+        if hidden(&row.span, row.seq, memtable.max_seq, deletions) {
+            continue;
         }
-        for ((project, day), mut rows) in partitions {
-            let id = manifest.next_segment_id;
-            manifest.next_segment_id += 1;
-            let supersedes = mark_rewritten(&rows, existing.iter().chain(&new_handles));
-            let written = NewSegment {
-                id,
-                project: &project,
-                day: &day,
-                deletions_applied_through: through,
-                supersedes,
-            };
-            let handle = write_segment(data_dir, written, &mut rows)?;
-            manifest.segments.push(handle.meta.clone());
-            new_handles.push(Arc::new(handle));
-        }
+        let key = (
+            row.span.project.clone(),
+            segment::day_of(row.span.start_time),
+        );
+        partitions.entry(key).or_default().push(row.clone());
+    }
+    for ((project, day), mut rows) in partitions {
+        let id = manifest.next_segment_id;
+        manifest.next_segment_id += 1;
+        let supersedes = mark_rewritten(&rows, existing.iter().chain(&new_handles));
+        let written = NewSegment {
+            id,
+            project: &project,
+            day: &day,
+            deletions_applied_through: through,
+            supersedes,
+        };
+        let handle = write_segment(data_dir, written, &mut rows)?;
+        manifest.segments.push(handle.meta.clone());
+        new_handles.push(Arc::new(handle));
     }
     manifest.flushed_seq = manifest.flushed_seq.max(through);
     manifest.deletions = deletions
@@ -1514,10 +1543,7 @@ fn flush(shared: &Shared, commands: &SyncSender<Command>) -> Result<()> {
     manifest.save(data_dir)?;
     {
         let mut state = shared.write_state();
-        let flushed: Vec<*const Memtable> = frozen.iter().map(Arc::as_ptr).collect();
-        state
-            .frozen
-            .retain(|memtable| !flushed.contains(&Arc::as_ptr(memtable)));
+        state.frozen.retain(|frozen| !Arc::ptr_eq(frozen, memtable));
         // What is left in memory was written after the flushed rows.
         mark_rewritten_by_memtables(&state, &new_handles);
         state.segments.extend(new_handles);
@@ -2041,7 +2067,7 @@ impl Store for EmbeddedStore {
     }
 
     fn flush(&self) -> llmtrace_model::Result<()> {
-        Ok(flush(&self.shared, &self.sender()?)?)
+        Ok(flush(&self.shared, &self.sender()?, true)?)
     }
 
     fn stats(&self) -> llmtrace_model::Result<StoreStats> {

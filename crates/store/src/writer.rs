@@ -160,7 +160,7 @@ impl WalThread {
         } else {
             *unsynced = true;
         }
-        {
+        let full = {
             let mut guard = self.shared.write_state();
             let state = &mut *guard;
             for item in pending.iter_mut() {
@@ -181,9 +181,16 @@ impl WalThread {
                 }
                 state.active.max_seq = state.active.max_seq.max(item.seq);
             }
-        }
+            self.shared.memtable_full(&state.active)
+        };
         for item in pending.drain(..) {
             let _ = item.reply.send(Ok(item.seq));
+        }
+        // A full memtable is frozen here, not when a flush starts: while one flush runs the
+        // next memtable fills only to its own size, and each is freed (with its WAL file) as
+        // soon as its segments are written, so a burst meets the memory bound later.
+        if full && let Err(err) = self.rotate() {
+            tracing::error!(error = %err, "could not freeze the full memtable; the flush will");
         }
     }
 

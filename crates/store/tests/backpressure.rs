@@ -71,3 +71,28 @@ fn appends_wait_for_flushing_and_then_succeed() {
     assert_eq!(stats.rows, 1000);
     assert!(stats.segments >= 1);
 }
+
+#[test]
+fn a_full_memtable_is_frozen_at_its_size_and_flushed_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_memtable_bytes = usize::MAX;
+    config.flush_rows = 100;
+    config.compact_min_segments = usize::MAX;
+    let store = EmbeddedStore::open(config).unwrap();
+    // Faster than the flush thread looks (every 200 ms): the appends themselves freeze
+    // each memtable as it reaches 100 rows, so each becomes a segment of its own.
+    for batch in 0..10 {
+        store.append(spans(batch * 100, 100)).unwrap();
+    }
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.rows, 1000);
+    assert_eq!(stats.memtable_rows, 0);
+    assert_eq!(stats.segments, 10, "one segment per memtable of 100 rows");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+        1,
+        "only the open WAL file is left"
+    );
+}

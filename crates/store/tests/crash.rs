@@ -3,7 +3,9 @@
 //!
 //! The test binary plays both roles: with `LLMTRACE_CRASH_CHILD_DIR` set, `crash_child`
 //! appends batches forever (flushing now and then) and prints `ack N` after each append
-//! returns; the parent kills it with SIGKILL and checks the store.
+//! returns; the parent kills it with SIGKILL and checks the store. Once with flushes and
+//! compactions only where the child asks for them, once with background flushing as a
+//! server runs it, where small memtables are frozen by the appends and flushed one by one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use llmtrace_model::{Span, SpanFilter, SpanQuery, Store};
 use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
 
 const CHILD_ENV: &str = "LLMTRACE_CRASH_CHILD_DIR";
+const BACKGROUND_ENV: &str = "LLMTRACE_CRASH_BACKGROUND";
 const BATCH: u64 = 20;
 
 /// A chat call. Its text is usually its messages' text, which the WAL stores once and
@@ -45,10 +48,12 @@ fn span(batch: u64, index: u64) -> Span {
     }
 }
 
-fn config(dir: &str) -> StoreConfig {
+fn config(dir: &str, background: bool) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.durability = Durability::Fsync;
-    config.background = false;
+    config.background = background;
+    // with background flushing, a memtable is frozen every three batches
+    config.flush_rows = 3 * BATCH as usize;
     config.compact_min_segments = 3;
     config
 }
@@ -58,7 +63,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store = EmbeddedStore::open(config(&dir)).unwrap();
+    let background = std::env::var(BACKGROUND_ENV).is_ok_and(|value| value == "1");
+    let store = EmbeddedStore::open(config(&dir, background)).unwrap();
     let start: u64 = std::env::var("LLMTRACE_CRASH_FIRST_BATCH")
         .unwrap()
         .parse()
@@ -92,6 +98,15 @@ fn all_spans(store: &EmbeddedStore) -> Vec<Span> {
 
 #[test]
 fn acknowledged_spans_survive_sigkill() {
+    survive_sigkill(false);
+}
+
+#[test]
+fn acknowledged_spans_survive_sigkill_with_background_flushing() {
+    survive_sigkill(true);
+}
+
+fn survive_sigkill(background: bool) {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
@@ -109,6 +124,7 @@ fn acknowledged_spans_survive_sigkill() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir_text)
+            .env(BACKGROUND_ENV, if background { "1" } else { "0" })
             .env("LLMTRACE_CRASH_FIRST_BATCH", next_batch.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -142,7 +158,8 @@ fn acknowledged_spans_survive_sigkill() {
         acked.extend(lines_rx.try_iter());
         next_batch = acked.iter().max().map_or(next_batch, |max| max + 1) + 1000;
 
-        let store = EmbeddedStore::open(config(&dir_text)).unwrap();
+        // checked without background work, which would outlive this round's `drop`
+        let store = EmbeddedStore::open(config(&dir_text, false)).unwrap();
         let spans = all_spans(&store);
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for stored in &spans {
