@@ -1466,8 +1466,6 @@ impl Collected<'_> {
     }
 }
 
-/// Rotates the WAL, writes the frozen memtables as segments, swaps the manifest, then
-/// removes the WAL files the new manifest covers.
 /// Freezes the active memtable when `rotate`, then writes the frozen memtables as segments,
 /// oldest first, each freed with its WAL files as soon as its segments are durable.
 fn flush(shared: &Shared, commands: &SyncSender<Command>, rotate: bool) -> Result<()> {
