@@ -21,6 +21,17 @@ fn spans(from: u64, count: u64) -> Vec<Span> {
         .collect()
 }
 
+/// Appends 1,000 rows in ten batches back to back, flushes, and answers the stats.
+fn append_ten_batches_of_100_and_flush(store: &EmbeddedStore) -> llmtrace_model::StoreStats {
+    for batch in 0..10 {
+        store.append(spans(batch * 100, 100)).unwrap();
+    }
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.rows, 1000);
+    stats
+}
+
 fn config(dir: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.durability = Durability::None;
@@ -63,12 +74,7 @@ fn appends_wait_for_flushing_and_then_succeed() {
     config.flush_rows = 100;
     config.max_append_wait = Duration::from_secs(30);
     let store = EmbeddedStore::open(config).unwrap();
-    for batch in 0..10 {
-        store.append(spans(batch * 100, 100)).unwrap();
-    }
-    store.flush().unwrap();
-    let stats = store.stats().unwrap();
-    assert_eq!(stats.rows, 1000);
+    let stats = append_ten_batches_of_100_and_flush(&store);
     assert!(stats.segments >= 1);
 }
 
@@ -82,12 +88,7 @@ fn a_full_memtable_is_frozen_at_its_size_and_flushed_on_its_own() {
     let store = EmbeddedStore::open(config).unwrap();
     // Faster than the flush thread looks (every 200 ms): the appends themselves freeze
     // each memtable as it reaches 100 rows, so each becomes a segment of its own.
-    for batch in 0..10 {
-        store.append(spans(batch * 100, 100)).unwrap();
-    }
-    store.flush().unwrap();
-    let stats = store.stats().unwrap();
-    assert_eq!(stats.rows, 1000);
+    let stats = append_ten_batches_of_100_and_flush(&store);
     assert_eq!(stats.memtable_rows, 0);
     assert_eq!(stats.segments, 10, "one segment per memtable of 100 rows");
     assert_eq!(
