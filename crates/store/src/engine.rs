@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{dir_bytes, fsync_dir, rename_to_quarantine};
 use crate::index::{self, Candidate, SegmentIndex};
 use crate::manifest::{DeletionRecord, Manifest, SegmentMeta};
-use crate::memtable::{Memtable, Prepared};
+use crate::memtable::{JsonFields, Memtable, Prepared};
 use crate::pool::{self, Pool};
 use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup, RollupUse};
 use crate::segment::{self, Projection, StoredSpan};
@@ -646,12 +646,13 @@ impl EmbeddedStore {
             None,
             Gather::Batches { columns, max_rows },
         )?;
-        // what is left in `found` are the memtables' rows, whole
+        // what is left in `found` are the memtables' rows
         let memtable: Vec<StoredSpan> = found
             .into_iter()
             .map(|found| StoredSpan {
                 seq: 0,
                 span: found.span,
+                json: found.json,
             })
             .collect();
         if !memtable.is_empty() {
@@ -794,6 +795,8 @@ fn overlaps(meta: &SegmentMeta, filter: &SpanFilter) -> bool {
 /// A live match and, for a segment row, where to read the rest of it.
 struct Found {
     span: Arc<Span>,
+    /// A memtable row's documents, which `span` holds null.
+    json: Option<Arc<JsonFields>>,
     origin: Option<(usize, u32)>,
 }
 
@@ -826,24 +829,38 @@ impl ActiveKeys {
 }
 
 /// Memtable rows `keep` accepts, into `found`: with a page size only the newest that many
-/// (each memtable's newest matches are the only ones that can make the page).
+/// (each memtable's newest matches are the only ones that can make the page). With
+/// `attributes` (the filter names some), `keep` sees each row with its attributes parsed.
 fn newest_kept(
-    mut rows: Vec<Arc<Span>>,
+    mut rows: Vec<StoredSpan>,
     page_size: Option<usize>,
+    attributes: bool,
     found: &mut Vec<Found>,
     mut keep: impl FnMut(&Span) -> bool,
 ) {
     if page_size.is_some() {
-        rows.sort_unstable_by(|a, b| b.order().cmp(&a.order()));
+        rows.sort_unstable_by(|a, b| b.span.order().cmp(&a.span.order()));
     }
     let mut kept = 0;
-    for span in rows {
+    for StoredSpan { span, json, .. } in rows {
         if page_size.is_some_and(|size| kept >= size) {
             break;
         }
-        if keep(&span) {
+        let wanted = match json.as_ref().filter(|_| attributes) {
+            Some(json) => {
+                let mut shown = (*span).clone();
+                shown.attributes = json.attributes_value();
+                keep(&shown)
+            }
+            None => keep(&span),
+        };
+        if wanted {
             kept += 1;
-            found.push(Found { span, origin: None });
+            found.push(Found {
+                span,
+                json,
+                origin: None,
+            });
         }
     }
 }
@@ -1085,11 +1102,11 @@ fn collect<'q>(
     // Under the lock only the active memtable's rows are referenced; matching happens after.
     let (frozen, segments, deletions, active_rows) = {
         let state = shared.read_state();
-        let active_rows: Vec<Arc<Span>> = state
+        let active_rows: Vec<StoredSpan> = state
             .active
             .rows()
             .filter(|row| row.span.project == filter.project)
-            .map(|row| row.span.clone())
+            .cloned()
             .collect();
         let mut segments: Vec<Arc<SegmentHandle>> = state
             .segments
@@ -1108,11 +1125,14 @@ fn collect<'q>(
     let mut active = ActiveKeys(
         active_rows
             .iter()
-            .map(|span| (ActiveKeys::hash(span), span.clone()))
+            .map(|row| (ActiveKeys::hash(&row.span), row.span.clone()))
             .collect(),
     );
     active.0.sort_unstable_by_key(|(hash, _)| *hash);
-    newest_kept(active_rows, page_size, &mut found, |span| wanted(span));
+    let attributes = !filter.attributes.is_empty();
+    newest_kept(active_rows, page_size, attributes, &mut found, |span| {
+        wanted(span)
+    });
     // Memtables hold one version per span and are newer than every segment; a newer
     // memtable supersedes an older one.
     let in_memtables_after = |span: &Span, frozen_from: usize| {
@@ -1122,15 +1142,15 @@ fn collect<'q>(
                 .any(|memtable| memtable.get(&span.key()).is_some())
     };
     for (position, memtable) in frozen.iter().enumerate() {
-        let rows: Vec<Arc<Span>> = memtable
+        let rows: Vec<StoredSpan> = memtable
             .rows()
             .filter(|row| {
                 row.span.project == filter.project
                     && !hidden(&row.span, row.seq, memtable.max_seq, &deletions)
             })
-            .map(|row| row.span.clone())
+            .cloned()
             .collect();
-        newest_kept(rows, page_size, &mut found, |span| {
+        newest_kept(rows, page_size, attributes, &mut found, |span| {
             wanted(span) && !in_memtables_after(span, position + 1)
         });
     }
@@ -1368,6 +1388,7 @@ fn collect<'q>(
                 if live(&row.span, row.seq)? {
                     kept.push(Found {
                         span: row.span,
+                        json: None,
                         origin: Some((position, number)),
                     });
                 }
@@ -1448,7 +1469,13 @@ impl Collected<'_> {
             if let Some((segment, row)) = found.origin {
                 light.push((segment, row, position));
             }
-            spans.push(Arc::unwrap_or_clone(found.span));
+            let mut span = Arc::unwrap_or_clone(found.span);
+            if let Some(json) = found.json {
+                json.restore(&mut span).map_err(|e| {
+                    Error::Encode(format!("a memtable row's documents do not parse: {e}"))
+                })?;
+            }
+            spans.push(span);
         }
         light.sort_unstable();
         for group in light.chunk_by(|a, b| a.0 == b.0) {
@@ -1849,7 +1876,7 @@ fn retention(shared: &Shared, now_ns: i64) -> Result<u64> {
 }
 
 impl Store for EmbeddedStore {
-    fn append(&self, mut spans: Vec<Span>) -> llmtrace_model::Result<()> {
+    fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
         if spans.is_empty() {
             return Ok(());
         }
@@ -1861,8 +1888,8 @@ impl Store for EmbeddedStore {
             return Err(llmtrace_model::Error::BadRequest(problem));
         }
         self.wait_for_room()?;
-        let entry = EncodedEntry::spans(&mut spans)?;
-        let prepared = spans.into_iter().map(Prepared::new).collect();
+        let mut prepared: Vec<Prepared> = spans.into_iter().map(Prepared::new).collect();
+        let entry = EncodedEntry::rows(&mut prepared)?;
         self.submit(entry, Mutation::Spans(prepared))?;
         Ok(())
     }

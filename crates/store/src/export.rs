@@ -51,6 +51,7 @@ impl<W: Write + Send> ParquetExport<W> {
             .map(|span| StoredSpan {
                 seq: 0,
                 span: Arc::new(span.clone()),
+                json: None,
             })
             .collect();
         let batch = to_batch(&rows)?;

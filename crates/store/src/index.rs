@@ -255,12 +255,12 @@ fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument
     for (key, value) in &span.metadata {
         doc.add_text(fields.meta, meta_text(key, value));
     }
-    if let Some(id) = span
-        .attributes
-        .get(RESPONSE_ID_ATTRIBUTE)
-        .and_then(serde_json::Value::as_str)
-    {
-        doc.add_text(fields.response, id);
+    let response_id = match &stored.json {
+        Some(json) => json.attribute(RESPONSE_ID_ATTRIBUTE),
+        None => span.attributes.get(RESPONSE_ID_ATTRIBUTE).cloned(),
+    };
+    if let Some(serde_json::Value::String(id)) = response_id {
+        doc.add_text(fields.response, &id);
     }
     doc.add_u64(fields.row, row as u64);
     doc.add_i64(fields.start, span.start_time);
@@ -605,6 +605,7 @@ mod tests {
                 total_cost_usd: (!n.is_multiple_of(5)).then(|| f64::from(n) / 1000.0),
                 ..Span::default()
             }),
+            json: None,
         }
     }
 

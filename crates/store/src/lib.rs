@@ -8,7 +8,7 @@ pub mod export;
 mod fsutil;
 pub mod index;
 mod manifest;
-mod memtable;
+pub mod memtable;
 mod parallel;
 pub mod pool;
 pub mod rollup;

@@ -52,6 +52,7 @@ use parquet::schema::types::ColumnPath;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::memtable::JsonFields;
 use crate::pool::{self, Pool, PoolWriter};
 use crate::rollup::Rollup;
 
@@ -65,6 +66,18 @@ const POOL_KEY: &str = "llmtrace.pool_chunks";
 pub struct StoredSpan {
     pub seq: u64,
     pub span: Arc<Span>,
+    /// A memtable row's documents, as text: `span` holds them null (`memtable::JsonFields`).
+    pub json: Option<Arc<JsonFields>>,
+}
+
+impl StoredSpan {
+    /// `Span::derived_text` of the whole span.
+    fn derived_text(&self) -> u8 {
+        match &self.json {
+            Some(json) => json.derived,
+            None => self.span.derived_text(),
+        }
+    }
 }
 
 pub fn schema() -> SchemaRef {
@@ -208,7 +221,7 @@ fn to_written_batch(rows: &[StoredSpan]) -> Result<RecordBatch> {
 fn batch_of(rows: &[StoredSpan], leave_out_derived: bool) -> Result<RecordBatch> {
     let n = rows.len();
     let derived: Vec<u8> = if leave_out_derived {
-        rows.iter().map(|row| row.span.derived_text()).collect()
+        rows.iter().map(StoredSpan::derived_text).collect()
     } else {
         Vec::new()
     };
@@ -246,13 +259,13 @@ fn batch_of(rows: &[StoredSpan], leave_out_derived: bool) -> Result<RecordBatch>
         Arc::new(builder.finish())
     };
     // JSON documents are serialized one after another straight into the column's buffer.
-    let json = |write: &dyn Fn(&Span, &mut Vec<u8>) -> Result<bool>| -> Result<ArrayRef> {
+    let json = |write: &dyn Fn(&StoredSpan, &mut Vec<u8>) -> Result<bool>| -> Result<ArrayRef> {
         let mut values = Vec::with_capacity(n * 64);
         let mut offsets = Vec::with_capacity(n + 1);
         let mut nulls = NullBufferBuilder::new(n);
         offsets.push(0i32);
         for row in rows {
-            nulls.append(write(&row.span, &mut values)?);
+            nulls.append(write(row, &mut values)?);
             let end = i32::try_from(values.len())
                 .map_err(|_| Error::Encode("a JSON column exceeds 2 GiB in one segment".into()))?;
             offsets.push(end);
@@ -265,12 +278,24 @@ fn batch_of(rows: &[StoredSpan], leave_out_derived: bool) -> Result<RecordBatch>
         .map_err(Error::encode)?;
         Ok(Arc::new(array))
     };
-    let value = |value: &Value, out: &mut Vec<u8>| -> Result<bool> {
-        if value.is_null() {
-            return Ok(false);
+    // a document: a memtable row's text as it is, else serialized from the span
+    let document = |field: usize| {
+        move |row: &StoredSpan, out: &mut Vec<u8>| -> Result<bool> {
+            if let Some(json) = &row.json {
+                let Some(text) = json.texts()[field] else {
+                    return Ok(false);
+                };
+                out.extend_from_slice(text.as_bytes());
+                return Ok(true);
+            }
+            let span = &row.span;
+            let value = [&span.input, &span.output, &span.tools, &span.attributes][field];
+            if value.is_null() {
+                return Ok(false);
+            }
+            serde_json::to_writer(out, value).map_err(Error::encode)?;
+            Ok(true)
         }
-        serde_json::to_writer(out, value).map_err(Error::encode)?;
-        Ok(true)
     };
     let int = |get: &dyn Fn(&Span) -> Option<i64>| -> ArrayRef {
         let mut builder = Int64Builder::with_capacity(n);
@@ -332,21 +357,21 @@ fn batch_of(rows: &[StoredSpan], leave_out_derived: bool) -> Result<RecordBatch>
     columns.push(float(&|s| s.output_cost_usd));
     columns.push(float(&|s| s.total_cost_usd));
     columns.push(text(&|s| s.pricing_version.as_deref()));
-    columns.push(json(&|s, out| value(&s.input, out))?);
-    columns.push(json(&|s, out| value(&s.output, out))?);
+    columns.push(json(&document(0))?);
+    columns.push(json(&document(1))?);
     columns.push(message_text(INPUT_TEXT_DERIVED, |s| &s.input_text));
     columns.push(message_text(OUTPUT_TEXT_DERIVED, |s| &s.output_text));
-    columns.push(json(&|s, out| value(&s.tools, out))?);
-    columns.push(json(&|s, out| {
-        serde_json::to_writer(out, &s.metadata).map_err(Error::encode)?;
+    columns.push(json(&document(2))?);
+    columns.push(json(&|row, out| {
+        serde_json::to_writer(out, &row.span.metadata).map_err(Error::encode)?;
         Ok(true)
     })?);
-    columns.push(json(&|s, out| value(&s.attributes, out))?);
-    columns.push(json(&|s, out| {
-        if s.events.is_empty() {
+    columns.push(json(&document(3))?);
+    columns.push(json(&|row, out| {
+        if row.span.events.is_empty() {
             return Ok(false);
         }
-        serde_json::to_writer(out, &s.events).map_err(Error::encode)?;
+        serde_json::to_writer(out, &row.span.events).map_err(Error::encode)?;
         Ok(true)
     })?);
     if !leave_out_derived {
@@ -670,6 +695,7 @@ pub fn read_rows(
         out.push(StoredSpan {
             seq,
             span: Arc::new(std::mem::take(span)),
+            json: None,
         });
         Ok(())
     })?;
@@ -1367,6 +1393,7 @@ fn from_batch(
         out.push(StoredSpan {
             seq,
             span: Arc::new(std::mem::take(span)),
+            json: None,
         });
         Ok(())
     })
@@ -1427,6 +1454,7 @@ mod tests {
                     input: json!([{"role": "user", "content": [{"type": "text", "text": format!("text {n}")}]}]),
                     ..Span::default()
                 }),
+                json: None,
             })
             .collect();
         // Row groups of 8 rows: the second pass must select across them.
@@ -1507,6 +1535,7 @@ mod tests {
                         output_text: "short".into(),
                         ..Span::default()
                     }),
+                    json: None,
                 });
             }
         }
@@ -1565,6 +1594,7 @@ mod tests {
                 input_text: long,
                 ..Span::default()
             }),
+            json: None,
         }];
         write_grouped(&path, &rows, 16).unwrap();
         let pool_path = pool::path_for(&path);
@@ -1677,6 +1707,7 @@ mod tests {
             StoredSpan {
                 seq: 7,
                 span: Arc::new(span.clone()),
+                json: None,
             },
             StoredSpan {
                 seq: 8,
@@ -1685,6 +1716,7 @@ mod tests {
                     start_time: 5,
                     ..Span::default()
                 }),
+                json: None,
             },
         ];
         sort_rows(&mut rows);
@@ -1729,6 +1761,7 @@ mod tests {
                         input_text,
                         ..Span::default()
                     }),
+                    json: None,
                 }
             })
             .collect()

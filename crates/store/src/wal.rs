@@ -8,16 +8,22 @@
 //!         | 3 spans, zstd (payload = zstd frame of the JSON array of Span)
 //!         | 4 spans, zstd, derived text (payload = zstd frame of
 //!             count:u32le flags:u8[count] JSON array of count Span)
+//!         | 5 rows, zstd (payload = zstd frame of count:u32le flags:u8[count]
+//!             row[count])
 //! flags  := bit 0: the span's input_text is flatten_text(input), written as ""
 //!           bit 1: the same for output_text and output
+//! row    := (len:u32le bytes[len])[4] len:u32le span-JSON[len]
+//!           the documents input, output, tools, attributes as JSON text (len 0xFFFFFFFF:
+//!           null), then the Span with those fields null and flagged texts ""
 //! ```
 //!
 //! Span batches are written compressed (kind 4): chat calls resend their history, so a
 //! batch compresses several-fold, and the log's write bandwidth is what bounds durable
 //! ingest of large spans. A span's message text is usually its messages' text
 //! (`llmtrace_model::span::flatten_text`): that copy is left out and derived again on
-//! replay, which halves what is serialized and compressed for chat spans. Kinds 1 and 3
-//! are still read.
+//! replay, which halves what is serialized and compressed for chat spans. A span's JSON
+//! documents are written as the text the memtable keeps them in (`memtable::JsonFields`),
+//! so they are serialized once per append. Kinds 1, 3 and 4 are still read.
 //!
 //! Files are named `{first_seq:020}.wal`; the writer starts a new file at every memtable
 //! rotation, so a file's rows are either all in the memtable or all in a flushed segment.
@@ -34,12 +40,16 @@ use llmtrace_model::{Deletion, Span};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{fsync_dir, move_to_quarantine};
+use crate::memtable::{JsonFields, Prepared};
 
 pub const MAGIC: &[u8; 8] = b"LTWAL001";
 const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
 const KIND_SPANS_ZSTD: u8 = 3;
 const KIND_SPANS_DERIVED_TEXT: u8 = 4;
+const KIND_ROWS: u8 = 5;
+/// A kind-5 document length meaning "null".
+const NO_DOCUMENT: u32 = u32::MAX;
 /// zstd level for span batches: the fastest levels already catch repeated history.
 /// (LZ4, from the pure-Rust `lz4_flex`, took as long as this under `perf`.)
 const ZSTD_LEVEL: i32 = 1;
@@ -61,28 +71,58 @@ pub struct EncodedEntry {
 }
 
 impl EncodedEntry {
-    /// Serializes and compresses a batch. Text fields its messages determine are taken out
-    /// of the spans while they are serialized and put back before this returns.
-    pub fn spans(spans: &mut [Span]) -> Result<EncodedEntry> {
-        let mut flags = Vec::with_capacity(spans.len());
-        let mut taken = Vec::new();
-        for (position, span) in spans.iter_mut().enumerate() {
-            let flag = span.derived_text();
-            flags.push(flag);
-            if flag != 0 {
-                let take =
-                    |bit: u8, text: &mut String| (flag & bit != 0).then(|| std::mem::take(text));
-                let input = take(INPUT_TEXT_DERIVED, &mut span.input_text);
-                let output = take(OUTPUT_TEXT_DERIVED, &mut span.output_text);
-                taken.push((position, input, output));
-            }
-        }
+    /// Serializes and compresses a batch of memtable-ready rows (kind 5): their documents
+    /// are text already and are copied as they are. Text fields their messages determine
+    /// are taken out of the spans while they are serialized and put back before this
+    /// returns.
+    pub fn rows(rows: &mut [Prepared]) -> Result<EncodedEntry> {
         let payload = BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
             buffer.clear();
-            buffer.extend_from_slice(&(spans.len() as u32).to_le_bytes());
-            buffer.extend_from_slice(&flags);
-            let payload = serde_json::to_writer(&mut *buffer, &*spans)
+            buffer.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+            buffer.extend(rows.iter().map(|row| row.json.derived));
+            let mut written = Ok(());
+            for row in rows.iter_mut() {
+                let length = |buffer: &mut Vec<u8>, len: usize| {
+                    buffer.extend_from_slice(&(len as u32).to_le_bytes());
+                };
+                for text in row.json.texts() {
+                    match text {
+                        Some(text) => {
+                            length(&mut buffer, text.len());
+                            buffer.extend_from_slice(text.as_bytes());
+                        }
+                        None => length(&mut buffer, NO_DOCUMENT as usize),
+                    }
+                }
+                // the span beside its documents, so that zstd's window finds a text
+                // kept as well as its messages
+                let flag = row.json.derived;
+                let span = &mut row.span;
+                let take = |bit: u8, text: &mut String| {
+                    if flag & bit != 0 {
+                        std::mem::take(text)
+                    } else {
+                        String::new()
+                    }
+                };
+                let input = take(INPUT_TEXT_DERIVED, &mut span.input_text);
+                let output = take(OUTPUT_TEXT_DERIVED, &mut span.output_text);
+                let at = buffer.len();
+                length(&mut buffer, 0);
+                if written.is_ok() {
+                    written = serde_json::to_writer(&mut *buffer, &*span);
+                }
+                let len = buffer.len() - at - 4;
+                buffer[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+                if flag & INPUT_TEXT_DERIVED != 0 {
+                    span.input_text = input;
+                }
+                if flag & OUTPUT_TEXT_DERIVED != 0 {
+                    span.output_text = output;
+                }
+            }
+            let payload = written
                 .map_err(Error::encode)
                 .and_then(|()| compress(&buffer));
             if buffer.capacity() > MAX_KEPT_BUFFER_BYTES {
@@ -90,17 +130,8 @@ impl EncodedEntry {
             }
             payload
         });
-        for (position, input, output) in taken {
-            let span = &mut spans[position];
-            if let Some(text) = input {
-                span.input_text = text;
-            }
-            if let Some(text) = output {
-                span.output_text = text;
-            }
-        }
         Ok(EncodedEntry {
-            kind: KIND_SPANS_DERIVED_TEXT,
+            kind: KIND_ROWS,
             payload: payload?,
         })
     }
@@ -334,6 +365,7 @@ fn decode_record(data: &[u8], offset: usize) -> Option<(u64, WalEntry, usize)> {
             WalEntry::Spans(serde_json::from_slice(&json).ok()?)
         }
         KIND_SPANS_DERIVED_TEXT => WalEntry::Spans(decode_derived(payload)?),
+        KIND_ROWS => WalEntry::Spans(decode_rows(payload)?),
         KIND_DELETION => WalEntry::Deletion(serde_json::from_slice(payload).ok()?),
         _ => return None,
     };
@@ -355,6 +387,48 @@ fn decode_derived(payload: &[u8]) -> Option<Vec<Span>> {
     Some(spans)
 }
 
+/// A kind-5 payload: the spans with their documents put back and the text fields left out
+/// derived again.
+fn decode_rows(payload: &[u8]) -> Option<Vec<Span>> {
+    let body = zstd::stream::decode_all(payload).ok()?;
+    let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let flags = body.get(4..4usize.checked_add(count)?)?;
+    let mut at = 4 + count;
+    let next = |at: &mut usize| -> Option<Option<&[u8]>> {
+        let len = u32::from_le_bytes(body.get(*at..*at + 4)?.try_into().ok()?);
+        *at += 4;
+        if len == NO_DOCUMENT {
+            return Some(None);
+        }
+        let bytes = body.get(*at..at.checked_add(len as usize)?)?;
+        *at += len as usize;
+        Some(Some(bytes))
+    };
+    let mut spans = Vec::with_capacity(count.min(body.len()));
+    for &flag in flags {
+        let mut texts: [Option<Box<str>>; 4] = Default::default();
+        for text in &mut texts {
+            if let Some(bytes) = next(&mut at)? {
+                *text = Some(std::str::from_utf8(bytes).ok()?.into());
+            }
+        }
+        let [input, output, tools, attributes] = texts;
+        let documents = JsonFields {
+            input,
+            output,
+            tools,
+            attributes,
+            derived: flag,
+        };
+        let mut span: Span = serde_json::from_slice(next(&mut at)??).ok()?;
+        documents.restore(&mut span).ok()?;
+        span.derive_text(flag);
+        spans.push(span);
+    }
+    // nothing may follow the last span
+    (at == body.len()).then_some(spans)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,12 +443,40 @@ mod tests {
         }
     }
 
+    /// The record `append` writes for `spans`, checked to give the rows back as they were.
+    fn encoded(spans: &[Span]) -> EncodedEntry {
+        let mut rows: Vec<Prepared> = spans.iter().cloned().map(Prepared::new).collect();
+        let entry = EncodedEntry::rows(&mut rows).unwrap();
+        let whole: Vec<Span> = rows.iter().map(|row| row.whole().unwrap()).collect();
+        assert_eq!(whole, spans, "the rows are given back whole");
+        entry
+    }
+
+    /// A kind-4 record, as versions before kind 5 wrote them.
+    fn kind_4(spans: &[Span]) -> EncodedEntry {
+        let mut body = (spans.len() as u32).to_le_bytes().to_vec();
+        let mut light = spans.to_vec();
+        for span in &mut light {
+            let flag = span.derived_text();
+            body.push(flag);
+            if flag & INPUT_TEXT_DERIVED != 0 {
+                span.input_text.clear();
+            }
+            if flag & OUTPUT_TEXT_DERIVED != 0 {
+                span.output_text.clear();
+            }
+        }
+        serde_json::to_writer(&mut body, &light).unwrap();
+        EncodedEntry {
+            kind: KIND_SPANS_DERIVED_TEXT,
+            payload: compress(&body).unwrap(),
+        }
+    }
+
     fn write_three(dir: &Path) -> PathBuf {
         let mut writer = WalWriter::create(dir, 1).unwrap();
         for seq in 1..=3 {
-            writer
-                .write(seq, &EncodedEntry::spans(&mut [span(seq)]).unwrap())
-                .unwrap();
+            writer.write(seq, &encoded(&[span(seq)])).unwrap();
         }
         writer.sync(true).unwrap();
         dir.join(file_name(1))
@@ -410,16 +512,17 @@ mod tests {
 
     #[test]
     fn records_of_every_span_kind_decode() {
-        let mut spans = vec![Span {
+        let spans = vec![Span {
             trace_id: "t".into(),
             span_id: "s".into(),
             input_text: "hello ".repeat(100),
+            input: serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "hello"}]}]),
+            attributes: serde_json::json!({"gen_ai.response.id": "r", "n": [1, 2.5, null]}),
             ..Span::default()
         }];
         let original = spans.clone();
-        let written = EncodedEntry::spans(&mut spans).unwrap();
-        assert_eq!(spans, original, "the caller's spans are given back whole");
-        assert_eq!(written.kind, KIND_SPANS_DERIVED_TEXT);
+        let written = encoded(&spans);
+        assert_eq!(written.kind, KIND_ROWS);
         let json = serde_json::to_vec(&spans).unwrap();
         assert!(
             written.payload.len() * 2 < json.len(),
@@ -434,7 +537,7 @@ mod tests {
             kind: KIND_SPANS,
             payload: json,
         };
-        for entry in [written, compressed, plain] {
+        for entry in [written, kind_4(&spans), compressed, plain] {
             assert_eq!(decoded(&entry), WalEntry::Spans(original.clone()));
         }
     }
@@ -485,9 +588,7 @@ mod tests {
             ..span(n as u64 + 1)
         })
         .collect();
-        let mut written = spans.clone();
-        let entry = EncodedEntry::spans(&mut written).unwrap();
-        assert_eq!(written, spans);
+        let entry = encoded(&spans);
         let body = zstd::stream::decode_all(&entry.payload[..]).unwrap();
         assert_eq!(&body[..4], &4u32.to_le_bytes());
         assert_eq!(
@@ -499,28 +600,35 @@ mod tests {
                 0
             ]
         );
-        let json = String::from_utf8(body[8..].to_vec()).unwrap();
+        // the first two spans' messages (documents) and the second's own text
+        let rest = String::from_utf8_lossy(&body[8..]);
         assert_eq!(
-            json.matches(&long).count(),
+            rest.matches(&long).count(),
             3,
             "the derived copy is left out"
         );
-        assert_eq!(decoded(&entry), WalEntry::Spans(spans));
+        assert_eq!(decoded(&entry), WalEntry::Spans(spans.clone()));
+        assert_eq!(decoded(&kind_4(&spans)), WalEntry::Spans(spans));
     }
 
     #[test]
-    fn a_derived_record_whose_count_disagrees_is_not_decoded() {
-        let mut spans = vec![span(1), span(2)];
-        let entry = EncodedEntry::spans(&mut spans).unwrap();
-        let mut body = zstd::stream::decode_all(&entry.payload[..]).unwrap();
-        body[0] = 3;
-        let tampered = EncodedEntry {
-            kind: KIND_SPANS_DERIVED_TEXT,
-            payload: compress(&body).unwrap(),
+    fn a_record_whose_count_or_document_lengths_disagree_is_not_decoded() {
+        let spans = vec![span(1), span(2)];
+        let tamper = |entry: EncodedEntry, at: usize, byte: u8| {
+            let mut body = zstd::stream::decode_all(&entry.payload[..]).unwrap();
+            body[at] = byte;
+            let tampered = EncodedEntry {
+                kind: entry.kind,
+                payload: compress(&body).unwrap(),
+            };
+            let mut bytes = Vec::new();
+            frame(1, &tampered, &mut bytes);
+            decode_record(&bytes, 0)
         };
-        let mut bytes = Vec::new();
-        frame(1, &tampered, &mut bytes);
-        assert!(decode_record(&bytes, 0).is_none());
+        assert!(tamper(kind_4(&spans), 0, 3).is_none());
+        assert!(tamper(encoded(&spans), 0, 3).is_none());
+        // the first document's length (null) made a length past the end
+        assert!(tamper(encoded(&spans), 6, 0x7f).is_none());
     }
 
     #[test]
@@ -531,8 +639,8 @@ mod tests {
                 ..span(n)
             }]
         };
-        let long = EncodedEntry::spans(&mut batch(50, "long text ")).unwrap();
-        let short = EncodedEntry::spans(&mut batch(1, "x")).unwrap();
+        let long = encoded(&batch(50, "long text "));
+        let short = encoded(&batch(1, "x"));
         for (entry, expected) in [(long, batch(50, "long text ")), (short, batch(1, "x"))] {
             let mut bytes = Vec::new();
             frame(1, &entry, &mut bytes);

@@ -167,7 +167,7 @@ impl WalThread {
                 match std::mem::replace(&mut item.mutation, Mutation::Spans(Vec::new())) {
                     Mutation::Spans(spans) => {
                         for span in spans {
-                            note_write(&state.segments, span.span());
+                            note_write(&state.segments, &span.span);
                             state.active.insert(item.seq, span);
                         }
                     }

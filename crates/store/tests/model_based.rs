@@ -89,6 +89,15 @@ fn make_span(key: u8, version: u8) -> Span {
                 .collect(),
         ),
         output_text: format!("answer {version}"),
+        output: serde_json::json!([{"role": "assistant", "content": [{"type": "text", "text": format!("answer {version}")}]}]),
+        tools: if key.is_multiple_of(3) {
+            serde_json::json!([{"type": "function", "function": {"name": "lookup", "parameters": {}}}])
+        } else {
+            serde_json::Value::Null
+        },
+        // documents of every JSON kind, so that each store layout keeps them as they came
+        attributes: serde_json::json!({"gen_ai.response.id": format!("resp-{key}"),
+            "version": version % 3, "nested": {"list": [1, 2.5, null, true, "é\"\n"]}}),
         metadata: BTreeMap::from([("tier".to_string(), format!("t{}", version % 2))]),
         ..Span::default()
     }
@@ -182,6 +191,15 @@ fn filters(project: &str) -> Vec<SpanFilter> {
         SpanFilter {
             model: Some("model-2".into()),
             kinds: vec![SpanKind::Llm],
+            ..base.clone()
+        },
+        SpanFilter {
+            attributes: vec![("version".into(), "1".into())],
+            ..base.clone()
+        },
+        SpanFilter {
+            // answered by the segment index's response-id field
+            attributes: vec![("gen_ai.response.id".into(), "resp-5".into())],
             ..base.clone()
         },
         SpanFilter {
