@@ -362,6 +362,47 @@ impl Pricer {
         }
     }
 
+    /// The total cost `price` would give `span`, without changing the span or counting it:
+    /// the gateway's cost header, read on the request path from the answer's usage (the
+    /// recorded span is priced again, and counted, by `Priced`). Building the breakdown
+    /// attribute there took about 5% of the proxy's CPU at 400 connections. `None` where
+    /// `price` would leave no total (no model, no price) and where it would have to
+    /// estimate the tokens: the header is sent only for answers that report their usage.
+    pub fn total_cost(&self, span: &Span) -> Option<f64> {
+        if !span.is_model_call() {
+            return None;
+        }
+        let marker = span
+            .attributes
+            .get(COST_ATTRIBUTE)
+            .and_then(|cost| cost.get("source"))
+            .and_then(Value::as_str);
+        let sent_cost = span.total_cost_usd.is_some()
+            || span.input_cost_usd.is_some()
+            || span.output_cost_usd.is_some();
+        if marker == Some("reported") || (marker.is_none() && sent_cost) {
+            return span.total_cost_usd.or_else(|| {
+                (marker.is_none()).then(|| {
+                    span.input_cost_usd.unwrap_or(0.0) + span.output_cost_usd.unwrap_or(0.0)
+                })
+            });
+        }
+        if span.input_tokens.is_none() && span.output_tokens.is_none() {
+            return None;
+        }
+        let model = span
+            .model
+            .as_deref()
+            .or(span.request_model.as_deref())
+            .filter(|m| !m.trim().is_empty())?;
+        let overrides = self.current();
+        let resolved =
+            self.resolve_in(&overrides, &span.project, span.provider.as_deref(), model)?;
+        price::cost(&resolved.price, &Usage::of(span))
+            .ok()
+            .map(|cost| cost.total())
+    }
+
     fn estimate(&self, span: &mut Span, model: Option<&str>) {
         let has_input = !span.input.is_null() || !span.input_text.is_empty();
         let has_output = !span.output_text.is_empty();
@@ -441,6 +482,60 @@ mod tests {
 
     fn config(text: &str) -> PricingConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn total_cost_is_what_price_sets_and_counts_nothing() {
+        let pricer = Pricer::new(&config("[[models]]\nname='m'\ninput=1.0\noutput=2.0\n")).unwrap();
+        let reported = Span {
+            input_cost_usd: Some(0.5),
+            output_cost_usd: Some(0.25),
+            ..call("p", "m", 10, 10)
+        };
+        let marked = Span {
+            total_cost_usd: Some(3.0),
+            attributes: serde_json::json!({COST_ATTRIBUTE: {"source": "reported"}}),
+            ..call("p", "m", 10, 10)
+        };
+        let cached = Span {
+            cached_input_tokens: Some(400),
+            provider: Some("openai".into()),
+            ..call("p", "gpt-4o-mini", 1000, 50)
+        };
+        let blank_model = Span {
+            model: Some(" ".into()),
+            request_model: Some("m".into()),
+            ..call("p", "m", 10, 10)
+        };
+        let spans = [
+            call("p", "m", 1_000_000, 500_000),
+            call("p", "gpt-4o", 1234, 56),
+            cached,
+            reported,
+            marked,
+            blank_model,
+            call("p", "no-such-model", 10, 10),
+            Span {
+                kind: SpanKind::Tool,
+                ..call("p", "m", 10, 10)
+            },
+        ];
+        for span in spans {
+            let total = pricer.total_cost(&span);
+            let mut priced = span.clone();
+            let before = pricer.stats.priced.load(Ordering::Relaxed);
+            pricer.price(&mut priced);
+            assert_eq!(total, priced.total_cost_usd, "{span:?}");
+            let counted = pricer.stats.priced.load(Ordering::Relaxed) - before;
+            let again = pricer.total_cost(&span);
+            assert_eq!(again, total);
+            assert_eq!(
+                pricer.stats.priced.load(Ordering::Relaxed),
+                before + counted,
+                "total_cost counts nothing"
+            );
+        }
+        assert!(pricer.total_cost(&call("p", "m", 1_000_000, 0)).unwrap() > 0.99);
     }
 
     #[test]

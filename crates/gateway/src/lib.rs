@@ -552,15 +552,14 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
         let failed = outcome != Outcome::Completed;
         let cost = (!failed)
             .then(|| {
-                let mut span = capture::usage_span(
+                let span = capture::usage_span(
                     api,
                     &exchange.project,
                     &exchange.provider,
                     exchange.request_model.as_deref(),
                     &bytes,
                 )?;
-                pricer.price(&mut span);
-                span.total_cost_usd
+                pricer.total_cost(&span)
             })
             .flatten();
         let kept = bytes.len().min(gateway.config.max_capture_bytes);

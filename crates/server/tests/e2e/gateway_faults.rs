@@ -290,6 +290,16 @@ smart = ["primary/fail", "backup/steady"]
 
     // Azure: deployment in the path, api-version added, the configured key replaces the
     // client's credentials
+    let priced = || -> u64 {
+        let metrics = server.get("/metrics").text();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("llmtrace_cost_priced_total "))
+            .unwrap_or_else(|| panic!("no priced count: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let priced_before = priced();
     let reply = server.post(
         "/v1/chat/completions",
         &[
@@ -324,6 +334,8 @@ smart = ["primary/fail", "backup/steady"]
         .parse()
         .unwrap();
     assert!((header - expected).abs() < 1e-15, "{header}");
+    // the header's price is not a second pricing of the call
+    assert_eq!(priced() - priced_before, 1, "the call is counted once");
 
     // no response headers within first_byte_timeout → 504, status timeout
     let started = Instant::now();
