@@ -280,33 +280,18 @@ impl Pricer {
         if !span.is_model_call() {
             return;
         }
-        let marker = span
-            .attributes
-            .get(COST_ATTRIBUTE)
-            .and_then(|cost| cost.get("source"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let sent_cost = span.total_cost_usd.is_some()
-            || span.input_cost_usd.is_some()
-            || span.output_cost_usd.is_some();
-        if marker.as_deref() == Some("reported") || (marker.is_none() && sent_cost) {
-            if marker.is_none() {
+        match Reported::of(span) {
+            Some(Reported::Marked) => return,
+            Some(Reported::Sent(total)) => {
                 self.stats.reported.fetch_add(1, Ordering::Relaxed);
-                if span.total_cost_usd.is_none() {
-                    span.total_cost_usd = Some(
-                        span.input_cost_usd.unwrap_or(0.0) + span.output_cost_usd.unwrap_or(0.0),
-                    );
-                }
+                span.total_cost_usd = Some(total);
                 set_cost_attribute(span, json!({"source": "reported"}));
+                return;
             }
-            return;
+            None => {}
         }
         let overrides = self.current();
-        let model = span
-            .model
-            .clone()
-            .or_else(|| span.request_model.clone())
-            .filter(|m| !m.trim().is_empty());
+        let model = model_name(span).map(str::to_string);
         if span.input_tokens.is_none() && span.output_tokens.is_none() && overrides.estimate_tokens
         {
             self.estimate(span, model.as_deref());
@@ -372,29 +357,15 @@ impl Pricer {
         if !span.is_model_call() {
             return None;
         }
-        let marker = span
-            .attributes
-            .get(COST_ATTRIBUTE)
-            .and_then(|cost| cost.get("source"))
-            .and_then(Value::as_str);
-        let sent_cost = span.total_cost_usd.is_some()
-            || span.input_cost_usd.is_some()
-            || span.output_cost_usd.is_some();
-        if marker == Some("reported") || (marker.is_none() && sent_cost) {
-            return span.total_cost_usd.or_else(|| {
-                (marker.is_none()).then(|| {
-                    span.input_cost_usd.unwrap_or(0.0) + span.output_cost_usd.unwrap_or(0.0)
-                })
-            });
+        match Reported::of(span) {
+            Some(Reported::Marked) => return span.total_cost_usd,
+            Some(Reported::Sent(total)) => return Some(total),
+            None => {}
         }
         if span.input_tokens.is_none() && span.output_tokens.is_none() {
             return None;
         }
-        let model = span
-            .model
-            .as_deref()
-            .or(span.request_model.as_deref())
-            .filter(|m| !m.trim().is_empty())?;
+        let model = model_name(span)?;
         let overrides = self.current();
         let resolved =
             self.resolve_in(&overrides, &span.project, span.provider.as_deref(), model)?;
@@ -428,6 +399,47 @@ impl Pricer {
         set_attribute(span, "llmtrace.usage.estimator", method.into());
         self.stats.estimated.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A cost the span's source reported, which pricing keeps rather than computes.
+enum Reported {
+    /// Marked as reported by an earlier pricing (a re-sent or re-priced span).
+    Marked,
+    /// Sent with the span and not yet marked; the total (the sides' sum if none was sent).
+    Sent(f64),
+}
+
+impl Reported {
+    fn of(span: &Span) -> Option<Reported> {
+        let marker = span
+            .attributes
+            .get(COST_ATTRIBUTE)
+            .and_then(|cost| cost.get("source"))
+            .and_then(Value::as_str);
+        match marker {
+            Some("reported") => Some(Reported::Marked),
+            Some(_) => None,
+            None => {
+                let sent = span.total_cost_usd.is_some()
+                    || span.input_cost_usd.is_some()
+                    || span.output_cost_usd.is_some();
+                sent.then(|| {
+                    Reported::Sent(span.total_cost_usd.unwrap_or_else(|| {
+                        span.input_cost_usd.unwrap_or(0.0) + span.output_cost_usd.unwrap_or(0.0)
+                    }))
+                })
+            }
+        }
+    }
+}
+
+/// The model a span is priced as: the answering model, else the requested one; none when
+/// blank.
+fn model_name(span: &Span) -> Option<&str> {
+    span.model
+        .as_deref()
+        .or(span.request_model.as_deref())
+        .filter(|m| !m.trim().is_empty())
 }
 
 fn set_attribute(span: &mut Span, key: &str, value: Value) {

@@ -47,6 +47,7 @@ impl JsonFields {
             if value.is_null() {
                 return None;
             }
+            // neither fails for a `Value` (its keys are strings; serde_json writes UTF-8)
             let bytes = serde_json::to_vec(&value).ok()?;
             String::from_utf8(bytes).ok().map(String::into_boxed_str)
         };
