@@ -255,12 +255,17 @@ fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument
     for (key, value) in &span.metadata {
         doc.add_text(fields.meta, meta_text(key, value));
     }
+    // a memtable row holds its attributes as text
+    let read;
     let response_id = match &stored.json {
-        Some(json) => json.attribute(RESPONSE_ID_ATTRIBUTE),
-        None => span.attributes.get(RESPONSE_ID_ATTRIBUTE).cloned(),
+        Some(json) => {
+            read = json.attribute(RESPONSE_ID_ATTRIBUTE);
+            read.as_ref()
+        }
+        None => span.attributes.get(RESPONSE_ID_ATTRIBUTE),
     };
     if let Some(serde_json::Value::String(id)) = response_id {
-        doc.add_text(fields.response, &id);
+        doc.add_text(fields.response, id);
     }
     doc.add_u64(fields.row, row as u64);
     doc.add_i64(fields.start, span.start_time);

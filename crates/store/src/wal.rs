@@ -81,49 +81,9 @@ impl EncodedEntry {
             buffer.clear();
             buffer.extend_from_slice(&(rows.len() as u32).to_le_bytes());
             buffer.extend(rows.iter().map(|row| row.json.derived));
-            let mut written = Ok(());
-            for row in rows.iter_mut() {
-                let length = |buffer: &mut Vec<u8>, len: usize| {
-                    buffer.extend_from_slice(&(len as u32).to_le_bytes());
-                };
-                for text in row.json.texts() {
-                    match text {
-                        Some(text) => {
-                            length(&mut buffer, text.len());
-                            buffer.extend_from_slice(text.as_bytes());
-                        }
-                        None => length(&mut buffer, NO_DOCUMENT as usize),
-                    }
-                }
-                // the span beside its documents, so that zstd's window finds a text
-                // kept as well as its messages
-                let flag = row.json.derived;
-                let span = &mut row.span;
-                let take = |bit: u8, text: &mut String| {
-                    if flag & bit != 0 {
-                        std::mem::take(text)
-                    } else {
-                        String::new()
-                    }
-                };
-                let input = take(INPUT_TEXT_DERIVED, &mut span.input_text);
-                let output = take(OUTPUT_TEXT_DERIVED, &mut span.output_text);
-                let at = buffer.len();
-                length(&mut buffer, 0);
-                if written.is_ok() {
-                    written = serde_json::to_writer(&mut *buffer, &*span);
-                }
-                let len = buffer.len() - at - 4;
-                buffer[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
-                if flag & INPUT_TEXT_DERIVED != 0 {
-                    span.input_text = input;
-                }
-                if flag & OUTPUT_TEXT_DERIVED != 0 {
-                    span.output_text = output;
-                }
-            }
-            let payload = written
-                .map_err(Error::encode)
+            let payload = rows
+                .iter_mut()
+                .try_for_each(|row| write_row(&mut buffer, row))
                 .and_then(|()| compress(&buffer));
             if buffer.capacity() > MAX_KEPT_BUFFER_BYTES {
                 *buffer = Vec::new();
@@ -166,6 +126,38 @@ thread_local! {
     /// compressing a small batch.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// One kind-5 row: its documents, then the span beside them (so that zstd's window finds a
+/// text kept as well as its messages), the texts its messages give left out while it is
+/// serialized and put back whatever happens.
+fn write_row(buffer: &mut Vec<u8>, row: &mut Prepared) -> Result<()> {
+    for text in row.json.texts() {
+        match text {
+            Some(text) => {
+                buffer.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                buffer.extend_from_slice(text.as_bytes());
+            }
+            None => buffer.extend_from_slice(&NO_DOCUMENT.to_le_bytes()),
+        }
+    }
+    let flag = row.json.derived;
+    let span = &mut row.span;
+    let take = |bit: u8, text: &mut String| (flag & bit != 0).then(|| std::mem::take(text));
+    let input = take(INPUT_TEXT_DERIVED, &mut span.input_text);
+    let output = take(OUTPUT_TEXT_DERIVED, &mut span.output_text);
+    let at = buffer.len();
+    buffer.extend_from_slice(&[0; 4]);
+    let written = serde_json::to_writer(&mut *buffer, &*span).map_err(Error::encode);
+    let len = (buffer.len() - at - 4) as u32;
+    buffer[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    if let Some(text) = input {
+        span.input_text = text;
+    }
+    if let Some(text) = output {
+        span.output_text = text;
+    }
+    written
 }
 
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
