@@ -2,6 +2,7 @@
 //! and response parsed per API, streams reassembled into the final message, usage, time to
 //! first token, status. Runs on the recorder thread, never on the request path.
 
+use llmtrace_model::json::at;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -64,7 +65,7 @@ struct Usage {
 }
 
 fn int(value: &Value, pointer: &str) -> Option<i64> {
-    value.pointer(pointer).and_then(Value::as_i64)
+    at(value, pointer).and_then(Value::as_i64)
 }
 
 impl Usage {
@@ -183,8 +184,7 @@ fn arrival(chunk_times: &[(usize, u32)], offset: usize) -> Option<u32> {
 }
 
 fn text(value: &Value, pointer: &str) -> Option<String> {
-    value
-        .pointer(pointer)
+    at(value, pointer)
         .and_then(Value::as_str)
         .map(str::to_string)
 }
@@ -310,11 +310,10 @@ fn chat_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
                 if let Some(id) = call.get("id").filter(|id| !id.is_null()) {
                     entry.0 = id.clone();
                 }
-                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
+                if let Some(name) = at(call, "/function/name").and_then(Value::as_str) {
                     entry.1.push_str(name);
                 }
-                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str)
-                {
+                if let Some(arguments) = at(call, "/function/arguments").and_then(Value::as_str) {
                     entry.2.push_str(arguments);
                 }
             }

@@ -3,6 +3,7 @@
 //! store in batches. A full queue or a failing store never blocks a proxied call: what could
 //! not be recorded is counted and logged.
 
+use llmtrace_model::json::at;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -256,9 +257,7 @@ fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
             exchange.caller.as_deref().unwrap_or("")
         );
         // the request's parameters are already parsed into the span's attributes
-        let previous = span
-            .attributes
-            .pointer("/llmtrace.request/previous_response_id")
+        let previous = at(&span.attributes, "/llmtrace.request/previous_response_id")
             .and_then(Value::as_str)
             .map(str::to_string);
         sessions.apply(&mut span, &scope, previous.as_deref());

@@ -7,6 +7,7 @@
 //! (the session) and metadata are applied to every span of its trace; the SDK's top-level
 //! spans (its `task` span, or a manual trace's spans) are the roots of the tree.
 
+use llmtrace_model::json::at;
 use serde_json::{Map, Value, json};
 
 use llmtrace_model::{Error, Span, SpanKind, SpanSource, SpanStatus};
@@ -119,7 +120,7 @@ fn text(value: &Value, key: &str) -> Option<String> {
 }
 
 fn int(value: &Value, pointer: &str) -> Option<i64> {
-    value.pointer(pointer).and_then(Value::as_i64)
+    at(value, pointer).and_then(Value::as_i64)
 }
 
 /// A JSON-encoded string becomes its tree; anything else stays as it is.

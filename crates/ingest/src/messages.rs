@@ -2,6 +2,7 @@
 //! `{role, content:[parts], tool_calls, tool_call_id, name}` with parts `text`, `image`,
 //! `audio`, `file`, `refusal` (unknown part types are kept as they came).
 
+use llmtrace_model::json::at;
 use serde_json::{Map, Value, json};
 
 pub use llmtrace_model::span::flatten_text;
@@ -39,10 +40,10 @@ pub fn openai_content(content: &Value) -> Vec<Value> {
                 }
                 Some("image_url") => json!({
                     "type": "image",
-                    "url": part.pointer("/image_url/url").cloned().unwrap_or(Value::Null)
+                    "url": at(part, "/image_url/url").cloned().unwrap_or(Value::Null)
                 }),
                 Some("input_image") => json!({"type": "image", "url": part.get("image_url").cloned().unwrap_or(Value::Null)}),
-                Some("input_audio") => json!({"type": "audio", "format": part.pointer("/input_audio/format").cloned().unwrap_or(Value::Null)}),
+                Some("input_audio") => json!({"type": "audio", "format": at(part, "/input_audio/format").cloned().unwrap_or(Value::Null)}),
                 Some("file") | Some("input_file") => json!({"type": "file", "file": part.get("file").cloned().unwrap_or(Value::Null)}),
                 Some("refusal") => json!({"type": "refusal", "text": part.get("refusal").cloned().unwrap_or(Value::Null)}),
                 _ => match part {
@@ -69,8 +70,8 @@ pub fn from_openai_message(raw: &Value) -> Value {
             .map(|call| {
                 json!({
                     "id": call.get("id").cloned().unwrap_or(Value::Null),
-                    "name": call.pointer("/function/name").or_else(|| call.get("name")).cloned().unwrap_or(Value::Null),
-                    "arguments": call.pointer("/function/arguments").or_else(|| call.get("arguments")).cloned().unwrap_or(Value::Null),
+                    "name": at(call, "/function/name").or_else(|| call.get("name")).cloned().unwrap_or(Value::Null),
+                    "arguments": at(call, "/function/arguments").or_else(|| call.get("arguments")).cloned().unwrap_or(Value::Null),
                 })
             })
             .collect();
@@ -221,7 +222,7 @@ fn from_anthropic_message(role: &str, content: &Value, out: &mut Vec<Value>) {
             })),
             Some("image") => parts.push(json!({
                 "type": "image",
-                "url": block.pointer("/source/url").cloned().unwrap_or(Value::Null),
+                "url": at(&block, "/source/url").cloned().unwrap_or(Value::Null),
                 "source": block.get("source").cloned().unwrap_or(Value::Null)
             })),
             Some("tool_use") | Some("server_tool_use") => calls.push(tool_call(

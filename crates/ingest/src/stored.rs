@@ -2,6 +2,7 @@
 //! `llmtrace import openai`. Ids derive from the completion id, so importing again replaces
 //! rather than duplicates.
 
+use llmtrace_model::json::at;
 use serde_json::{Map, Value, json};
 
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
@@ -33,7 +34,7 @@ pub fn to_span(
         .unwrap_or(Value::Null);
     let output = messages::from_openai_messages(&Value::Array(outputs)).unwrap_or(Value::Null);
     let usage = completion.get("usage").cloned().unwrap_or(Value::Null);
-    let int = |pointer: &str| usage.pointer(pointer).and_then(Value::as_i64);
+    let int = |pointer: &str| at(&usage, pointer).and_then(Value::as_i64);
     let model = completion
         .get("model")
         .and_then(Value::as_str)
@@ -89,8 +90,7 @@ pub fn to_span(
         request_model: model.clone(),
         model,
         operation: Some("chat".into()),
-        finish_reason: completion
-            .pointer("/choices/0/finish_reason")
+        finish_reason: at(completion, "/choices/0/finish_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
         input_tokens,

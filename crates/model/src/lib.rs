@@ -2,6 +2,7 @@
 //! trait every backend implements, and the error codes every interface maps to.
 
 pub mod error;
+pub mod json;
 pub mod query;
 pub mod score;
 pub mod span;

@@ -61,25 +61,66 @@ impl Tokenizer for TermsTokenizer {
     }
 }
 
+/// Whether the non-ASCII character at byte `at` of `text` (a char boundary) is
+/// alphanumeric, and its length in bytes.
+#[cold]
+fn unicode_class(text: &str, at: usize) -> (bool, usize) {
+    match text[at..].chars().next() {
+        Some(c) => (c.is_alphanumeric(), c.len_utf8()),
+        None => (false, 1),
+    }
+}
+
 impl TokenStream for TermsStream<'_> {
     fn advance(&mut self) -> bool {
-        let rest = &self.text[self.position..];
-        let Some(start) = rest.find(char::is_alphanumeric) else {
-            self.position = self.text.len();
+        // ASCII, nearly all of what is indexed, is classified from the byte alone
+        let bytes = self.text.as_bytes();
+        let end = bytes.len();
+        let mut from = self.position;
+        while from < end {
+            let byte = bytes[from];
+            if byte.is_ascii() {
+                if byte.is_ascii_alphanumeric() {
+                    break;
+                }
+                from += 1;
+            } else {
+                let (alphanumeric, length) = unicode_class(self.text, from);
+                if alphanumeric {
+                    break;
+                }
+                from += length;
+            }
+        }
+        if from >= end {
+            self.position = end;
             return false;
-        };
-        let from = self.position + start;
-        let length = self.text[from..]
-            .find(|c: char| !c.is_alphanumeric())
-            .unwrap_or(self.text.len() - from);
-        let to = from + length;
+        }
+        let mut to = from;
+        let mut ascii = true;
+        while to < end {
+            let byte = bytes[to];
+            if byte.is_ascii() {
+                if !byte.is_ascii_alphanumeric() {
+                    break;
+                }
+                to += 1;
+            } else {
+                let (alphanumeric, length) = unicode_class(self.text, to);
+                if !alphanumeric {
+                    break;
+                }
+                ascii = false;
+                to += length;
+            }
+        }
         let word = &self.text[from..to];
         self.position = to;
         self.token.offset_from = from;
         self.token.offset_to = to;
         self.token.position = self.token.position.wrapping_add(1);
         self.token.text.clear();
-        if word.is_ascii() {
+        if ascii {
             self.token.text.push_str(word);
             self.token.text.make_ascii_lowercase();
         } else {
@@ -152,7 +193,6 @@ fn schema() -> (Schema, Fields) {
     );
     let mut add = |name: &str| builder.add_text_field(name, keyword.clone());
     let trace = add("trace");
-    let key = add("key");
     let session = add("session");
     let user = add("user");
     let model = add("model");
@@ -164,6 +204,10 @@ fn schema() -> (Schema, Fields) {
     let source = add("source");
     let meta = add("meta");
     let response = add("response");
+    // A span's key as its `key_hash`, a fast field rather than a term: the key is unique per
+    // row, and a term of ~49 bytes each made building the term dictionary a sixth of the
+    // index's cost. Lookups by key ask the trace's term and compare the hash.
+    let key = builder.add_u64_field("key", FAST);
     let row = builder.add_u64_field("row", FAST);
     let start = builder.add_i64_field("start", FAST);
     let seq = builder.add_u64_field("seq", FAST);
@@ -197,20 +241,12 @@ fn schema() -> (Schema, Fields) {
 /// indexed, so stored completions and the Agents SDK join find a call by it.
 pub const RESPONSE_ID_ATTRIBUTE: &str = "gen_ai.response.id";
 
-fn key_text(trace_id: &str, span_id: &str) -> String {
-    format!("{trace_id}/{span_id}")
-}
-
-/// A 64-bit hash of a span's key text (FNV-1a over its bytes, then mixed), computed the
-/// same from a span and from the index's key terms. Equal keys hash equal; a collision
-/// only makes a check conservative.
+/// A 64-bit hash of a span's key (FNV-1a over `trace_id/span_id`, then mixed), as the
+/// index holds it. Equal keys hash equal; a collision only makes a check conservative.
 pub fn key_hash(trace_id: &str, span_id: &str) -> u64 {
-    key_text_hash([trace_id.as_bytes(), b"/", span_id.as_bytes()])
-}
-
-fn key_text_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in parts.into_iter().flatten() {
+    let bytes = [trace_id.as_bytes(), b"/", span_id.as_bytes()];
+    for byte in bytes.into_iter().flatten() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -234,7 +270,7 @@ fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument
     doc.add_text(fields.text, &span.input_text);
     doc.add_text(fields.text, &span.output_text);
     doc.add_text(fields.trace, &span.trace_id);
-    doc.add_text(fields.key, key_text(&span.trace_id, &span.span_id));
+    doc.add_u64(fields.key, key_hash(&span.trace_id, &span.span_id));
     let optional = [
         (fields.session, &span.session_id),
         (fields.user, &span.user_id),
@@ -367,9 +403,13 @@ impl SegmentIndex {
 
     /// The highest sequence number this segment holds for a span, if any.
     pub fn newest_seq(&self, trace_id: &str, span_id: &str) -> Result<Option<u64>> {
-        let term = Term::from_field_text(self.fields.key, &key_text(trace_id, span_id));
+        let term = Term::from_field_text(self.fields.trace, trace_id);
         let query = TermQuery::new(term, IndexRecordOption::Basic);
-        let found = self.collect(&query, Ranges::of(&SpanFilter::default()))?;
+        let ranges = Ranges {
+            key: Some(key_hash(trace_id, span_id)),
+            ..Ranges::of(&SpanFilter::default())
+        };
+        let found = self.collect(&query, ranges)?;
         Ok(found.iter().map(|candidate| candidate.seq).max())
     }
 
@@ -379,15 +419,10 @@ impl SegmentIndex {
         let mut hashes = Vec::with_capacity(searcher.num_docs() as usize);
         for reader in searcher.segment_readers() {
             let keys = reader
-                .inverted_index(self.fields.key)
+                .fast_fields()
+                .u64("key")
                 .map_err(|e| index_error(&self.path, e))?;
-            let mut stream = keys
-                .terms()
-                .stream()
-                .map_err(|e| index_error(&self.path, e))?;
-            while stream.advance() {
-                hashes.push(key_text_hash([stream.key()]));
-            }
+            hashes.extend((0..reader.max_doc()).filter_map(|doc| keys.first(doc)));
         }
         hashes.sort_unstable();
         hashes.dedup();
@@ -414,12 +449,9 @@ impl SegmentIndex {
                 )) as Box<dyn Query>
             })
         };
-        match (&filter.trace_id, &filter.span_id) {
-            (Some(trace_id), Some(span_id)) => {
-                required.extend(term(f.key, &key_text(trace_id, span_id)))
-            }
-            (Some(trace_id), None) => required.extend(term(f.trace, trace_id)),
-            _ => {}
+        // with a span id too, `Ranges` compares the key's hash
+        if let Some(trace_id) = &filter.trace_id {
+            required.extend(term(f.trace, trace_id));
         }
         let equalities = [
             (f.session, &filter.session_id),
@@ -478,12 +510,18 @@ struct Ranges {
     max_duration: Option<f64>,
     min_cost: Option<f64>,
     max_cost: Option<f64>,
+    /// `key_hash` of the one span asked for.
+    key: Option<u64>,
 }
 
 impl Ranges {
     fn of(filter: &SpanFilter) -> Ranges {
         let (since, until) = filter.time_window();
         Ranges {
+            key: match (&filter.trace_id, &filter.span_id) {
+                (Some(trace_id), Some(span_id)) => Some(key_hash(trace_id, span_id)),
+                _ => None,
+            },
             since,
             until,
             min_duration: filter.min_duration_ms,
@@ -520,6 +558,8 @@ struct SegmentCandidates {
     seq: Column<u64>,
     duration: Column<f64>,
     cost: Column<f64>,
+    /// Read only when a key is asked for.
+    key: Option<Column<u64>>,
     found: Vec<Candidate>,
 }
 
@@ -536,6 +576,10 @@ impl Collector for CandidateCollector {
             seq: fast.u64("seq")?,
             duration: fast.f64("duration")?,
             cost: fast.f64("cost")?,
+            key: match self.ranges.key {
+                Some(_) => Some(fast.u64("key")?),
+                None => None,
+            },
             found: Vec::new(),
         })
     }
@@ -557,6 +601,11 @@ impl SegmentCollector for SegmentCandidates {
         if !self
             .ranges
             .admit(start, self.duration.first(doc), self.cost.first(doc))
+        {
+            return;
+        }
+        if let (Some(wanted), Some(keys)) = (self.ranges.key, &self.key)
+            && keys.first(doc) != Some(wanted)
         {
             return;
         }
