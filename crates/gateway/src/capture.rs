@@ -2,7 +2,6 @@
 //! and response parsed per API, streams reassembled into the final message, usage, time to
 //! first token, status. Runs on the recorder thread, never on the request path.
 
-use llmtrace_model::json::at;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -10,6 +9,7 @@ use llmtrace_ingest::messages::{
     flatten_text, from_anthropic_content, from_anthropic_messages, from_openai_messages,
     from_responses_input, from_responses_output,
 };
+use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
 use serde_json::{Map, Value, json};
 

@@ -3,13 +3,13 @@
 //! store in batches. A full queue or a failing store never blocks a proxied call: what could
 //! not be recorded is counted and logged.
 
-use llmtrace_model::json::at;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, Store};
 use serde_json::Value;
 

@@ -7,9 +7,9 @@
 //! (the session) and metadata are applied to every span of its trace; the SDK's top-level
 //! spans (its `task` span, or a manual trace's spans) are the roots of the tree.
 
-use llmtrace_model::json::at;
 use serde_json::{Map, Value, json};
 
+use llmtrace_model::json::at;
 use llmtrace_model::{Error, Span, SpanKind, SpanSource, SpanStatus};
 
 use crate::messages;

@@ -2,9 +2,9 @@
 //! `llmtrace import openai`. Ids derive from the completion id, so importing again replaces
 //! rather than duplicates.
 
-use llmtrace_model::json::at;
 use serde_json::{Map, Value, json};
 
+use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
 
 use crate::agents::{span_hex, trace_hex};
