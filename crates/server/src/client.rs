@@ -44,7 +44,7 @@ pub fn json_answer(
         bail!(
             "{}: {}",
             status,
-            body.pointer("/error/message")
+            llmtrace_model::json::at(&body, "/error/message")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("error")
         );

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use llmtrace_model::json::at;
 use serde_json::{Value, json};
 
 use crate::client::{agent, encode, unix_seconds};
@@ -149,7 +150,7 @@ fn buckets(agent: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> Result
 }
 
 fn int(value: &Value, pointer: &str) -> i64 {
-    value.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+    at(value, pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -240,8 +241,7 @@ fn openai_bill(agent: &ureq::Agent, base: &str, key: &str, start: i64, end: i64)
                 continue;
             };
             let model = item.split(", ").next().unwrap_or(item);
-            let usd = result
-                .pointer("/amount/value")
+            let usd = at(result, "/amount/value")
                 .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
                 .unwrap_or(0.0);
             bill.add_cost(day.clone(), model, usd);
