@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use llmtrace_ingest::messages::{
     flatten_text, from_anthropic_content, from_anthropic_messages, from_openai_messages,
-    from_responses_input, from_responses_output,
+    from_responses_input, from_responses_output, into_openai_messages,
 };
 use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
@@ -215,31 +215,56 @@ fn without(value: &Value, drop: &[&str]) -> Option<Value> {
     Some(Value::Object(kept))
 }
 
-fn chat_answer(body: &Value) -> Answer {
-    let choices = body.get("choices").and_then(Value::as_array);
-    let output = choices.map(|choices| {
-        let messages: Vec<Value> = choices
-            .iter()
-            .filter_map(|choice| choice.get("message").or_else(|| choice.get("text")))
-            .map(|message| match message {
-                Value::String(text) => json!({"role": "assistant", "content": text}),
-                other => other.clone(),
-            })
-            .collect();
-        from_openai_messages(&Value::Array(messages)).unwrap_or(Value::Null)
-    });
+/// The fields of a request or answer object, taken apart (a body that is not an object has
+/// none).
+fn fields(body: Value) -> Map<String, Value> {
+    match body {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    }
+}
+
+/// What is left of a request or answer object once the parts stored elsewhere are taken
+/// out (`None` for a body that was not an object).
+fn rest(fields: Map<String, Value>, object: bool) -> Option<Value> {
+    object.then_some(Value::Object(fields))
+}
+
+/// Chat (and legacy completions) answers. The body is taken apart, not copied: the
+/// messages move into the output and what is left is the span's `llmtrace.response`.
+fn chat_answer(body: Value) -> Answer {
+    let answer = Answer {
+        model: text(&body, "/model"),
+        finish_reason: text(&body, "/choices/0/finish_reason"),
+        response_id: text(&body, "/id"),
+        error: error_of(&body),
+        ..Answer::default()
+    };
+    let object = body.is_object();
+    let mut fields = fields(body);
+    let output = match fields.remove("choices") {
+        Some(Value::Array(choices)) => {
+            let messages: Vec<Value> = choices
+                .into_iter()
+                .filter_map(|choice| {
+                    let mut choice = self::fields(choice);
+                    choice.remove("message").or_else(|| choice.remove("text"))
+                })
+                .map(|message| match message {
+                    Value::String(text) => json!({"role": "assistant", "content": text}),
+                    other => other,
+                })
+                .collect();
+            Some(into_openai_messages(Value::Array(messages)).unwrap_or(Value::Null))
+        }
+        _ => None,
+    };
+    let usage = fields.remove("usage");
     Answer {
         output,
-        model: text(body, "/model"),
-        finish_reason: text(body, "/choices/0/finish_reason"),
-        usage: body
-            .get("usage")
-            .map(Usage::openai_chat)
-            .unwrap_or_default(),
-        response_id: text(body, "/id"),
-        error: error_of(body),
-        extra: without(body, &["choices", "usage"]),
-        ..Answer::default()
+        usage: usage.as_ref().map(Usage::openai_chat).unwrap_or_default(),
+        extra: rest(fields, object),
+        ..answer
     }
 }
 
@@ -361,35 +386,36 @@ fn chat_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
     answer
 }
 
-fn responses_answer(response: &Value) -> Answer {
-    let status = text(response, "/status");
-    let error = error_of(response)
+fn responses_answer(response: Value) -> Answer {
+    let status = text(&response, "/status");
+    let error = error_of(&response)
         .filter(|_| response.get("error").is_some_and(|e| !e.is_null()))
         .or_else(|| {
             (status.as_deref() == Some("failed")).then(|| ("response failed".to_string(), None))
         });
-    Answer {
-        output: response.get("output").map(from_responses_output),
-        model: text(response, "/model"),
+    let answer = Answer {
+        model: text(&response, "/model"),
         finish_reason: status,
-        usage: response
-            .get("usage")
+        response_id: text(&response, "/id"),
+        error,
+        ..Answer::default()
+    };
+    let object = response.is_object();
+    let mut fields = fields(response);
+    let output = fields.remove("output");
+    let usage = fields.remove("usage");
+    // the request's own parts, which the response repeats
+    for key in ["instructions", "tools", "input", "metadata"] {
+        fields.remove(key);
+    }
+    Answer {
+        output: output.as_ref().map(from_responses_output),
+        usage: usage
+            .as_ref()
             .map(Usage::openai_responses)
             .unwrap_or_default(),
-        response_id: text(response, "/id"),
-        error,
-        extra: without(
-            response,
-            &[
-                "output",
-                "usage",
-                "instructions",
-                "tools",
-                "input",
-                "metadata",
-            ],
-        ),
-        ..Answer::default()
+        extra: rest(fields, object),
+        ..answer
     }
 }
 
@@ -401,7 +427,7 @@ fn responses_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
     let mut terminal = None;
     let mut error = None;
     for (event, data, end) in sse_events(body) {
-        let Ok(payload) = serde_json::from_str::<Value>(&data) else {
+        let Ok(mut payload) = serde_json::from_str::<Value>(&data) else {
             continue;
         };
         let kind = payload
@@ -420,14 +446,16 @@ fn responses_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
         }
         match kind.as_str() {
             "response.completed" | "response.failed" | "response.incomplete" => {
-                terminal = payload.get("response").cloned();
+                terminal = payload
+                    .as_object_mut()
+                    .and_then(|payload| payload.remove("response"));
             }
             "error" => error = error_of(&json!({"error": payload})),
             _ => {}
         }
     }
     let mut answer = match terminal {
-        Some(response) => responses_answer(&response),
+        Some(response) => responses_answer(response),
         None => Answer {
             output: (!partial.is_empty()).then(
                 || json!([{"role": "assistant", "content": [{"type": "text", "text": partial}]}]),
@@ -440,16 +468,23 @@ fn responses_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
     answer
 }
 
-fn anthropic_answer(body: &Value) -> Answer {
-    Answer {
-        output: body.get("content").map(from_anthropic_content),
-        model: text(body, "/model"),
-        finish_reason: text(body, "/stop_reason"),
-        usage: body.get("usage").map(Usage::anthropic).unwrap_or_default(),
-        response_id: text(body, "/id"),
-        error: error_of(body),
-        extra: without(body, &["content", "usage"]),
+fn anthropic_answer(body: Value) -> Answer {
+    let answer = Answer {
+        model: text(&body, "/model"),
+        finish_reason: text(&body, "/stop_reason"),
+        response_id: text(&body, "/id"),
+        error: error_of(&body),
         ..Answer::default()
+    };
+    let object = body.is_object();
+    let mut fields = fields(body);
+    let content = fields.remove("content");
+    let usage = fields.remove("usage");
+    Answer {
+        output: content.as_ref().map(from_anthropic_content),
+        usage: usage.as_ref().map(Usage::anthropic).unwrap_or_default(),
+        extra: rest(fields, object),
+        ..answer
     }
 }
 
@@ -526,7 +561,7 @@ fn anthropic_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
         message["content"] = Value::Array(blocks.into_values().collect());
         message["usage"] = Value::Object(usage);
     }
-    let mut answer = anthropic_answer(&message);
+    let mut answer = anthropic_answer(message);
     answer.first_token_us = first_token_us;
     answer.error = answer.error.or(error);
     answer
@@ -570,9 +605,9 @@ fn answer_of(api: Api, streamed: bool, captured: &Captured) -> Answer {
         return Answer::default();
     };
     match api {
-        Api::Chat | Api::Completions => chat_answer(&body),
-        Api::Responses => responses_answer(&body),
-        Api::AnthropicMessages => anthropic_answer(&body),
+        Api::Chat | Api::Completions => chat_answer(body),
+        Api::Responses => responses_answer(body),
+        Api::AnthropicMessages => anthropic_answer(body),
         Api::Embeddings => embeddings_answer(&body),
         Api::Models | Api::Other => Answer {
             error: error_of(&body),
@@ -581,77 +616,87 @@ fn answer_of(api: Api, streamed: bool, captured: &Captured) -> Answer {
     }
 }
 
-/// The request's conversation, tools and parameters.
+/// The request, taken apart: its conversation, tools, metadata and the other parameters.
 struct Asked {
     input: Value,
     tools: Value,
+    metadata: Value,
+    /// Everything else the request object held (`None` when it was not an object).
     params: Option<Value>,
 }
 
-fn asked(api: Api, request: &Value) -> Asked {
-    let null = Value::Null;
-    let field = |key: &str| request.get(key).unwrap_or(&null);
-    let input = match api {
-        Api::Chat => from_openai_messages(field("messages")).unwrap_or(Value::Null),
-        Api::Responses => from_responses_input(field("instructions"), field("input")),
-        Api::AnthropicMessages => from_anthropic_messages(field("system"), field("messages")),
-        Api::Completions => match field("prompt") {
-            Value::Null => Value::Null,
-            prompt => json!([{"role": "user", "content": [{"type": "text", "text": match prompt {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            }}]}]),
-        },
-        Api::Embeddings => match field("input") {
-            Value::String(text) => {
-                json!([{"role": "user", "content": [{"type": "text", "text": text}]}])
-            }
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(
-                        |text| json!({"role": "user", "content": [{"type": "text", "text": text}]}),
-                    )
-                    .collect(),
-            ),
-            _ => Value::Null,
-        },
-        Api::Models | Api::Other => Value::Null,
-    };
-    let params = without(
-        request,
-        &[
-            "messages",
-            "input",
-            "instructions",
-            "system",
-            "prompt",
-            "tools",
-            "metadata",
-        ],
-    );
-    Asked {
-        input,
-        tools: field("tools").clone(),
-        params,
+impl Asked {
+    /// Moves the request's parts where they are recorded (a request is parsed only to be
+    /// recorded, so nothing in it is copied).
+    fn of(api: Api, request: Value) -> Asked {
+        let object = request.is_object();
+        let mut fields = fields(request);
+        let mut take = |key: &str| fields.remove(key).unwrap_or(Value::Null);
+        let input = match api {
+            Api::Chat => into_openai_messages(take("messages")).unwrap_or(Value::Null),
+            Api::Responses => from_responses_input(&take("instructions"), &take("input")),
+            Api::AnthropicMessages => from_anthropic_messages(&take("system"), &take("messages")),
+            Api::Completions => match take("prompt") {
+                Value::Null => Value::Null,
+                prompt => json!([{"role": "user", "content": [{"type": "text", "text": match prompt {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                }}]}]),
+            },
+            Api::Embeddings => match take("input") {
+                Value::String(text) => {
+                    json!([{"role": "user", "content": [{"type": "text", "text": text}]}])
+                }
+                Value::Array(items) => Value::Array(
+                    items
+                        .into_iter()
+                        .filter_map(|item| match item {
+                            Value::String(text) => Some(
+                                json!({"role": "user", "content": [{"type": "text", "text": text}]}),
+                            ),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => Value::Null,
+            },
+            Api::Models | Api::Other => Value::Null,
+        };
+        // content fields of the other APIs are not parameters either
+        for key in ["messages", "input", "instructions", "system", "prompt"] {
+            take(key);
+        }
+        let tools = take("tools");
+        let metadata = take("metadata");
+        Asked {
+            input,
+            tools,
+            metadata,
+            params: rest(fields, object),
+        }
+    }
+
+    fn param(&self, key: &str) -> Option<&Value> {
+        self.params.as_ref().and_then(|params| params.get(key))
+    }
+
+    fn float(&self, key: &str) -> Option<f64> {
+        self.param(key).and_then(Value::as_f64)
+    }
+
+    /// The user id a request body names, if any (`user`, `safety_identifier`, Anthropic
+    /// `metadata.user_id`).
+    fn user(&self) -> Option<String> {
+        ["user", "safety_identifier"]
+            .iter()
+            .filter_map(|key| self.param(key))
+            .chain(self.metadata.get("user_id"))
+            .find_map(Value::as_str)
+            .filter(|user| !user.is_empty())
+            .map(str::to_string)
     }
 }
 
-fn float(value: &Value, key: &str) -> Option<f64> {
-    value.get(key).and_then(Value::as_f64)
-}
-
-/// The user id a request body names, if any (`user`, `safety_identifier`, Anthropic
-/// `metadata.user_id`).
-fn body_user(request: &Value) -> Option<String> {
-    ["/user", "/safety_identifier", "/metadata/user_id"]
-        .iter()
-        .find_map(|pointer| text(request, pointer))
-        .filter(|user| !user.is_empty())
-}
-
-/// Builds the span for one exchange.
 /// Model and usage of a complete, non-streamed answer: what pricing needs, read before the
 /// body is relayed (for the cost header). `None` when the answer reports no usage.
 ///
@@ -705,9 +750,10 @@ pub fn usage_span(
     Some(span)
 }
 
-pub fn to_span(exchange: &Exchange) -> Span {
+/// Builds the span for one exchange, which it takes apart.
+pub fn to_span(mut exchange: Exchange) -> Span {
     let request: Value = serde_json::from_slice(&exchange.request).unwrap_or(Value::Null);
-    let answer = match &exchange.response {
+    let mut answer = match &exchange.response {
         Some(captured) => answer_of(exchange.api, exchange.streamed, captured),
         None => Answer::default(),
     };
@@ -717,18 +763,18 @@ pub fn to_span(exchange: &Exchange) -> Span {
         .map(|c| c.ended)
         .unwrap_or_else(std::time::Instant::now);
     let elapsed = ended.saturating_duration_since(exchange.started);
-    let asked = asked(exchange.api, &request);
+    let asked = Asked::of(exchange.api, request);
     let model = answer
         .model
-        .clone()
+        .take()
         .or_else(|| exchange.request_model.clone());
     let operation = exchange.api.operation();
 
     let mut span = Span {
-        project: exchange.project.clone(),
-        trace_id: exchange.trace_id.clone(),
-        span_id: exchange.span_id.clone(),
-        parent_span_id: exchange.parent_span_id.clone(),
+        project: std::mem::take(&mut exchange.project),
+        trace_id: std::mem::take(&mut exchange.trace_id),
+        span_id: std::mem::take(&mut exchange.span_id),
+        parent_span_id: exchange.parent_span_id.take(),
         name: match (&exchange.api, &model) {
             (Api::Other, _) | (Api::Models, _) => format!("{} {}", exchange.method, exchange.path),
             (_, Some(model)) => format!("{operation} {model}"),
@@ -745,26 +791,26 @@ pub fn to_span(exchange: &Exchange) -> Span {
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         time_to_first_token_ms: answer.first_token_us.map(|us| f64::from(us) / 1000.0),
         http_status: exchange.http_status,
-        session_id: exchange.session_id.clone(),
-        user_id: exchange.user_id.clone().or_else(|| body_user(&request)),
-        provider: Some(exchange.provider.clone()),
-        request_model: exchange.request_model.clone(),
+        session_id: exchange.session_id.take(),
+        user_id: exchange.user_id.take().or_else(|| asked.user()),
+        provider: Some(std::mem::take(&mut exchange.provider)),
+        request_model: exchange.request_model.take(),
         model,
-        routing_alias: exchange.alias.clone(),
+        routing_alias: exchange.alias.take(),
         operation: Some(operation.to_string()),
         stream: Some(exchange.streamed),
-        temperature: float(&request, "temperature"),
+        temperature: asked.float("temperature"),
         max_tokens: ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
-            .find_map(|key| request.get(*key).and_then(Value::as_i64)),
-        top_p: float(&request, "top_p"),
-        finish_reason: answer.finish_reason.clone(),
+            .find_map(|key| asked.param(key).and_then(Value::as_i64)),
+        top_p: asked.float("top_p"),
+        finish_reason: answer.finish_reason.take(),
         ..Span::default()
     };
     answer.usage.fill(&mut span);
 
     // metadata: the body's (OpenAI `metadata`, string pairs), then headers, which win
-    if let Some(Value::Object(pairs)) = request.get("metadata") {
+    if let Value::Object(pairs) = &asked.metadata {
         for (key, value) in pairs {
             if key == "user_id" && exchange.api == Api::AnthropicMessages {
                 continue;
@@ -776,7 +822,7 @@ pub fn to_span(exchange: &Exchange) -> Span {
             span.metadata.insert(key.clone(), value);
         }
     }
-    span.metadata.extend(exchange.metadata.clone());
+    span.metadata.append(&mut exchange.metadata);
 
     // outcome
     let (status, message, error_type) = match (&exchange.failure, &exchange.response) {
@@ -817,8 +863,14 @@ pub fn to_span(exchange: &Exchange) -> Span {
 
     // attributes: what has no column
     let mut attributes = Map::new();
-    attributes.insert("http.request.method".into(), json!(exchange.method));
-    attributes.insert("url.path".into(), json!(exchange.path));
+    attributes.insert(
+        "http.request.method".into(),
+        Value::String(std::mem::take(&mut exchange.method)),
+    );
+    attributes.insert(
+        "url.path".into(),
+        Value::String(std::mem::take(&mut exchange.path)),
+    );
     if let Some(id) = &answer.response_id {
         attributes.insert("gen_ai.response.id".into(), json!(id));
     }
@@ -840,7 +892,7 @@ pub fn to_span(exchange: &Exchange) -> Span {
     if exchange.attempts.len() > 1 {
         attributes.insert(
             "llmtrace.attempts".into(),
-            Value::Array(exchange.attempts.clone()),
+            Value::Array(std::mem::take(&mut exchange.attempts)),
         );
     }
     if let Some(captured) = &exchange.response
@@ -848,8 +900,8 @@ pub fn to_span(exchange: &Exchange) -> Span {
     {
         attributes.insert("llmtrace.response_truncated".into(), json!(true));
     }
-    if let Some(caller) = &exchange.caller {
-        attributes.insert("llmtrace.caller".into(), json!(caller));
+    if let Some(caller) = exchange.caller.take() {
+        attributes.insert("llmtrace.caller".into(), Value::String(caller));
     }
 
     // content is always parsed (session inference needs it); the recorder drops it when
@@ -923,7 +975,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_plain_chat_call_becomes_an_llm_span() {
-        let span = to_span(&sample("t1"));
+        let span = to_span(sample("t1"));
         assert_eq!(span.kind, SpanKind::Llm);
         assert_eq!(span.model.as_deref(), Some("gpt-x-1"));
         assert_eq!(span.request_model.as_deref(), Some("gpt-x"));
@@ -1017,7 +1069,7 @@ pub(crate) mod tests {
             if let Some(captured) = exchange.response.as_mut() {
                 captured.body = body.clone();
             }
-            let recorded = to_span(&exchange);
+            let recorded = to_span(exchange);
             let priced = usage_span(api, "default", "openai", Some("gpt-x"), &body)
                 .unwrap_or_else(|| panic!("{api:?}: no usage read"));
             let cache_write = |span: &Span| {

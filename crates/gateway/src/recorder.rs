@@ -175,9 +175,9 @@ fn run(
             stop = drain(&receiver, &mut batch, full);
         }
         let spans: Vec<Span> = batch
-            .iter_mut()
-            .map(|exchange| {
-                decode_response(exchange);
+            .into_iter()
+            .map(|mut exchange| {
+                decode_response(&mut exchange);
                 span_of(exchange, infer.then_some(&mut sessions))
             })
             .collect();
@@ -244,7 +244,9 @@ fn decode_response(exchange: &mut Exchange) {
 }
 
 /// The span for an exchange, with a session inferred and content dropped as asked.
-fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
+fn span_of(exchange: Exchange, sessions: Option<&mut Sessions>) -> Span {
+    let keep_content = exchange.keep_content;
+    let caller = exchange.caller.clone();
     let mut span = to_span(exchange);
     if let Some(sessions) = sessions
         && span.kind == SpanKind::Llm
@@ -254,7 +256,7 @@ fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
             "{}\u{1f}{}\u{1f}{}",
             span.project,
             span.user_id.as_deref().unwrap_or(""),
-            exchange.caller.as_deref().unwrap_or("")
+            caller.as_deref().unwrap_or("")
         );
         // the request's parameters are already parsed into the span's attributes
         let previous = at(&span.attributes, "/llmtrace.request/previous_response_id")
@@ -262,7 +264,7 @@ fn span_of(exchange: &Exchange, sessions: Option<&mut Sessions>) -> Span {
             .map(str::to_string);
         sessions.apply(&mut span, &scope, previous.as_deref());
     }
-    if !exchange.keep_content {
+    if !keep_content {
         if let Value::Object(attributes) = &mut span.attributes {
             attributes.remove("llmtrace.request");
             attributes.remove("llmtrace.response_body");
@@ -379,11 +381,11 @@ mod tests {
             exchange
         };
         let first = span_of(
-            &responses("a1", json!({"model": "m", "input": "hi"}), "resp_1"),
+            responses("a1", json!({"model": "m", "input": "hi"}), "resp_1"),
             Some(&mut sessions),
         );
         let second = span_of(
-            &responses(
+            responses(
                 "b2",
                 json!({"model": "m", "input": "more", "previous_response_id": "resp_1"}),
                 "resp_2",

@@ -269,10 +269,15 @@ fn convert_span(item: &Value, project: &str) -> Result<Span, String> {
             span.temperature = config.get("temperature").and_then(Value::as_f64);
             span.top_p = config.get("top_p").and_then(Value::as_f64);
             span.max_tokens = config.get("max_tokens").and_then(Value::as_i64);
-            let input = data.get("input").cloned().unwrap_or(Value::Null);
-            span.input = messages::from_openai_messages(&input).unwrap_or(input);
-            let output = data.get("output").cloned().unwrap_or(Value::Null);
-            span.output = messages::from_openai_messages(&output).unwrap_or(output);
+            // a list of messages is normalized; anything else is kept as it came
+            let messages_or_kept = |value: Option<&Value>| match value {
+                Some(list @ Value::Array(_)) => {
+                    messages::into_openai_messages(list.clone()).unwrap_or(Value::Null)
+                }
+                other => other.cloned().unwrap_or(Value::Null),
+            };
+            span.input = messages_or_kept(data.get("input"));
+            span.output = messages_or_kept(data.get("output"));
             span.input_text = messages::flatten_text(&span.input);
             span.output_text = messages::flatten_text(&span.output);
             span.name = match &span.model {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::messages::{
     flatten_text, from_flat, from_genai_messages, from_openai_message, from_openai_messages,
-    json_tree, regroup, system_message_from_parts,
+    into_openai_message, into_openai_messages, json_tree, regroup, system_message_from_parts,
 };
 
 /// Limits that keep one request from exhausting memory.
@@ -616,7 +616,7 @@ fn input_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<Va
         .get("gen_ai.prompt")
         .or_else(|| event_attr(events, "gen_ai.content.prompt", "gen_ai.prompt"))
     {
-        return from_openai_messages(&json_tree(raw)).and_then(non_empty);
+        return into_openai_messages(json_tree(raw)).and_then(non_empty);
     }
     if let Some(raw) = attrs.get("langfuse.observation.input").map(json_tree) {
         let messages = raw.get("messages").unwrap_or(&raw);
@@ -644,20 +644,19 @@ fn output_messages(attrs: &Map<String, Value>, events: &[SpanEvent]) -> Option<V
         .get("gen_ai.completion")
         .or_else(|| event_attr(events, "gen_ai.content.completion", "gen_ai.completion"))
     {
-        let tree = json_tree(raw);
-        return match &tree {
-            Value::Array(_) => from_openai_messages(&tree).and_then(non_empty),
-            Value::String(text) => Some(Value::Array(vec![from_openai_message(
-                &serde_json::json!({"role": "assistant", "content": text}),
+        return match json_tree(raw) {
+            list @ Value::Array(_) => into_openai_messages(list).and_then(non_empty),
+            Value::String(text) => Some(Value::Array(vec![into_openai_message(
+                serde_json::json!({"role": "assistant", "content": text}),
             )])),
-            other => Some(Value::Array(vec![from_openai_message(other)])),
+            other => Some(Value::Array(vec![into_openai_message(other)])),
         };
     }
     if let Some(raw) = attrs.get("langfuse.observation.output").map(json_tree) {
         if raw.get("role").is_some() {
-            return Some(Value::Array(vec![from_openai_message(&raw)]));
+            return Some(Value::Array(vec![into_openai_message(raw)]));
         }
-        if let Some(messages) = from_openai_messages(&raw).and_then(non_empty) {
+        if let Some(messages) = into_openai_messages(raw).and_then(non_empty) {
             return Some(messages);
         }
     }

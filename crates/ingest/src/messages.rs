@@ -58,41 +58,82 @@ pub fn openai_content(content: &Value) -> Vec<Value> {
 
 /// One OpenAI chat-format message (`{role, content, tool_calls, tool_call_id, name}`).
 pub fn from_openai_message(raw: &Value) -> Value {
-    let role = raw.get("role").and_then(Value::as_str).unwrap_or("user");
-    let mut content = openai_content(raw.get("content").unwrap_or(&Value::Null));
-    if let Some(refusal) = raw.get("refusal").and_then(Value::as_str) {
+    into_openai_message(raw.clone())
+}
+
+/// OpenAI chat-format message list.
+pub fn from_openai_messages(raw: &Value) -> Option<Value> {
+    raw.is_array().then(|| into_openai_messages(raw.clone()))?
+}
+
+/// `from_openai_messages` of messages the caller owns and no longer needs: their strings
+/// move into the normalized messages instead of being copied (the gateway's recorder
+/// parses every request only to normalize it).
+pub fn into_openai_messages(raw: Value) -> Option<Value> {
+    let Value::Array(items) = raw else {
+        return None;
+    };
+    Some(Value::Array(
+        items.into_iter().map(into_openai_message).collect(),
+    ))
+}
+
+/// `from_openai_message` of an owned message. Anything but an object is a message
+/// without fields: a user message with no content.
+pub fn into_openai_message(raw: Value) -> Value {
+    let Value::Object(mut raw) = raw else {
+        return Value::Object(message("user", Vec::new()));
+    };
+    let role = match raw.remove("role") {
+        Some(Value::String(role)) => role,
+        _ => "user".to_string(),
+    };
+    let mut content = match raw.remove("content") {
+        Some(Value::String(text)) => vec![json!({"type": "text", "text": text})],
+        Some(other) => openai_content(&other),
+        None => vec![],
+    };
+    if let Some(Value::String(refusal)) = raw.remove("refusal") {
         content.push(json!({"type": "refusal", "text": refusal}));
     }
-    let mut out = message(role, content);
-    if let Some(calls) = raw.get("tool_calls").and_then(Value::as_array) {
-        let calls: Vec<Value> = calls
-            .iter()
-            .map(|call| {
-                json!({
-                    "id": call.get("id").cloned().unwrap_or(Value::Null),
-                    "name": at(call, "/function/name").or_else(|| call.get("name")).cloned().unwrap_or(Value::Null),
-                    "arguments": at(call, "/function/arguments").or_else(|| call.get("arguments")).cloned().unwrap_or(Value::Null),
-                })
-            })
-            .collect();
-        if !calls.is_empty() {
-            out.insert("tool_calls".into(), Value::Array(calls));
-        }
+    let mut out = Map::new();
+    out.insert("role".into(), Value::String(role));
+    out.insert("content".into(), Value::Array(content));
+    if let Some(Value::Array(calls)) = raw.remove("tool_calls")
+        && !calls.is_empty()
+    {
+        let calls = calls.into_iter().map(into_tool_call).collect();
+        out.insert("tool_calls".into(), Value::Array(calls));
     }
     for key in ["tool_call_id", "name"] {
-        if let Some(value) = raw.get(key).filter(|v| !v.is_null()) {
-            out.insert(key.into(), value.clone());
+        if let Some(value) = raw.remove(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), value);
         }
     }
     Value::Object(out)
 }
 
-/// OpenAI chat-format message list.
-pub fn from_openai_messages(raw: &Value) -> Option<Value> {
-    let items = raw.as_array()?;
-    Some(Value::Array(
-        items.iter().map(from_openai_message).collect(),
-    ))
+/// One chat tool call (`{id, function: {name, arguments}}`, or flat) in normalized form,
+/// as `from_openai_message` writes it.
+fn into_tool_call(call: Value) -> Value {
+    let Value::Object(mut call) = call else {
+        return json!({"id": Value::Null, "name": Value::Null, "arguments": Value::Null});
+    };
+    let mut function = match call.remove("function") {
+        Some(Value::Object(function)) => Some(function),
+        _ => None,
+    };
+    let mut field = |key: &str| {
+        function
+            .as_mut()
+            .and_then(|function| function.remove(key))
+            .or_else(|| call.remove(key))
+            .unwrap_or(Value::Null)
+    };
+    let name = field("name");
+    let arguments = field("arguments");
+    let id = call.remove("id").unwrap_or(Value::Null);
+    json!({"id": id, "name": name, "arguments": arguments})
 }
 
 /// A tool call in normalized form; `arguments` stays the JSON text the model produced.
@@ -474,6 +515,66 @@ mod tests {
         assert_eq!(messages[2]["content"][0]["text"], "rainy, 57F");
         let text = flatten_text(&messages);
         assert!(text.contains("Weather in Paris?") && text.contains("rainy, 57F"));
+    }
+
+    /// Every shape a chat message takes (and some it should not), normalized as the
+    /// borrowing implementation this replaced normalized them (its output, recorded).
+    #[test]
+    fn openai_messages_normalize_every_shape() {
+        let cases = [
+            (
+                json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
+                json!([{"content":[{"text":"be brief","type":"text"}],"role":"system"},
+                    {"content":[{"text":"hi","type":"text"}],"role":"user"}]),
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "bare"]}]),
+                json!([{"content":[{"text":"what is this","type":"text"},
+                    {"type":"image","url":"https://x/y.png"},{"text":"bare","type":"text"}],
+                    "role":"user"}]),
+            ),
+            (
+                json!([{"role": "assistant", "content": null, "refusal": "no", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                    {"id": "c2", "name": "flat", "arguments": {"a": 1}},
+                    {"id": "c3", "function": {"arguments": "x"}, "name": "outer"},
+                    {"function": "not an object"}, 7]}]),
+                json!([{"content":[{"text":"no","type":"refusal"}],"role":"assistant",
+                    "tool_calls":[{"arguments":"{}","id":"c1","name":"f"},
+                    {"arguments":{"a":1},"id":"c2","name":"flat"},
+                    {"arguments":"x","id":"c3","name":"outer"},
+                    {"arguments":null,"id":null,"name":null},
+                    {"arguments":null,"id":null,"name":null}]}]),
+            ),
+            (
+                json!([{"role": "assistant", "content": "", "tool_calls": []},
+                    {"role": "tool", "tool_call_id": "c1", "content": "42", "name": null},
+                    {"role": "tool", "tool_call_id": null, "name": "n", "content": 5}]),
+                json!([{"content":[{"text":"","type":"text"}],"role":"assistant"},
+                    {"content":[{"text":"42","type":"text"}],"role":"tool","tool_call_id":"c1"},
+                    {"content":[{"text":"5","type":"text"}],"name":"n","role":"tool"}]),
+            ),
+            (
+                json!([{"content": "no role"}, {"role": 3, "content": {"odd": true}}, "text", null, []]),
+                json!([{"content":[{"text":"no role","type":"text"}],"role":"user"},
+                    {"content":[{"text":"{\"odd\":true}","type":"text"}],"role":"user"},
+                    {"content":[],"role":"user"},{"content":[],"role":"user"},
+                    {"content":[],"role":"user"}]),
+            ),
+        ];
+        for (raw, normalized) in cases {
+            assert_eq!(
+                from_openai_messages(&raw).as_ref(),
+                Some(&normalized),
+                "{raw}"
+            );
+            assert_eq!(into_openai_messages(raw), Some(normalized));
+        }
+        for not_a_list in [json!({"not": "a list"}), json!("text"), Value::Null] {
+            assert_eq!(from_openai_messages(&not_a_list), None);
+            assert_eq!(into_openai_messages(not_a_list), None);
+        }
     }
 
     #[test]

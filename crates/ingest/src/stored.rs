@@ -30,9 +30,9 @@ pub fn to_span(
         .flatten()
         .filter_map(|choice| choice.get("message").cloned())
         .collect();
-    let input = messages::from_openai_messages(&Value::Array(request_messages.to_vec()))
+    let input = messages::into_openai_messages(Value::Array(request_messages.to_vec()))
         .unwrap_or(Value::Null);
-    let output = messages::from_openai_messages(&Value::Array(outputs)).unwrap_or(Value::Null);
+    let output = messages::into_openai_messages(Value::Array(outputs)).unwrap_or(Value::Null);
     let usage = completion.get("usage").cloned().unwrap_or(Value::Null);
     let int = |pointer: &str| at(&usage, pointer).and_then(Value::as_i64);
     let model = completion

@@ -6,6 +6,7 @@
 //!   latencies and bytes on disk;
 //! - `bench gateway`: the gateway's added latency, throughput, streaming and memory against a
 //!   fake upstream, beside direct calls and (optionally) the LiteLLM proxy;
+//! - `bench recorder`: what recording one gateway call costs, stage by stage, on one thread;
 //! - `bench pricing`, `bench export`, `bench ui`: pricing per span, exports' memory, and
 //!   every UI page's answer time against a filled store.
 
@@ -14,6 +15,7 @@ mod export;
 mod gateway;
 mod otlp;
 mod pricing;
+mod recorder;
 mod ui;
 
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ pub enum BenchCommand {
     Gateway(gateway::GatewayArgs),
     /// What pricing adds per span, with reported and with estimated tokens.
     Pricing(pricing::PricingArgs),
+    /// What recording one gateway call costs, stage by stage, on one thread.
+    Recorder(recorder::RecorderArgs),
     /// Exports of a whole store over HTTP, with the server's memory sampled.
     Export(export::ExportArgs),
     /// Every UI page over HTTP against a filled store.
@@ -131,6 +135,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Store(args) => store(args),
         BenchCommand::Gateway(args) => gateway::run(args),
         BenchCommand::Pricing(args) => pricing::run(args),
+        BenchCommand::Recorder(args) => recorder::run(args),
         BenchCommand::Export(args) => export::run(args),
         BenchCommand::Ui(args) => ui::run(args),
     }
