@@ -215,19 +215,35 @@ fn without(value: &Value, drop: &[&str]) -> Option<Value> {
     Some(Value::Object(kept))
 }
 
-/// The fields of a request or answer object, taken apart (a body that is not an object has
-/// none).
-fn fields(body: Value) -> Map<String, Value> {
-    match body {
-        Value::Object(fields) => fields,
-        _ => Map::new(),
-    }
+/// A request or answer object being taken apart: parts are moved out where they are
+/// recorded, and what is left is kept whole (a body that is not an object has no parts and
+/// leaves nothing).
+struct Parts {
+    fields: Map<String, Value>,
+    object: bool,
 }
 
-/// What is left of a request or answer object once the parts stored elsewhere are taken
-/// out (`None` for a body that was not an object).
-fn rest(fields: Map<String, Value>, object: bool) -> Option<Value> {
-    object.then_some(Value::Object(fields))
+impl Parts {
+    fn of(body: Value) -> Parts {
+        match body {
+            Value::Object(fields) => Parts {
+                fields,
+                object: true,
+            },
+            _ => Parts {
+                fields: Map::new(),
+                object: false,
+            },
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.fields.remove(key)
+    }
+
+    fn rest(self) -> Option<Value> {
+        self.object.then_some(Value::Object(self.fields))
+    }
 }
 
 /// Chat (and legacy completions) answers. The body is taken apart, not copied: the
@@ -240,15 +256,14 @@ fn chat_answer(body: Value) -> Answer {
         error: error_of(&body),
         ..Answer::default()
     };
-    let object = body.is_object();
-    let mut fields = fields(body);
-    let output = match fields.remove("choices") {
+    let mut parts = Parts::of(body);
+    let output = match parts.take("choices") {
         Some(Value::Array(choices)) => {
             let messages: Vec<Value> = choices
                 .into_iter()
                 .filter_map(|choice| {
-                    let mut choice = self::fields(choice);
-                    choice.remove("message").or_else(|| choice.remove("text"))
+                    let mut choice = Parts::of(choice);
+                    choice.take("message").or_else(|| choice.take("text"))
                 })
                 .map(|message| match message {
                     Value::String(text) => json!({"role": "assistant", "content": text}),
@@ -259,11 +274,11 @@ fn chat_answer(body: Value) -> Answer {
         }
         _ => None,
     };
-    let usage = fields.remove("usage");
+    let usage = parts.take("usage");
     Answer {
         output,
         usage: usage.as_ref().map(Usage::openai_chat).unwrap_or_default(),
-        extra: rest(fields, object),
+        extra: parts.rest(),
         ..answer
     }
 }
@@ -400,13 +415,12 @@ fn responses_answer(response: Value) -> Answer {
         error,
         ..Answer::default()
     };
-    let object = response.is_object();
-    let mut fields = fields(response);
-    let output = fields.remove("output");
-    let usage = fields.remove("usage");
+    let mut parts = Parts::of(response);
+    let output = parts.take("output");
+    let usage = parts.take("usage");
     // the request's own parts, which the response repeats
     for key in ["instructions", "tools", "input", "metadata"] {
-        fields.remove(key);
+        parts.take(key);
     }
     Answer {
         output: output.as_ref().map(from_responses_output),
@@ -414,7 +428,7 @@ fn responses_answer(response: Value) -> Answer {
             .as_ref()
             .map(Usage::openai_responses)
             .unwrap_or_default(),
-        extra: rest(fields, object),
+        extra: parts.rest(),
         ..answer
     }
 }
@@ -476,14 +490,13 @@ fn anthropic_answer(body: Value) -> Answer {
         error: error_of(&body),
         ..Answer::default()
     };
-    let object = body.is_object();
-    let mut fields = fields(body);
-    let content = fields.remove("content");
-    let usage = fields.remove("usage");
+    let mut parts = Parts::of(body);
+    let content = parts.take("content");
+    let usage = parts.take("usage");
     Answer {
         output: content.as_ref().map(from_anthropic_content),
         usage: usage.as_ref().map(Usage::anthropic).unwrap_or_default(),
-        extra: rest(fields, object),
+        extra: parts.rest(),
         ..answer
     }
 }
@@ -629,9 +642,8 @@ impl Asked {
     /// Moves the request's parts where they are recorded (a request is parsed only to be
     /// recorded, so nothing in it is copied).
     fn of(api: Api, request: Value) -> Asked {
-        let object = request.is_object();
-        let mut fields = fields(request);
-        let mut take = |key: &str| fields.remove(key).unwrap_or(Value::Null);
+        let mut parts = Parts::of(request);
+        let mut take = |key: &str| parts.take(key).unwrap_or(Value::Null);
         let input = match api {
             Api::Chat => into_openai_messages(take("messages")).unwrap_or(Value::Null),
             Api::Responses => from_responses_input(&take("instructions"), &take("input")),
@@ -672,7 +684,7 @@ impl Asked {
             input,
             tools,
             metadata,
-            params: rest(fields, object),
+            params: parts.rest(),
         }
     }
 
