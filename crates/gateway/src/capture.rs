@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use llmtrace_ingest::messages::{
-    flatten_text, from_anthropic_content, from_anthropic_messages, from_openai_messages,
-    from_responses_input, from_responses_output, into_openai_messages,
+    flatten_text, from_anthropic_content, from_anthropic_messages, from_responses_input,
+    from_responses_output, into_openai_messages,
 };
 use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, SpanSource, SpanStatus};
@@ -146,6 +146,20 @@ struct Answer {
     embedding: Option<Value>,
 }
 
+impl Answer {
+    /// What an answer object says at its top level: model, id, an error it reports, and the
+    /// finish reason found at `finish`.
+    fn head(body: &Value, finish: &str) -> Answer {
+        Answer {
+            model: text(body, "/model"),
+            finish_reason: text(body, finish),
+            response_id: text(body, "/id"),
+            error: error_of(body),
+            ..Answer::default()
+        }
+    }
+}
+
 /// The `data:` payloads of an SSE body with the event name and the byte offset where each
 /// frame ends.
 fn sse_events(body: &[u8]) -> Vec<(Option<String>, String, usize)> {
@@ -249,13 +263,7 @@ impl Parts {
 /// Chat (and legacy completions) answers. The body is taken apart, not copied: the
 /// messages move into the output and what is left is the span's `llmtrace.response`.
 fn chat_answer(body: Value) -> Answer {
-    let answer = Answer {
-        model: text(&body, "/model"),
-        finish_reason: text(&body, "/choices/0/finish_reason"),
-        response_id: text(&body, "/id"),
-        error: error_of(&body),
-        ..Answer::default()
-    };
+    let answer = Answer::head(&body, "/choices/0/finish_reason");
     let mut parts = Parts::of(body);
     let output = match parts.take("choices") {
         Some(Value::Array(choices)) => {
@@ -396,25 +404,22 @@ fn chat_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
         })
         .collect();
     if !messages.is_empty() {
-        answer.output = from_openai_messages(&Value::Array(messages));
+        answer.output = into_openai_messages(Value::Array(messages));
     }
     answer
 }
 
 fn responses_answer(response: Value) -> Answer {
-    let status = text(&response, "/status");
-    let error = error_of(&response)
+    let mut answer = Answer::head(&response, "/status");
+    // a Responses object always carries `error`, null when there is none; a failed one may
+    // leave it null too
+    answer.error = answer
+        .error
         .filter(|_| response.get("error").is_some_and(|e| !e.is_null()))
         .or_else(|| {
-            (status.as_deref() == Some("failed")).then(|| ("response failed".to_string(), None))
+            (answer.finish_reason.as_deref() == Some("failed"))
+                .then(|| ("response failed".to_string(), None))
         });
-    let answer = Answer {
-        model: text(&response, "/model"),
-        finish_reason: status,
-        response_id: text(&response, "/id"),
-        error,
-        ..Answer::default()
-    };
     let mut parts = Parts::of(response);
     let output = parts.take("output");
     let usage = parts.take("usage");
@@ -483,13 +488,7 @@ fn responses_stream(body: &[u8], chunk_times: &[(usize, u32)]) -> Answer {
 }
 
 fn anthropic_answer(body: Value) -> Answer {
-    let answer = Answer {
-        model: text(&body, "/model"),
-        finish_reason: text(&body, "/stop_reason"),
-        response_id: text(&body, "/id"),
-        error: error_of(&body),
-        ..Answer::default()
-    };
+    let answer = Answer::head(&body, "/stop_reason");
     let mut parts = Parts::of(body);
     let content = parts.take("content");
     let usage = parts.take("usage");

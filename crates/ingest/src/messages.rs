@@ -63,7 +63,10 @@ pub fn from_openai_message(raw: &Value) -> Value {
 
 /// OpenAI chat-format message list.
 pub fn from_openai_messages(raw: &Value) -> Option<Value> {
-    raw.is_array().then(|| into_openai_messages(raw.clone()))?
+    match raw {
+        Value::Array(_) => into_openai_messages(raw.clone()),
+        _ => None,
+    }
 }
 
 /// `from_openai_messages` of messages the caller owns and no longer needs: their strings

@@ -94,17 +94,14 @@ pub fn run(args: RecorderArgs) -> Result<()> {
         args.batch
     );
     println!();
-    println!(
-        "| round | call → span µs | pricing µs | append µs | the three, recorder's thread µs | whole process µs |"
-    );
-    println!("|---|---|---|---|---|---|");
+    println!("| round | call → span µs | pricing µs | append µs | the three µs |");
+    println!("|---|---|---|---|---|");
     let mut next = 0;
     for round in 1..=args.rounds.max(1) {
         // batch by batch, as the recorder takes them: the calls of one batch are built
         // (not timed), turned into spans, priced and appended
         let (mut spanning, mut pricing, mut appending) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        let process = super::process_cpu("self");
         let mut done = 0;
         while done < args.calls {
             let size = args.batch.max(1).min(args.calls - done);
@@ -126,14 +123,12 @@ pub fn run(args: RecorderArgs) -> Result<()> {
             pricing += priced - spanned;
             appending += appended - priced;
         }
-        let process = super::process_cpu("self").saturating_sub(process);
         println!(
-            "| {round} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            "| {round} | {:.2} | {:.2} | {:.2} | {:.1} |",
             per_call(spanning),
             per_call(pricing),
             per_call(appending),
             per_call(spanning + pricing + appending),
-            per_call(process),
         );
     }
     store.close()?;
