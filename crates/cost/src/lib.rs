@@ -467,11 +467,15 @@ pub struct Priced {
 }
 
 impl AppendLayer for Priced {
-    fn append(&self, mut spans: Vec<Span>, below: &dyn Store) -> llmtrace_model::Result<()> {
-        for span in &mut spans {
-            self.pricer.price(span);
-        }
-        below.append(spans)
+    fn append_iter(
+        &self,
+        spans: &mut dyn Iterator<Item = Span>,
+        below: &dyn Store,
+    ) -> llmtrace_model::Result<()> {
+        below.append_iter(&mut spans.map(|mut span| {
+            self.pricer.price(&mut span);
+            span
+        }))
     }
 }
 

@@ -174,14 +174,14 @@ fn run(
             std::thread::sleep(linger);
             stop = drain(&receiver, &mut batch, full);
         }
-        let spans: Vec<Span> = batch
-            .into_iter()
-            .map(|mut exchange| {
-                decode_response(&mut exchange);
-                span_of(exchange, infer.then_some(&mut sessions))
-            })
-            .collect();
-        append(store.as_ref(), spans, &stats);
+        // each call is turned into its span as the store takes it, so that the call's data
+        // is read into the cache once (the store prepares each span as it comes)
+        let count = batch.len() as u64;
+        let mut spans = batch.into_iter().map(|mut exchange| {
+            decode_response(&mut exchange);
+            span_of(exchange, infer.then_some(&mut sessions))
+        });
+        append(store.as_ref(), &mut spans, count, &stats);
         save(&mut sessions, stop);
     }
 }
@@ -281,9 +281,8 @@ fn span_of(exchange: Exchange, sessions: Option<&mut Sessions>) -> Span {
 
 /// One append per batch. The store itself waits out backpressure (and then refuses), so a
 /// refusal here is final: counted and logged, never retried into a growing backlog.
-fn append(store: &dyn Store, spans: Vec<Span>, stats: &Stats) {
-    let count = spans.len() as u64;
-    match store.append(spans) {
+fn append(store: &dyn Store, spans: &mut dyn Iterator<Item = Span>, count: u64, stats: &Stats) {
+    match store.append_iter(spans) {
         Ok(_) => {
             stats.recorded.fetch_add(count, Ordering::Relaxed);
         }

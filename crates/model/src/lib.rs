@@ -38,6 +38,13 @@ pub struct StoreStats {
 pub trait Store: Send + Sync {
     /// Appends a batch; returns once it is durable per the configured durability.
     fn append(&self, spans: Vec<Span>) -> Result<()>;
+    /// Appends the spans an iterator yields as one batch, like `append`. A store may
+    /// prepare each span for writing as soon as it is yielded, while what built it is still
+    /// in the CPU's cache: a caller that builds spans one by one (the gateway's recorder)
+    /// builds them lazily and pays for its data once, not once per pass over the batch.
+    fn append_iter(&self, spans: &mut dyn Iterator<Item = Span>) -> Result<()> {
+        self.append(spans.collect())
+    }
     /// One page of spans matching the query, newest first.
     fn search(&self, query: &SpanQuery) -> Result<Page>;
     /// Every span of one trace, oldest first.
@@ -70,7 +77,12 @@ pub trait Store: Send + Sync {
 /// batch and the store below it and decides what is appended. `Layered` puts one in front
 /// of a store; every read passes straight through.
 pub trait AppendLayer: Send + Sync {
-    fn append(&self, spans: Vec<Span>, below: &dyn Store) -> Result<()>;
+    /// Passes the spans on to `below` (a layer that works span by span maps the iterator,
+    /// so that the store below still gets each span as it is built).
+    fn append_iter(&self, spans: &mut dyn Iterator<Item = Span>, below: &dyn Store) -> Result<()>;
+    fn append(&self, spans: Vec<Span>, below: &dyn Store) -> Result<()> {
+        self.append_iter(&mut spans.into_iter(), below)
+    }
 }
 
 /// A store with an [`AppendLayer`] in front of its appends.
@@ -82,6 +94,9 @@ pub struct Layered<L> {
 impl<L: AppendLayer> Store for Layered<L> {
     fn append(&self, spans: Vec<Span>) -> Result<()> {
         self.layer.append(spans, self.inner.as_ref())
+    }
+    fn append_iter(&self, spans: &mut dyn Iterator<Item = Span>) -> Result<()> {
+        self.layer.append_iter(spans, self.inner.as_ref())
     }
     fn search(&self, query: &SpanQuery) -> Result<Page> {
         self.inner.search(query)

@@ -34,7 +34,7 @@ use crate::memtable::{JsonFields, Memtable, Prepared};
 use crate::pool::{self, Pool};
 use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup, RollupUse};
 use crate::segment::{self, Projection, StoredSpan};
-use crate::wal::{self, EncodedEntry, WalEntry, WalWriter};
+use crate::wal::{self, EncodedEntry, RowsEncoder, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
 
 /// Settings of the embedded store.
@@ -1877,20 +1877,29 @@ fn retention(shared: &Shared, now_ns: i64) -> Result<u64> {
 
 impl Store for EmbeddedStore {
     fn append(&self, spans: Vec<Span>) -> llmtrace_model::Result<()> {
-        if spans.is_empty() {
+        self.append_iter(&mut spans.into_iter())
+    }
+
+    /// Each span is prepared for the memtable and serialized into the WAL record as it is
+    /// yielded: one pass over the batch, not one per stage.
+    fn append_iter(&self, spans: &mut dyn Iterator<Item = Span>) -> llmtrace_model::Result<()> {
+        let mut spans = spans.peekable();
+        if spans.peek().is_none() {
             return Ok(());
         }
-        // Keys must fit the index's terms, which versions and rollups rely on.
-        if let Some(problem) = spans
-            .iter()
-            .find_map(llmtrace_model::span::identity_problem)
-        {
-            return Err(llmtrace_model::Error::BadRequest(problem));
-        }
         self.wait_for_room()?;
-        let mut prepared: Vec<Prepared> = spans.into_iter().map(Prepared::new).collect();
-        let entry = EncodedEntry::rows(&mut prepared)?;
-        self.submit(entry, Mutation::Spans(prepared))?;
+        let mut encoder = RowsEncoder::new();
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(spans.size_hint().0);
+        for span in spans {
+            // Keys must fit the index's terms, which versions and rollups rely on.
+            if let Some(problem) = llmtrace_model::span::identity_problem(&span) {
+                return Err(llmtrace_model::Error::BadRequest(problem));
+            }
+            let mut row = Prepared::new(span);
+            encoder.push(&mut row)?;
+            prepared.push(row);
+        }
+        self.submit(encoder.finish()?, Mutation::Spans(prepared))?;
         Ok(())
     }
 

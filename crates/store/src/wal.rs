@@ -71,29 +71,14 @@ pub struct EncodedEntry {
 }
 
 impl EncodedEntry {
-    /// Serializes and compresses a batch of memtable-ready rows (kind 5): their documents
-    /// are text already and are copied as they are. Text fields their messages determine
-    /// are taken out of the spans while they are serialized and put back before this
-    /// returns.
+    /// Serializes and compresses a batch of memtable-ready rows (kind 5); see
+    /// [`RowsEncoder`].
     pub fn rows(rows: &mut [Prepared]) -> Result<EncodedEntry> {
-        let payload = BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            buffer.clear();
-            buffer.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-            buffer.extend(rows.iter().map(|row| row.json.derived));
-            let payload = rows
-                .iter_mut()
-                .try_for_each(|row| write_row(&mut buffer, row))
-                .and_then(|()| compress(&buffer));
-            if buffer.capacity() > MAX_KEPT_BUFFER_BYTES {
-                *buffer = Vec::new();
-            }
-            payload
-        });
-        Ok(EncodedEntry {
-            kind: KIND_ROWS,
-            payload: payload?,
-        })
+        let mut encoder = RowsEncoder::new();
+        for row in rows {
+            encoder.push(row)?;
+        }
+        encoder.finish()
     }
 
     /// Bytes of the record's payload.
@@ -158,6 +143,53 @@ fn write_row(buffer: &mut Vec<u8>, row: &mut Prepared) -> Result<()> {
         span.output_text = text;
     }
     written
+}
+
+/// Builds a kind-5 record row by row, so that each row is serialized right after it was
+/// prepared, while its span is still in the CPU's cache. Documents are copied as the text
+/// they already are; text fields their messages determine are taken out of the span while it
+/// is serialized and put back.
+pub struct RowsEncoder {
+    rows: Vec<u8>,
+    flags: Vec<u8>,
+}
+
+impl RowsEncoder {
+    pub fn new() -> RowsEncoder {
+        let mut rows = BUFFER.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        rows.clear();
+        RowsEncoder {
+            rows,
+            flags: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: &mut Prepared) -> Result<()> {
+        self.flags.push(row.json.derived);
+        write_row(&mut self.rows, row)
+    }
+
+    /// The compressed record: the row count and flags go before the rows.
+    pub fn finish(self) -> Result<EncodedEntry> {
+        let RowsEncoder { mut rows, flags } = self;
+        let mut header = (flags.len() as u32).to_le_bytes().to_vec();
+        header.extend_from_slice(&flags);
+        rows.splice(0..0, header);
+        let payload = compress(&rows);
+        if rows.capacity() <= MAX_KEPT_BUFFER_BYTES {
+            BUFFER.with(|cell| *cell.borrow_mut() = rows);
+        }
+        Ok(EncodedEntry {
+            kind: KIND_ROWS,
+            payload: payload?,
+        })
+    }
+}
+
+impl Default for RowsEncoder {
+    fn default() -> Self {
+        RowsEncoder::new()
+    }
 }
 
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {

@@ -57,12 +57,19 @@ fn summary(span: &mut Span) -> Span {
 }
 
 impl AppendLayer for Tail {
-    fn append(&self, mut spans: Vec<Span>, below: &dyn Store) -> llmtrace_model::Result<()> {
+    fn append_iter(
+        &self,
+        spans: &mut dyn Iterator<Item = Span>,
+        below: &dyn Store,
+    ) -> llmtrace_model::Result<()> {
         if self.sender.receiver_count() == 0 {
-            return below.append(spans);
+            return below.append_iter(spans);
         }
-        let batch: Vec<Span> = spans.iter_mut().map(summary).collect();
-        below.append(spans)?;
+        let mut batch: Vec<Span> = Vec::new();
+        below.append_iter(&mut spans.map(|mut span| {
+            batch.push(summary(&mut span));
+            span
+        }))?;
         let _ = self.sender.send(Arc::new(batch));
         Ok(())
     }
