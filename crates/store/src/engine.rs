@@ -1887,7 +1887,6 @@ impl Store for EmbeddedStore {
         if spans.peek().is_none() {
             return Ok(());
         }
-        self.wait_for_room()?;
         let mut encoder = RowsEncoder::new();
         let mut prepared: Vec<Prepared> = Vec::with_capacity(spans.size_hint().0);
         for span in spans {
@@ -1899,6 +1898,8 @@ impl Store for EmbeddedStore {
             encoder.push(&mut row)?;
             prepared.push(row);
         }
+        // only a whole, valid batch waits for memtable room (a bad one is refused at once)
+        self.wait_for_room()?;
         self.submit(encoder.finish()?, Mutation::Spans(prepared))?;
         Ok(())
     }

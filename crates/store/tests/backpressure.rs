@@ -65,6 +65,16 @@ fn appends_past_the_limit_fail_as_unavailable_when_nothing_flushes() {
         "the wait is counted: {} ms",
         stats.append_wait_ms
     );
+    // a bad batch is refused for what it is, at once, full store or not
+    let mut bad = spans(401, 2);
+    bad[1].trace_id.clear();
+    let started = Instant::now();
+    let err = store.append(bad).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "it did not wait for room"
+    );
 }
 
 #[test]
