@@ -8,6 +8,7 @@
 pub mod api;
 pub mod capture;
 pub mod config;
+pub mod priority;
 pub mod recorder;
 pub mod relay;
 pub mod sessions;

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llmtrace_model::json::at;
 use llmtrace_model::{Span, SpanKind, Store};
 use serde_json::Value;
 
 use crate::capture::{Exchange, to_span};
+use crate::priority::Priority;
 use crate::sessions::Sessions;
 
 /// Counters, exported as metrics.
@@ -40,14 +41,18 @@ enum Message {
 pub struct RecorderHandle {
     sender: SyncSender<Message>,
     stats: Arc<Stats>,
+    priority: Arc<Priority>,
 }
 
 impl RecorderHandle {
     /// Queues an exchange; never waits.
     pub fn record(&self, exchange: Box<Exchange>) {
+        // counted before it is sent, so the recorder never takes a call not yet counted
+        self.priority.queuing();
         match self.sender.try_send(Message::Exchange(exchange)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.priority.taken(1);
                 let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 // log the first and then every power of two, not every call
                 if dropped.is_power_of_two() {
@@ -80,6 +85,10 @@ pub struct RecorderConfig {
     pub batch: usize,
     /// How long a batch that is not full may gather before it is stored.
     pub linger: Duration,
+    /// A batch that is not full is turned into spans and stored at idle CPU priority,
+    /// raised to normal if it takes longer than this (`crate::priority`); `None` keeps the
+    /// thread at normal priority.
+    pub idle_priority: Option<Duration>,
 }
 
 impl RecorderConfig {
@@ -92,6 +101,8 @@ impl RecorderConfig {
             sessions_file: None,
             batch: 4096,
             linger: Duration::from_millis(50),
+            // a 400-call batch takes about 5 ms; twenty times that means it is starved
+            idle_priority: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -105,16 +116,21 @@ impl Recorder {
     pub fn start(store: Arc<dyn Store>, config: RecorderConfig) -> Recorder {
         let (sender, receiver) = std::sync::mpsc::sync_channel(config.capacity);
         let stats = Arc::new(Stats::default());
-        let thread_stats = stats.clone();
+        let priority = Arc::new(Priority::new(config.idle_priority, config.capacity));
+        let (thread_stats, thread_priority) = (stats.clone(), priority.clone());
         let thread = std::thread::Builder::new()
             .name("gateway-recorder".into())
-            .spawn(move || run(receiver, store, thread_stats, config))
+            .spawn(move || run(receiver, store, thread_stats, &thread_priority, config))
             .ok();
         if thread.is_none() {
             tracing::error!("cannot start the gateway recorder thread: calls will not be recorded");
         }
         Recorder {
-            handle: RecorderHandle { sender, stats },
+            handle: RecorderHandle {
+                sender,
+                stats,
+                priority,
+            },
             thread: std::sync::Mutex::new(thread),
         }
     }
@@ -137,6 +153,7 @@ fn run(
     receiver: Receiver<Message>,
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
+    priority: &Priority,
     config: RecorderConfig,
 ) {
     let RecorderConfig {
@@ -168,16 +185,27 @@ fn run(
         };
         let mut batch = Vec::new();
         stop = gather(first, &mut batch) || drain(&receiver, &mut batch, full);
+        priority.taken(batch.len());
         // a backlog is stored at once; a trickle is let gather, so that calls share one
-        // store append (and fsync) and calls queued meanwhile wake no one
+        // store append (and fsync) and calls queued meanwhile wake no one, and is stored
+        // behind every thread that serves calls (a backlog, and the last batch before
+        // stopping, at normal priority)
         if !stop && batch.len() < full {
+            priority.background();
             std::thread::sleep(linger);
+            let before = batch.len();
             stop = drain(&receiver, &mut batch, full);
+            priority.taken(batch.len() - before);
+        }
+        if stop || batch.len() >= full {
+            priority.foreground();
         }
         // each call is turned into its span as the store takes it, so that the call's data
         // is read into the cache once (the store prepares each span as it comes)
         let count = batch.len() as u64;
+        let started = Instant::now();
         let mut spans = batch.into_iter().map(|mut exchange| {
+            priority.check_starved(started);
             decode_response(&mut exchange);
             span_of(exchange, infer.then_some(&mut sessions))
         });
@@ -393,6 +421,121 @@ mod tests {
         );
         assert_eq!(first.session_id.as_deref(), Some("auto-a1"));
         assert_eq!(second.session_id, first.session_id);
+    }
+
+    /// Waits until the store holds `count` spans (at most five seconds).
+    fn wait_for(store: &GatedStore, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.spans.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "the recorder stored too little");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_trickle_is_stored_at_idle_priority_and_a_backlog_at_normal() {
+        use std::os::unix::thread::JoinHandleExt;
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy_param,
+        };
+
+        let store = Arc::new(GatedStore::default());
+        *store.open.lock().unwrap() = true;
+        let config = RecorderConfig {
+            batch: 4,
+            linger: Duration::from_millis(5),
+            ..RecorderConfig::new(64, false)
+        };
+        let recorder = Recorder::start(store.clone(), config);
+        let policy = || {
+            let thread = recorder.thread.lock().unwrap();
+            let pthread = thread.as_ref().unwrap().as_pthread_t();
+            thread_schedule_policy_param(pthread).unwrap().0
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        let record = |i: usize| {
+            recorder
+                .handle()
+                .record(Box::new(sample(&format!("{i:032x}"))))
+        };
+
+        record(0);
+        wait_for(&store, 1);
+        if policy() != idle {
+            let may = Priority::new(Some(Duration::from_secs(1)), 1).is_switchable();
+            assert!(!may, "a trickle was stored at {:?}", policy());
+            eprintln!("skipped: this process may not return a thread from SCHED_IDLE");
+            assert!(
+                std::env::var("LLMTRACE_TEST_REQUIRE_ALL").as_deref() != Ok("1"),
+                "LLMTRACE_TEST_REQUIRE_ALL=1 but this process may not switch policies"
+            );
+            recorder.stop();
+            return;
+        }
+        // a backlog: a full batch queued while the store holds the previous one
+        *store.open.lock().unwrap() = false;
+        record(1);
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 2..6 {
+            record(i);
+        }
+        *store.open.lock().unwrap() = true;
+        store.opened.notify_all();
+        wait_for(&store, 6);
+        assert_eq!(policy(), normal, "a full batch was stored at idle priority");
+        // and the next trickle steps aside again
+        record(6);
+        wait_for(&store, 7);
+        assert_eq!(policy(), idle);
+        recorder.stop();
+    }
+
+    /// With every core kept busy at normal priority, a recorder at idle priority would get
+    /// almost no CPU and its queue would overflow; it must be raised before that.
+    #[test]
+    fn busy_cores_do_not_starve_the_recorder_into_dropping_calls() {
+        use std::sync::atomic::AtomicBool;
+
+        let store = Arc::new(GatedStore::default());
+        *store.open.lock().unwrap() = true;
+        let config = RecorderConfig {
+            linger: Duration::from_millis(5),
+            ..RecorderConfig::new(200, false)
+        };
+        let recorder = Recorder::start(store.clone(), config);
+        let busy = Arc::new(AtomicBool::new(true));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spinners: Vec<_> = (0..cores + 1)
+            .map(|_| {
+                let busy = busy.clone();
+                let until = Instant::now() + Duration::from_secs(5);
+                std::thread::spawn(move || {
+                    while busy.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        for i in 0..600 {
+            recorder
+                .handle()
+                .record(Box::new(sample(&format!("{i:032x}"))));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        busy.store(false, Ordering::Relaxed);
+        spinners.into_iter().for_each(|s| s.join().unwrap());
+        recorder.stop();
+        let stats = recorder.handle().stats();
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            0,
+            "calls were dropped"
+        );
+        assert_eq!(store.spans.lock().unwrap().len(), 600);
+        // every call counted in was counted out, or the count would drift into raising
+        assert_eq!(recorder.handle().priority.waiting(), 0);
     }
 
     #[test]
