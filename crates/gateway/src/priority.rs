@@ -86,17 +86,12 @@ impl Priority {
         }
     }
 
-    /// On the recorder thread: level with the others.
-    pub fn foreground(&self) {
-        self.raise();
-    }
-
     /// On the recorder thread: back to normal priority if a batch begun at `started` has
     /// taken too long at idle.
     pub fn check_starved(&self, started: Instant) {
         if self.is_background() && started.elapsed() > self.starved_after {
             self.hold.store(HOLD, Ordering::Relaxed);
-            self.raise();
+            self.foreground();
         }
     }
 
@@ -106,7 +101,7 @@ impl Priority {
         let waiting = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         if waiting >= self.raise_at && self.is_background() {
             self.hold.store(HOLD, Ordering::Relaxed);
-            self.raise();
+            self.foreground();
         }
     }
 
@@ -120,14 +115,19 @@ impl Priority {
             });
     }
 
-    fn raise(&self) {
+    /// Level with the other threads (called on the recorder thread, or on a queueing thread
+    /// when the recorder fell behind).
+    pub fn foreground(&self) {
         if !self.idle.swap(false, Ordering::Relaxed) {
             return;
         }
         if !set(self.thread.load(Ordering::Relaxed), false) {
-            // the probe said this works; stop trying, so that a batch is never left starved
-            tracing::warn!("could not return the gateway recorder from SCHED_IDLE");
-            self.switchable.store(false, Ordering::Relaxed);
+            // the probe said this works: still idle, so the next caller tries again, and
+            // never stepping aside again
+            self.idle.store(true, Ordering::Relaxed);
+            if self.switchable.swap(false, Ordering::Relaxed) {
+                tracing::warn!("could not return the gateway recorder from SCHED_IDLE");
+            }
         }
     }
 }
