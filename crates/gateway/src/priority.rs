@@ -271,6 +271,17 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_nice_value_is_kept() {
+        on_a_thread(Duration::from_secs(1), |priority| {
+            rustix::process::setpriority_process(None, 5).unwrap();
+            priority.background();
+            assert_eq!(policy_of("thread-self"), Some(5));
+            priority.foreground();
+            assert_eq!(rustix::process::getpriority_process(None).unwrap(), 5);
+        });
+    }
+
+    #[test]
     fn without_a_limit_the_thread_stays_at_normal_priority() {
         std::thread::spawn(|| {
             let priority = Priority::new(None, 100);
