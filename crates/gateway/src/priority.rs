@@ -14,16 +14,14 @@
 //! batches at normal priority. Leaving `SCHED_IDLE` needs CAP_SYS_NICE or RLIMIT_NICE ≥ 20;
 //! where the process may not, the recorder stays at normal priority throughout.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use llmtrace_sched::BackgroundThread;
 
 /// The recorder thread's priority, shared with the threads that queue calls.
 pub struct Priority {
-    /// Switching is possible here and was asked for.
-    switchable: AtomicBool,
-    /// The recorder thread (its pthread id), once it has stepped aside.
-    thread: AtomicU64,
-    idle: AtomicBool,
+    thread: BackgroundThread,
     /// Batches still to run at normal priority after the recorder fell behind: while the
     /// CPUs stay busy, each would otherwise start idle and fall behind again.
     hold: AtomicU32,
@@ -42,16 +40,8 @@ impl Priority {
     /// For a recorder with a queue of `capacity` calls. `starved_after: None` keeps it at
     /// normal priority.
     pub fn new(starved_after: Option<Duration>, capacity: usize) -> Priority {
-        let switchable = starved_after.is_some() && may_switch();
-        if starved_after.is_some() && !switchable {
-            tracing::debug!(
-                "the gateway recorder stays at normal CPU priority: this process may not return a thread from SCHED_IDLE"
-            );
-        }
         Priority {
-            switchable: AtomicBool::new(switchable),
-            thread: AtomicU64::new(0),
-            idle: AtomicBool::new(false),
+            thread: BackgroundThread::new(starved_after.is_some()),
             hold: AtomicU32::new(0),
             queued: AtomicUsize::new(0),
             raise_at: (capacity / 4).max(1),
@@ -61,7 +51,7 @@ impl Priority {
 
     /// Whether the recorder moves to idle priority at all.
     pub fn is_switchable(&self) -> bool {
-        self.switchable.load(Ordering::Relaxed)
+        self.thread.is_switchable()
     }
 
     /// Calls counted as queued and not yet taken.
@@ -70,7 +60,7 @@ impl Priority {
     }
 
     pub fn is_background(&self) -> bool {
-        self.idle.load(Ordering::Relaxed)
+        self.thread.is_background()
     }
 
     /// On the recorder thread: behind every other thread, unless it fell behind lately.
@@ -80,10 +70,8 @@ impl Priority {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |hold| {
                 hold.checked_sub(1)
             });
-        if held.is_err() && self.is_switchable() && !self.is_background() {
-            let thread = current();
-            self.thread.store(thread, Ordering::Relaxed);
-            self.idle.store(set(thread, true), Ordering::Relaxed);
+        if held.is_err() {
+            self.thread.to_background();
         }
     }
 
@@ -119,119 +107,34 @@ impl Priority {
     /// Level with the other threads (called on the recorder thread, or on a queueing thread
     /// when the recorder fell behind).
     pub fn foreground(&self) {
-        if !self.idle.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        if !set(self.thread.load(Ordering::Relaxed), false) {
-            // the probe said this works: still idle, so the next caller tries again, and
-            // never stepping aside again
-            self.idle.store(true, Ordering::Relaxed);
-            if self.switchable.swap(false, Ordering::Relaxed) {
-                tracing::warn!("could not return the gateway recorder from SCHED_IDLE");
-            }
-        }
+        self.thread.to_foreground();
     }
-}
 
-/// Whether a thread of this process may enter `SCHED_IDLE` and leave it again, tried on a
-/// thread of its own (a thread that cannot leave must not be the recorder).
-fn may_switch() -> bool {
-    std::thread::Builder::new()
-        .name("priority-probe".into())
-        .spawn(|| set(current(), true) && set(current(), false))
-        .ok()
-        .and_then(|probe| probe.join().ok())
-        .unwrap_or(false)
-}
-
-#[cfg(target_os = "linux")]
-fn current() -> u64 {
-    thread_priority::unix::thread_native_id()
-}
-
-/// Moves `thread` (a pthread id) to `SCHED_IDLE` (`idle`) or `SCHED_OTHER`; true when its
-/// policy is then the one asked for.
-#[cfg(target_os = "linux")]
-fn set(thread: u64, idle: bool) -> bool {
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_schedule_policy_param,
-    };
-    let policy = ThreadSchedulePolicy::Normal(if idle {
-        NormalThreadSchedulePolicy::Idle
-    } else {
-        NormalThreadSchedulePolicy::Other
-    });
-    // the library also sets the calling thread's nice value (on Linux a nice value belongs
-    // to one thread): put back what it was, so an operator's `nice` is kept
-    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
-    let _ = set_thread_priority_and_policy(
-        thread,
-        thread_priority::ThreadPriority::Os(Default::default()),
-        policy,
-    );
-    if rustix::process::getpriority_process(None).is_ok_and(|now| now != nice) {
-        let _ = rustix::process::setpriority_process(None, nice);
+    /// On the recorder thread, as it ends.
+    pub fn leave(&self) {
+        self.thread.leave();
     }
-    thread_schedule_policy_param(thread).is_ok_and(|(now, _)| now == policy)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn current() -> u64 {
-    0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set(_thread: u64, _idle: bool) -> bool {
-    false
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use llmtrace_sched::{current, is_idle, test_on_a_thread};
 
-    /// A thread's policy as the scheduler has it: 0 SCHED_OTHER, 5 SCHED_IDLE.
-    fn policy_of(thread: u64) -> Option<u32> {
-        use thread_priority::unix::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy_param,
-        };
-        match thread_schedule_policy_param(thread).ok()?.0 {
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other) => Some(0),
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle) => Some(5),
-            _ => None,
-        }
-    }
-
-    /// Runs `test` on a thread of its own, unless this process may not switch policies.
     fn on_a_thread(starved_after: Duration, test: impl FnOnce(Priority) + Send + 'static) {
-        let thread = std::thread::spawn(move || {
-            let priority = Priority::new(Some(starved_after), 100);
-            if !priority.is_switchable() {
-                eprintln!("skipped: this process may not return a thread from SCHED_IDLE");
-                assert!(
-                    std::env::var("LLMTRACE_TEST_REQUIRE_ALL").as_deref() != Ok("1"),
-                    "LLMTRACE_TEST_REQUIRE_ALL=1 but this process may not switch policies"
-                );
-                return;
-            }
-            test(priority);
-        });
-        // a policy belongs to one thread: each test gets a fresh one, and its failure is ours
-        if let Err(panic) = thread.join() {
-            std::panic::resume_unwind(panic);
-        }
+        test_on_a_thread(move || test(Priority::new(Some(starved_after), 100)));
     }
 
     #[test]
     fn the_thread_moves_to_idle_and_back() {
         on_a_thread(Duration::from_secs(1), |priority| {
-            assert_eq!(policy_of(current()), Some(0));
+            assert!(!is_idle(current()));
             priority.background();
             assert!(priority.is_background());
-            assert_eq!(policy_of(current()), Some(5));
+            assert!(is_idle(current()));
             priority.foreground();
             assert!(!priority.is_background());
-            assert_eq!(policy_of(current()), Some(0));
+            assert!(!is_idle(current()));
         });
     }
 
@@ -242,13 +145,13 @@ mod tests {
             let started = Instant::now();
             std::thread::sleep(Duration::from_millis(2));
             priority.check_starved(started);
-            assert_eq!(policy_of(current()), Some(0));
+            assert!(!is_idle(current()));
             for _ in 0..HOLD {
                 priority.background();
-                assert_eq!(policy_of(current()), Some(0), "stepped aside too soon");
+                assert!(!is_idle(current()), "stepped aside too soon");
             }
             priority.background();
-            assert_eq!(policy_of(current()), Some(5));
+            assert!(is_idle(current()));
         });
     }
 
@@ -263,25 +166,14 @@ mod tests {
             std::thread::spawn(move || (0..24).for_each(|_| queueing.queuing()))
                 .join()
                 .unwrap();
-            assert_eq!(policy_of(me), Some(5), "raised before falling behind");
+            assert!(is_idle(me), "raised before falling behind");
             priority.taken(10);
             let queueing = priority.clone();
             std::thread::spawn(move || (0..11).for_each(|_| queueing.queuing()))
                 .join()
                 .unwrap();
-            assert_eq!(policy_of(me), Some(0), "left behind at idle priority");
+            assert!(!is_idle(me), "left behind at idle priority");
             assert!(!priority.is_background());
-        });
-    }
-
-    #[test]
-    fn an_operators_nice_value_is_kept() {
-        on_a_thread(Duration::from_secs(1), |priority| {
-            rustix::process::setpriority_process(None, 5).unwrap();
-            priority.background();
-            assert_eq!(policy_of(current()), Some(5));
-            priority.foreground();
-            assert_eq!(rustix::process::getpriority_process(None).unwrap(), 5);
         });
     }
 
@@ -291,7 +183,7 @@ mod tests {
             let priority = Priority::new(None, 100);
             priority.background();
             assert!(!priority.is_background());
-            assert_eq!(policy_of(current()), Some(0));
+            assert!(!is_idle(current()));
         })
         .join()
         .unwrap();

@@ -15,7 +15,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use llmtrace_model::{
     AggregateQuery, AggregateRow, Deletion, Page, SessionTrace, Span, SpanFilter, SpanKey,
     SpanQuery, Store, StoreStats,
 };
+use llmtrace_sched::BackgroundThread;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use crate::error::{Error, Result};
@@ -65,6 +68,10 @@ pub struct StoreConfig {
     pub max_memtable_bytes: usize,
     /// …and fail as unavailable after waiting this long.
     pub max_append_wait: Duration,
+    /// The WAL thread commits a group under `SCHED_IDLE` when every append in it came from
+    /// a thread under `SCHED_IDLE` (work done for background callers stays in the
+    /// background; see `writer.rs`).
+    pub wal_follows_callers: bool,
 }
 
 impl StoreConfig {
@@ -82,6 +89,7 @@ impl StoreConfig {
             background: true,
             max_memtable_bytes: 1 << 30,
             max_append_wait: Duration::from_secs(30),
+            wal_follows_callers: true,
         }
     }
 
@@ -92,6 +100,10 @@ impl StoreConfig {
             .unwrap_or(self.default_retention_days)
     }
 }
+
+/// A background append waits this long for its commit before it brings the WAL thread to
+/// the foreground (as the gateway's recorder does for its own batches).
+const BACKGROUND_COMMIT_LIMIT: Duration = Duration::from_millis(100);
 
 /// How much lower (in nice steps) background threads run than appends and queries.
 const BACKGROUND_NICE: i32 = 10;
@@ -308,13 +320,26 @@ pub(crate) struct Shared {
     quarantined: AtomicU64,
     /// Nanoseconds appends have waited in `wait_for_room`.
     append_wait_ns: AtomicU64,
+    /// The WAL thread, while it commits for background callers.
+    pub(crate) wal_thread: BackgroundThread,
 }
 
 impl Shared {
     pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        match self.state.try_write() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => self.hurry_the_holder(),
+        }
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The state lock is taken: its holder may be the WAL thread committing in the
+    /// background, which a busy machine would leave waiting — and us behind it.
+    fn hurry_the_holder(&self) {
+        self.wal_thread.to_foreground();
     }
 
     /// Whether the active memtable is due to be frozen and flushed for its size; only with
@@ -326,6 +351,11 @@ impl Shared {
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        match self.state.try_read() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => self.hurry_the_holder(),
+        }
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -450,6 +480,7 @@ impl EmbeddedStore {
             }),
             maintenance: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            wal_thread: BackgroundThread::new(config.wal_follows_callers),
             config: config.clone(),
         });
         let scores = crate::scores::ScoreTable::open(&data_dir.join("scores.sqlite"))
@@ -581,15 +612,32 @@ impl EmbeddedStore {
         result
     }
 
+    /// Hands the record to the WAL thread and waits for the commit. An append from a thread
+    /// under `SCHED_IDLE` may be committed in the background; any other brings the WAL
+    /// thread to the foreground first, and a background append that waited
+    /// `BACKGROUND_COMMIT_LIMIT` does too.
     fn submit(&self, entry: EncodedEntry, mutation: Mutation) -> Result<u64> {
+        let wal = &self.shared.wal_thread;
+        let background = wal.is_switchable() && llmtrace_sched::current_is_background();
+        if !background {
+            wal.to_foreground();
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         self.sender()?
             .send(Command::Write {
                 entry,
                 mutation,
+                background,
                 reply,
             })
             .map_err(|_| Error::Closed)?;
+        if background {
+            match answer.recv_timeout(BACKGROUND_COMMIT_LIMIT) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Timeout) => wal.to_foreground(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            }
+        }
         answer.recv().map_err(|_| Error::Closed)?
     }
 
@@ -1498,6 +1546,7 @@ impl Collected<'_> {
 fn flush(shared: &Shared, commands: &SyncSender<Command>, rotate: bool) -> Result<()> {
     let _maintenance = shared.lock_maintenance();
     if rotate {
+        shared.wal_thread.to_foreground();
         let (reply, answer) = mpsc::sync_channel(1);
         commands
             .send(Command::Rotate { reply })
@@ -2119,5 +2168,105 @@ impl Store for EmbeddedStore {
             quarantined: self.shared.quarantined.load(Ordering::SeqCst),
             append_wait_ms: self.shared.append_wait_ns.load(Ordering::Relaxed) / 1_000_000,
         })
+    }
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod tests {
+    use super::*;
+    use llmtrace_sched::test_on_a_thread;
+
+    fn span(n: u64) -> Span {
+        Span {
+            project: "p".into(),
+            trace_id: format!("{:032x}", n + 1),
+            span_id: format!("{:016x}", n + 1),
+            start_time: 1_795_000_000_000_000_000 + n as i64,
+            ..Span::default()
+        }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        let mut config = StoreConfig::new(dir);
+        config.background = false;
+        EmbeddedStore::open(config).unwrap()
+    }
+
+    /// Appends one span from a fresh thread, under `SCHED_IDLE` if `background`.
+    fn append_from_a_thread(store: &Arc<EmbeddedStore>, n: u64, background: bool) {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let me = BackgroundThread::new(true);
+            if background {
+                me.to_background();
+                assert!(llmtrace_sched::current_is_background());
+            }
+            store.append(vec![span(n)]).unwrap();
+            me.leave();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_wal_commits_at_its_callers_priority() {
+        test_on_a_thread(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(open(dir.path()));
+            let wal = &store.shared.wal_thread;
+            append_from_a_thread(&store, 0, true);
+            assert!(
+                wal.is_background(),
+                "a background append was committed at normal"
+            );
+            append_from_a_thread(&store, 1, true);
+            assert!(wal.is_background());
+            append_from_a_thread(&store, 2, false);
+            assert!(
+                !wal.is_background(),
+                "a normal append was left in the background"
+            );
+            assert_eq!(store.stats().unwrap().rows, 3);
+        });
+    }
+
+    #[test]
+    fn a_thread_waiting_for_the_state_lock_brings_the_wal_thread_forward() {
+        test_on_a_thread(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(open(dir.path()));
+            append_from_a_thread(&store, 0, true);
+            assert!(store.shared.wal_thread.is_background());
+            // the lock held as a background commit would hold it
+            let held = store.shared.write_state();
+            let reader = {
+                let store = store.clone();
+                std::thread::spawn(move || store.stats().unwrap().rows)
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while store.shared.wal_thread.is_background() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the waiting reader left it behind"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(held);
+            assert_eq!(reader.join().unwrap(), 1);
+        });
+    }
+
+    #[test]
+    fn without_following_callers_the_wal_stays_at_normal_priority() {
+        test_on_a_thread(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = StoreConfig::new(dir.path());
+            config.background = false;
+            config.wal_follows_callers = false;
+            let store = Arc::new(EmbeddedStore::open(config).unwrap());
+            append_from_a_thread(&store, 0, true);
+            assert!(!store.shared.wal_thread.is_background());
+        });
     }
 }

@@ -4,6 +4,12 @@
 //! every command waiting in its queue, writes them in one `write`, syncs once (per the
 //! durability setting), applies them to the memtable under one lock, and only then
 //! answers: a span is queryable when its append returns.
+//!
+//! The writer works at its callers' priority: a group whose appends all came from threads
+//! under `SCHED_IDLE` (the gateway's recorder storing a trickle of calls) is committed
+//! under `SCHED_IDLE` too, so that its write, fsync and memtable inserts wait for CPUs the
+//! request threads leave free. Whoever comes to need the writer meanwhile brings it back
+//! (`engine::EmbeddedStore::submit`, `Shared::write_state` / `read_state`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +44,8 @@ pub enum Command {
     Write {
         entry: EncodedEntry,
         mutation: Mutation,
+        /// Sent from a thread under `SCHED_IDLE`.
+        background: bool,
         reply: SyncSender<Result<u64>>,
     },
     /// Close the current WAL file and freeze the memtable; answers the sequence number
@@ -92,6 +100,20 @@ impl WalThread {
                     Err(_) => break,
                 }
             }
+            let background = batch.iter().all(|command| {
+                matches!(
+                    command,
+                    Command::Write {
+                        background: true,
+                        ..
+                    }
+                )
+            });
+            if background {
+                self.shared.wal_thread.to_background();
+            } else {
+                self.shared.wal_thread.to_foreground();
+            }
             let mut pending: Vec<Pending> = Vec::new();
             for command in batch {
                 match command {
@@ -99,6 +121,7 @@ impl WalThread {
                         entry,
                         mutation,
                         reply,
+                        ..
                     } => {
                         let seq = self.next_seq;
                         match self.wal.write(seq, &entry) {
@@ -124,6 +147,7 @@ impl WalThread {
             }
             self.commit(&mut pending, &mut last_fsync, &mut unsynced);
         }
+        self.shared.wal_thread.leave();
         if let Err(err) = self.wal.sync(true) {
             tracing::error!(error = %err, "final wal fsync failed");
         }
