@@ -2,9 +2,10 @@
 //! thread — until some thread needs it to hurry.
 //!
 //! Work that nobody waits for at the moment (the gateway's recorder storing a trickle of
-//! calls, the WAL committing that recorder's batch) runs best under `SCHED_IDLE`: a thread
-//! that serves a request and wakes takes the CPU from it at once, where at normal priority
-//! it waited for the burst's time slice (docs/BENCHMARKS.md, "The recorder steps aside").
+//! calls, the WAL committing that recorder's batch) can run under `SCHED_IDLE`, where a
+//! thread that serves a request and wakes is meant to take the CPU from it at once;
+//! measured, fewer proxied calls were slow (docs/BENCHMARKS.md, "The recorder steps aside"
+//! and "The WAL thread commits at its callers' priority").
 //! Such a thread gets almost nothing while the CPUs are busy, so whoever comes to wait for
 //! it — a caller whose own work is urgent, a thread blocked on a lock it holds — brings it
 //! back with [`BackgroundThread::to_foreground`]. Leaving `SCHED_IDLE` needs CAP_SYS_NICE
