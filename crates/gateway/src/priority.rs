@@ -49,11 +49,6 @@ impl Priority {
         }
     }
 
-    /// Whether the recorder moves to idle priority at all.
-    pub fn is_switchable(&self) -> bool {
-        self.thread.is_switchable()
-    }
-
     /// Calls counted as queued and not yet taken.
     pub fn waiting(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
