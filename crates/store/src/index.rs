@@ -7,6 +7,14 @@
 //! (ranges, attributes and over-long terms are left to that check). Fast fields give each
 //! document's row number, start time and sequence number, so time windows and version
 //! checks never touch the Parquet file.
+//!
+//! A row's message text reaches tantivy as its distinct terms. Chat and agent calls resend
+//! their history, so most of a call's text was said by the calls before it: a long text is
+//! cut into pieces (`split_pieces`, at newlines, so at message boundaries), each distinct
+//! piece of the segment is tokenized once (`Vocabulary`), and a row's document gets the
+//! union of its pieces' terms, each once. The index holds what it held before (with
+//! `IndexRecordOption::Basic` a term is only ever recorded once per document); building it
+//! costs with what a conversation says, not with how often it is resent.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,22 +37,37 @@ use crate::segment::StoredSpan;
 
 /// Longest term tantivy indexes; longer query terms are left to the row check.
 const MAX_TERM_BYTES: usize = 65_000;
+/// A piece ends at the first newline at least this far in (short lines stay together).
+const MIN_PIECE: usize = 128;
+/// Text without a newline is cut at the first separator past this length.
+const MAX_PIECE: usize = 16 * 1024;
+/// Separates the terms `add_row` hands to the text field; no term contains it.
+const TERM_SEPARATOR: char = '\0';
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
-/// Name the text field's tokenizer is registered under.
+/// Name the text field's tokenizer is registered under (`SplitTerms`; indexes built before
+/// it tokenized whole texts with `TermsTokenizer` under the same name, and hold the same
+/// terms).
 const TERMS_TOKENIZER: &str = "llmtrace_terms";
 
 /// The terms of `llmtrace_model::query::terms` (maximal alphanumeric runs, lower-cased), as
 /// a tantivy tokenizer, so index and reference check agree by construction. ASCII tokens are
 /// lower-cased into the token's reused buffer; others go through `str::to_lowercase`, as
 /// `terms` does.
+///
+/// With `presplit` (the text field's tokenizer), a text may end in terms already split and
+/// lower-cased (`Vocabulary::row_text`): after its first `TERM_SEPARATOR`, each run up to
+/// the next one is a term as it stands.
 #[derive(Clone, Default)]
 struct TermsTokenizer {
     token: Token,
+    presplit: bool,
 }
 
 struct TermsStream<'a> {
     text: &'a str,
     position: usize,
+    /// Where the split terms begin (at a `TERM_SEPARATOR`), or the text's length.
+    split_from: usize,
     token: &'a mut Token,
 }
 
@@ -53,11 +76,40 @@ impl Tokenizer for TermsTokenizer {
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> TermsStream<'a> {
         self.token.reset();
+        let split_from = match self.presplit {
+            true => memchr::memchr(TERM_SEPARATOR as u8, text.as_bytes()).unwrap_or(text.len()),
+            false => text.len(),
+        };
         TermsStream {
             text,
             position: 0,
+            split_from,
             token: &mut self.token,
         }
+    }
+}
+
+impl TermsStream<'_> {
+    /// The next of the terms split already.
+    fn next_split(&mut self) -> bool {
+        let bytes = self.text.as_bytes();
+        let mut from = self.position.max(self.split_from + 1);
+        while from < bytes.len() {
+            let to = memchr::memchr(TERM_SEPARATOR as u8, &bytes[from..])
+                .map_or(bytes.len(), |at| from + at);
+            if to > from {
+                self.position = to + 1;
+                self.token.offset_from = from;
+                self.token.offset_to = to;
+                self.token.position = self.token.position.wrapping_add(1);
+                self.token.text.clear();
+                self.token.text.push_str(&self.text[from..to]);
+                return true;
+            }
+            from = to + 1;
+        }
+        self.position = bytes.len();
+        false
     }
 }
 
@@ -73,11 +125,26 @@ fn unicode_class(text: &str, at: usize) -> (bool, usize) {
 
 impl TokenStream for TermsStream<'_> {
     fn advance(&mut self) -> bool {
+        (self.position < self.split_from && self.next_term()) || self.next_split()
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
+impl TermsStream<'_> {
+    /// The next term of the text before `split_from`.
+    fn next_term(&mut self) -> bool {
         // ASCII, nearly all of what is indexed, is classified from the byte alone. The two
         // loops are written out: sharing one inlined classifier measured a half slower
         // (262 against 174 samples of the tokenizer under `perf`, session 21).
         let bytes = self.text.as_bytes();
-        let end = bytes.len();
+        let end = self.split_from;
         let mut from = self.position;
         while from < end {
             let byte = bytes[from];
@@ -130,13 +197,142 @@ impl TokenStream for TermsStream<'_> {
         }
         true
     }
+}
 
-    fn token(&self) -> &Token {
-        self.token
+/// Where each separator-cut piece of text ends and the next begins: at the first newline
+/// `MIN_PIECE` or more bytes in, else (a long text without newlines) at the first ASCII
+/// separator past `MAX_PIECE`, else at the end. The separator cut at belongs to neither
+/// piece, so a message reads the same whether it ends its text or another follows it.
+fn split_pieces(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let from = start;
+        let earliest = (from + MIN_PIECE).min(bytes.len());
+        let limit = from + MAX_PIECE;
+        let newline = memchr::memchr(b'\n', &bytes[earliest..]).map(|at| earliest + at);
+        let cut = match newline {
+            Some(at) if at <= limit => Some(at),
+            // a newline past the limit is itself such a separator
+            _ => bytes
+                .get(limit..)
+                .and_then(|rest| {
+                    rest.iter()
+                        .position(|byte| byte.is_ascii() && !byte.is_ascii_alphanumeric())
+                })
+                .map(|at| limit + at),
+        };
+        let end = cut.unwrap_or(bytes.len());
+        start = cut.map_or(bytes.len(), |at| at + 1);
+        Some(&text[from..end])
+    })
+}
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// What a segment's index build knows of a piece of message text.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Seen once, and handed to tantivy as text.
+    Once,
+    /// Seen again: tokenized, its distinct terms a range of `Vocabulary::piece_terms`.
+    Terms(usize, usize),
+}
+
+/// The message text of a segment's rows as its index build hands it to tantivy: a piece
+/// seen for the first time as text (most text is said once), a piece seen again as the
+/// terms it was tokenized into the second time, each of a row's terms once.
+#[derive(Default)]
+struct Vocabulary<'a> {
+    tokenizer: TermsTokenizer,
+    ids: FastMap<String, u32>,
+    terms: Vec<String>,
+    pieces: FastMap<&'a str, Piece>,
+    piece_terms: Vec<u32>,
+    /// Per term, the last piece tokenized (numbered from 1) and row (from 1) it was taken
+    /// for.
+    in_piece: Vec<u32>,
+    in_row: Vec<u32>,
+    tokenized: u32,
+    /// The split terms of the row being built.
+    split: String,
+}
+
+impl<'a> Vocabulary<'a> {
+    /// The text field's value for a row (numbered from 1, one number per call) with
+    /// `texts`: new pieces as text, separated by newlines, then `TERM_SEPARATOR` and the
+    /// terms of pieces seen before, each followed by `TERM_SEPARATOR` (`TermsTokenizer`
+    /// with `presplit` reads it).
+    fn row_text(&mut self, row: u32, texts: [&'a str; 2], out: &mut String) {
+        out.clear();
+        self.split.clear();
+        for text in texts {
+            for piece in split_pieces(text) {
+                let known = self.pieces.get(piece).copied();
+                let (from, to) = match known {
+                    // a piece holding the separator goes through the vocabulary at once
+                    None if !piece.contains(TERM_SEPARATOR) => {
+                        self.pieces.insert(piece, Piece::Once);
+                        out.push_str(piece);
+                        out.push('\n');
+                        continue;
+                    }
+                    Some(Piece::Terms(from, to)) => (from, to),
+                    None | Some(Piece::Once) => {
+                        let (from, to) = self.tokenize(piece);
+                        self.pieces.insert(piece, Piece::Terms(from, to));
+                        (from, to)
+                    }
+                };
+                for &id in &self.piece_terms[from..to] {
+                    let seen = &mut self.in_row[id as usize];
+                    if *seen != row {
+                        *seen = row;
+                        self.split.push_str(&self.terms[id as usize]);
+                        self.split.push(TERM_SEPARATOR);
+                    }
+                }
+            }
+        }
+        if !self.split.is_empty() {
+            out.push(TERM_SEPARATOR);
+            out.push_str(&self.split);
+        }
     }
 
-    fn token_mut(&mut self) -> &mut Token {
-        self.token
+    /// Tokenizes a piece: its distinct terms' ids, appended to `piece_terms`. Terms too
+    /// long to index are left out, as tantivy would.
+    fn tokenize(&mut self, piece: &str) -> (usize, usize) {
+        let from = self.piece_terms.len();
+        self.tokenized += 1;
+        let number = self.tokenized;
+        let mut stream = self.tokenizer.token_stream(piece);
+        while stream.advance() {
+            let term = &stream.token().text;
+            if term.len() > MAX_TERM_BYTES {
+                continue;
+            }
+            let id = match self.ids.get(term.as_str()) {
+                Some(&id) => id,
+                None => {
+                    let id = self.terms.len() as u32;
+                    self.ids.insert(term.clone(), id);
+                    self.terms.push(term.clone());
+                    self.in_piece.push(0);
+                    self.in_row.push(0);
+                    id
+                }
+            };
+            let seen = &mut self.in_piece[id as usize];
+            if *seen != number {
+                *seen = number;
+                self.piece_terms.push(id);
+            }
+        }
+        (from, self.piece_terms.len())
     }
 }
 
@@ -266,11 +462,17 @@ fn index_error(path: &Path, err: impl std::fmt::Display) -> Error {
     Error::segment(path, format!("index: {err}"))
 }
 
-fn document(fields: &Fields, row: usize, stored: &StoredSpan) -> TantivyDocument {
+fn document<'a>(
+    fields: &Fields,
+    vocabulary: &mut Vocabulary<'a>,
+    terms: &mut String,
+    row: usize,
+    stored: &'a StoredSpan,
+) -> TantivyDocument {
     let span: &Span = &stored.span;
     let mut doc = TantivyDocument::default();
-    doc.add_text(fields.text, &span.input_text);
-    doc.add_text(fields.text, &span.output_text);
+    vocabulary.row_text(row as u32 + 1, [&span.input_text, &span.output_text], terms);
+    doc.add_text(fields.text, terms.as_str());
     doc.add_text(fields.trace, &span.trace_id);
     doc.add_u64(fields.key, key_hash(&span.trace_id, &span.span_id));
     let optional = [
@@ -325,17 +527,22 @@ pub fn build(dir: &Path, rows: &[StoredSpan]) -> Result<()> {
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let (schema, fields) = schema();
     let index = Index::create_in_dir(&tmp, schema).map_err(|e| index_error(dir, e))?;
-    index
-        .tokenizers()
-        .register(TERMS_TOKENIZER, TermsTokenizer::default());
+    index.tokenizers().register(
+        TERMS_TOKENIZER,
+        TermsTokenizer {
+            presplit: true,
+            ..TermsTokenizer::default()
+        },
+    );
     let mut writer = index
         .writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY)
         .map_err(|e| index_error(dir, e))?;
     writer.set_merge_policy(Box::new(NoMergePolicy));
+    let mut vocabulary = Vocabulary::default();
+    let mut terms = String::new();
     for (row, stored) in rows.iter().enumerate() {
-        writer
-            .add_document(document(&fields, row, stored))
-            .map_err(|e| index_error(dir, e))?;
+        let doc = document(&fields, &mut vocabulary, &mut terms, row, stored);
+        writer.add_document(doc).map_err(|e| index_error(dir, e))?;
     }
     writer.commit().map_err(|e| index_error(dir, e))?;
     writer
@@ -812,17 +1019,189 @@ mod tests {
         );
     }
 
+    /// The tokens of `text`, the same in both modes (it holds no `TERM_SEPARATOR`).
     fn tokens(text: &str) -> Vec<String> {
-        let mut tokenizer = TermsTokenizer::default();
-        let mut stream = tokenizer.token_stream(text);
-        let mut tokens = Vec::new();
-        while stream.advance() {
-            tokens.push(stream.token().text.clone());
+        let modes = [false, true].map(|presplit| {
+            let mut tokenizer = TermsTokenizer {
+                presplit,
+                ..TermsTokenizer::default()
+            };
+            let mut stream = tokenizer.token_stream(text);
+            let mut tokens = Vec::new();
+            while stream.advance() {
+                tokens.push(stream.token().text.clone());
+            }
+            tokens
+        });
+        let [plain, presplit] = modes;
+        assert_eq!(plain, presplit);
+        plain
+    }
+
+    /// A conversation's calls: each resends the history before it, and long answers.
+    fn conversation_rows(lines: &[String], turns: &[(usize, usize)]) -> Vec<StoredSpan> {
+        let mut history: Vec<&str> = Vec::new();
+        turns
+            .iter()
+            .enumerate()
+            .map(|(n, &(question, answer))| {
+                history.push(&lines[question % lines.len()]);
+                let input_text = history.join("\n");
+                let output_text = lines[answer % lines.len()].clone();
+                history.push(&lines[answer % lines.len()]);
+                let mut stored = row(n as u32);
+                let span = Arc::make_mut(&mut stored.span);
+                span.session_id = Some(format!("s{}", n % 2));
+                span.input_text = input_text;
+                span.output_text = output_text;
+                stored
+            })
+            .collect()
+    }
+
+    fn expect_candidates(rows: &[StoredSpan], index: &SegmentIndex, filter: &SpanFilter) {
+        let expected: Vec<u32> = (0..rows.len() as u32)
+            .filter(|&n| filter.matches(&rows[n as usize].span))
+            .collect();
+        let found = index.candidates(filter).unwrap();
+        assert_eq!(rows_of(&found), expected, "{filter:?}");
+    }
+
+    #[test]
+    fn terms_of_resent_history_find_every_call_that_resends_it() {
+        let line = |words: &str, n: usize| format!("{} {n}", vec![words; 40].join(" "));
+        let lines = vec![
+            line("alpha beta", 1),
+            "short line".to_string(),
+            line("gamma Delta", 2),
+            line("ΟΔΟΣ straße", 3),
+            line("epsilon", 4),
+        ];
+        let turns = [(0, 1), (2, 4), (3, 0), (1, 2), (4, 3), (0, 4)];
+        let rows = conversation_rows(&lines, &turns);
+        let (_dir, index) = built(&rows);
+        assert_eq!(index.rows(), rows.len() as u64);
+        let base = SpanFilter::for_project("p");
+        for text in [
+            "alpha",
+            "delta",
+            "οδος",
+            "STRASSE",
+            "straße",
+            "short",
+            "epsilon 4",
+            "beta 3",
+            "gamma straße",
+            "absent",
+            "line alpha",
+            "1",
+            "40",
+        ] {
+            for session in [None, Some("s1")] {
+                let filter = SpanFilter {
+                    text: Some(text.into()),
+                    session_id: session.map(String::from),
+                    ..base.clone()
+                };
+                expect_candidates(&rows, &index, &filter);
+            }
         }
-        tokens
+    }
+
+    fn piece_terms(text: &str) -> Vec<String> {
+        let mut found: Vec<String> = split_pieces(text).flat_map(terms).collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn a_row_hands_the_index_new_text_as_text_and_text_seen_before_as_its_terms_once() {
+        let history = "Hello Paris, hello again\nΟΔΟΣ straße ".repeat(20);
+        let lines = [history, "paris PARIS \u{0} nul".to_string()];
+        let rows = conversation_rows(&lines, &[(0, 1), (1, 0), (0, 0)]);
+        let mut vocabulary = Vocabulary::default();
+        let mut tokenizer = TermsTokenizer {
+            presplit: true,
+            ..TermsTokenizer::default()
+        };
+        let mut value = String::new();
+        for (n, stored) in rows.iter().enumerate() {
+            let span = &stored.span;
+            vocabulary.row_text(
+                n as u32 + 1,
+                [&span.input_text, &span.output_text],
+                &mut value,
+            );
+            let mut stream = tokenizer.token_stream(&value);
+            let mut handed = Vec::new();
+            while stream.advance() {
+                handed.push(stream.token().text.clone());
+            }
+            let mut expected: Vec<String> = terms(&span.input_text)
+                .chain(terms(&span.output_text))
+                .collect();
+            expected.sort_unstable();
+            expected.dedup();
+            handed.sort_unstable();
+            handed.dedup();
+            assert_eq!(handed, expected, "row {n}");
+            // Text seen before comes as terms, each once.
+            let (text, split) = value.split_once(TERM_SEPARATOR).unwrap_or((&value, ""));
+            let split: Vec<&str> = split.split_terminator(TERM_SEPARATOR).collect();
+            let mut distinct = split.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(split.len(), distinct.len(), "row {n}: {split:?}");
+            assert!(!text.contains(TERM_SEPARATOR));
+            // Later rows resend the first one's history.
+            assert!(n == 0 || !split.is_empty(), "row {n}");
+        }
     }
 
     proptest! {
+        // Long lines of repeated words, cut by the length rule; short ones, cut by newlines.
+        #[test]
+        fn pieces_hold_every_term_of_their_text_whole(
+            parts in prop::collection::vec(("[a-zé0-9]{1,12}", 0usize..4, 1usize..2500), 0..8)
+        ) {
+            let mut text = String::new();
+            for (word, separator, repeat) in &parts {
+                let separator = [" ", "\n", ", ", "—"][*separator];
+                for _ in 0..*repeat {
+                    text.push_str(word);
+                    text.push_str(separator);
+                }
+            }
+            let mut whole: Vec<String> = terms(&text).collect();
+            whole.sort_unstable();
+            whole.dedup();
+            prop_assert_eq!(piece_terms(&text), whole);
+            let pieces: Vec<&str> = split_pieces(&text).collect();
+            for (n, piece) in pieces.iter().enumerate() {
+                // Only a text's last piece is shorter than the minimum, and a piece runs
+                // past the maximum only to its next ASCII separator.
+                prop_assert!(n + 1 == pieces.len() || piece.len() >= MIN_PIECE);
+                let past = piece.as_bytes().get(MAX_PIECE..).unwrap_or_default();
+                prop_assert!(past.iter().all(|b| !b.is_ascii() || b.is_ascii_alphanumeric()));
+            }
+        }
+
+        #[test]
+        fn candidates_for_text_in_pieces_are_the_rows_that_match(
+            lines in prop::collection::vec("[a-c]{1,3}( [a-cé]{1,3}){20,120}", 1..6),
+            turns in prop::collection::vec((0usize..6, 0usize..6), 1..12),
+            query in "[a-c]{1,3}( [a-cé]{1,3})?",
+        ) {
+            let rows = conversation_rows(&lines, &turns);
+            let (_dir, index) = built(&rows);
+            let filter = SpanFilter {
+                text: Some(query),
+                ..SpanFilter::for_project("p")
+            };
+            expect_candidates(&rows, &index, &filter);
+        }
+
         #[test]
         fn the_index_tokenizer_yields_the_reference_terms(text in "\\PC{0,40}") {
             prop_assert_eq!(tokens(&text), terms(&text).collect::<Vec<_>>());
