@@ -8,13 +8,14 @@
 //! document's row number, start time and sequence number, so time windows and version
 //! checks never touch the Parquet file.
 //!
-//! A row's message text reaches tantivy as its distinct terms. Chat and agent calls resend
-//! their history, so most of a call's text was said by the calls before it: a long text is
-//! cut into pieces (`split_pieces`, at newlines, so at message boundaries), each distinct
-//! piece of the segment is tokenized once (`Vocabulary`), and a row's document gets the
-//! union of its pieces' terms, each once. The index holds what it held before (with
-//! `IndexRecordOption::Basic` a term is only ever recorded once per document); building it
-//! costs with what a conversation says, not with how often it is resent.
+//! Resent history is tokenized once per segment. Chat and agent calls resend their history,
+//! so most of a call's text was said by the calls before it. The build cuts each text into
+//! pieces (`split_pieces`, at newlines, so at message boundaries; never inside a term) and
+//! hands tantivy a piece as text the first time the segment meets it; from its second
+//! appearance on, the row gets the terms the piece was tokenized into then, each of a row's
+//! terms once (`Vocabulary`). The index holds what whole-text tokenizing gave (with
+//! `IndexRecordOption::Basic` a term is recorded once per document whatever its count);
+//! building it costs with what a conversation says, not with how often it is resent.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,12 +42,11 @@ const MAX_TERM_BYTES: usize = 65_000;
 const MIN_PIECE: usize = 128;
 /// Text without a newline is cut at the first separator past this length.
 const MAX_PIECE: usize = 16 * 1024;
-/// Separates the terms `add_row` hands to the text field; no term contains it.
+/// Separates the terms `Vocabulary::row_text` hands to the text field; no term contains it.
 const TERM_SEPARATOR: char = '\0';
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
-/// Name the text field's tokenizer is registered under (`SplitTerms`; indexes built before
-/// it tokenized whole texts with `TermsTokenizer` under the same name, and hold the same
-/// terms).
+/// Name the text field's tokenizer is registered under (`TermsTokenizer` with `presplit`;
+/// indexes built before it read whole texts under the same name, and hold the same terms).
 const TERMS_TOKENIZER: &str = "llmtrace_terms";
 
 /// The terms of `llmtrace_model::query::terms` (maximal alphanumeric runs, lower-cased), as
