@@ -247,18 +247,24 @@ enum Piece {
 /// terms it was tokenized into the second time, each of a row's terms once.
 #[derive(Default)]
 struct Vocabulary<'a> {
+    pieces: FastMap<&'a str, Piece>,
+    terms: TermTable,
+    /// The split terms of the row being built.
+    split: String,
+}
+
+/// The terms of the pieces tokenized so far.
+#[derive(Default)]
+struct TermTable {
     tokenizer: TermsTokenizer,
     ids: FastMap<String, u32>,
     terms: Vec<String>,
-    pieces: FastMap<&'a str, Piece>,
     piece_terms: Vec<u32>,
     /// Per term, the last piece tokenized (numbered from 1) and row (from 1) it was taken
     /// for.
     in_piece: Vec<u32>,
     in_row: Vec<u32>,
     tokenized: u32,
-    /// The split terms of the row being built.
-    split: String,
 }
 
 impl<'a> Vocabulary<'a> {
@@ -267,31 +273,39 @@ impl<'a> Vocabulary<'a> {
     /// terms of pieces seen before, each followed by `TERM_SEPARATOR` (`TermsTokenizer`
     /// with `presplit` reads it).
     fn row_text(&mut self, row: u32, texts: [&'a str; 2], out: &mut String) {
+        use std::collections::hash_map::Entry;
         out.clear();
         self.split.clear();
+        let table = &mut self.terms;
         for text in texts {
             for piece in split_pieces(text) {
-                let known = self.pieces.get(piece).copied();
-                let (from, to) = match known {
-                    // a piece holding the separator goes through the vocabulary at once
-                    None if !piece.contains(TERM_SEPARATOR) => {
-                        self.pieces.insert(piece, Piece::Once);
+                let (from, to) = match self.pieces.entry(piece) {
+                    Entry::Occupied(mut known) => match *known.get() {
+                        Piece::Terms(from, to) => (from, to),
+                        Piece::Once => {
+                            let (from, to) = table.tokenize(piece);
+                            known.insert(Piece::Terms(from, to));
+                            (from, to)
+                        }
+                    },
+                    // a piece holding the separator goes through the table at once
+                    Entry::Vacant(new) if piece.contains(TERM_SEPARATOR) => {
+                        let (from, to) = table.tokenize(piece);
+                        new.insert(Piece::Terms(from, to));
+                        (from, to)
+                    }
+                    Entry::Vacant(new) => {
+                        new.insert(Piece::Once);
                         out.push_str(piece);
                         out.push('\n');
                         continue;
                     }
-                    Some(Piece::Terms(from, to)) => (from, to),
-                    None | Some(Piece::Once) => {
-                        let (from, to) = self.tokenize(piece);
-                        self.pieces.insert(piece, Piece::Terms(from, to));
-                        (from, to)
-                    }
                 };
-                for &id in &self.piece_terms[from..to] {
-                    let seen = &mut self.in_row[id as usize];
+                for &id in &table.piece_terms[from..to] {
+                    let seen = &mut table.in_row[id as usize];
                     if *seen != row {
                         *seen = row;
-                        self.split.push_str(&self.terms[id as usize]);
+                        self.split.push_str(&table.terms[id as usize]);
                         self.split.push(TERM_SEPARATOR);
                     }
                 }
@@ -302,7 +316,9 @@ impl<'a> Vocabulary<'a> {
             out.push_str(&self.split);
         }
     }
+}
 
+impl TermTable {
     /// Tokenizes a piece: its distinct terms' ids, appended to `piece_terms`. Terms too
     /// long to index are left out, as tantivy would.
     fn tokenize(&mut self, piece: &str) -> (usize, usize) {
