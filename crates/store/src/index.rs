@@ -481,14 +481,14 @@ fn index_error(path: &Path, err: impl std::fmt::Display) -> Error {
 fn document<'a>(
     fields: &Fields,
     vocabulary: &mut Vocabulary<'a>,
-    terms: &mut String,
+    text: &mut String,
     row: usize,
     stored: &'a StoredSpan,
 ) -> TantivyDocument {
     let span: &Span = &stored.span;
     let mut doc = TantivyDocument::default();
-    vocabulary.row_text(row as u32 + 1, [&span.input_text, &span.output_text], terms);
-    doc.add_text(fields.text, terms.as_str());
+    vocabulary.row_text(row as u32 + 1, [&span.input_text, &span.output_text], text);
+    doc.add_text(fields.text, text.as_str());
     doc.add_text(fields.trace, &span.trace_id);
     doc.add_u64(fields.key, key_hash(&span.trace_id, &span.span_id));
     let optional = [
@@ -555,9 +555,10 @@ pub fn build(dir: &Path, rows: &[StoredSpan]) -> Result<()> {
         .map_err(|e| index_error(dir, e))?;
     writer.set_merge_policy(Box::new(NoMergePolicy));
     let mut vocabulary = Vocabulary::default();
-    let mut terms = String::new();
+    // the text field's value, one row at a time
+    let mut text = String::new();
     for (row, stored) in rows.iter().enumerate() {
-        let doc = document(&fields, &mut vocabulary, &mut terms, row, stored);
+        let doc = document(&fields, &mut vocabulary, &mut text, row, stored);
         writer.add_document(doc).map_err(|e| index_error(dir, e))?;
     }
     writer.commit().map_err(|e| index_error(dir, e))?;
