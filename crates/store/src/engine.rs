@@ -1767,7 +1767,8 @@ fn compact(shared: &Shared, force: bool) -> Result<u64> {
             }
         };
         let whole = handles.len() == partition_segments;
-        let mut latest: HashMap<SpanKey, StoredSpan> = HashMap::new();
+        let mut latest: HashMap<SpanKey, StoredSpan, foldhash::fast::RandomState> =
+            HashMap::default();
         for handle in &handles {
             for row in segment::read(&handle.path)? {
                 if hidden(
