@@ -279,26 +279,23 @@ impl<'a> Vocabulary<'a> {
         let table = &mut self.terms;
         for text in texts {
             for piece in split_pieces(text) {
-                let (from, to) = match self.pieces.entry(piece) {
-                    Entry::Occupied(mut known) => match *known.get() {
-                        Piece::Terms(from, to) => (from, to),
-                        Piece::Once => {
-                            let (from, to) = table.tokenize(piece);
-                            known.insert(Piece::Terms(from, to));
-                            (from, to)
-                        }
-                    },
+                let known = match self.pieces.entry(piece) {
+                    Entry::Occupied(known) => known.into_mut(),
                     // a piece holding the separator goes through the table at once
-                    Entry::Vacant(new) if piece.contains(TERM_SEPARATOR) => {
-                        let (from, to) = table.tokenize(piece);
-                        new.insert(Piece::Terms(from, to));
-                        (from, to)
-                    }
+                    Entry::Vacant(new) if piece.contains(TERM_SEPARATOR) => new.insert(Piece::Once),
                     Entry::Vacant(new) => {
                         new.insert(Piece::Once);
                         out.push_str(piece);
                         out.push('\n');
                         continue;
+                    }
+                };
+                let (from, to) = match *known {
+                    Piece::Terms(from, to) => (from, to),
+                    Piece::Once => {
+                        let (from, to) = table.tokenize(piece);
+                        *known = Piece::Terms(from, to);
+                        (from, to)
                     }
                 };
                 for &id in &table.piece_terms[from..to] {
