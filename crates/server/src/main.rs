@@ -163,6 +163,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let mut store_config = StoreConfig::new(&config.data_dir);
     store_config.durability = config.durability()?;
+    store_config.wal_compression = config.wal_compression()?;
     store_config.default_retention_days = config.retention_days;
     store_config.flush_interval = config.flush_interval();
     let store = Arc::new(

@@ -37,7 +37,7 @@ use crate::memtable::{JsonFields, Memtable, Prepared};
 use crate::pool::{self, Pool};
 use crate::rollup::{self, Aggregation, ColumnAggregation, ColumnFilter, Rollup, RollupUse};
 use crate::segment::{self, Projection, StoredSpan};
-use crate::wal::{self, EncodedEntry, RowsEncoder, WalEntry, WalWriter};
+use crate::wal::{self, EncodedEntry, RowsEncoder, WalCompression, WalEntry, WalWriter};
 use crate::writer::{Command, Durability, Mutation, WalThread};
 
 /// Settings of the embedded store.
@@ -72,6 +72,9 @@ pub struct StoreConfig {
     /// a thread under `SCHED_IDLE` (work done for background callers stays in the
     /// background; see `writer.rs`).
     pub wal_follows_callers: bool,
+    /// How WAL records are compressed (`WalCompression`: by default hardly at all, since
+    /// CPU, not disk, is what ingest runs out of).
+    pub wal_compression: WalCompression,
 }
 
 impl StoreConfig {
@@ -90,6 +93,7 @@ impl StoreConfig {
             max_memtable_bytes: 1 << 30,
             max_append_wait: Duration::from_secs(30),
             wal_follows_callers: true,
+            wal_compression: WalCompression::default(),
         }
     }
 
@@ -1937,7 +1941,7 @@ impl Store for EmbeddedStore {
         if spans.peek().is_none() {
             return Ok(());
         }
-        let mut encoder = RowsEncoder::new();
+        let mut encoder = RowsEncoder::new(self.shared.config.wal_compression);
         let mut prepared: Vec<Prepared> = Vec::with_capacity(spans.size_hint().0);
         for span in spans {
             // Keys must fit the index's terms, which versions and rollups rely on.

@@ -21,4 +21,5 @@ pub use engine::{EmbeddedStore, RecoveryReport, StoreConfig, now_ns};
 pub use error::{Error, Result};
 pub use fsutil::write_atomically;
 pub use manifest::{Manifest, SegmentMeta};
+pub use wal::WalCompression;
 pub use writer::Durability;

@@ -50,9 +50,29 @@ const KIND_SPANS_DERIVED_TEXT: u8 = 4;
 const KIND_ROWS: u8 = 5;
 /// A kind-5 document length meaning "null".
 const NO_DOCUMENT: u32 = u32::MAX;
-/// zstd level for span batches: the fastest levels already catch repeated history.
-/// (LZ4, from the pure-Rust `lz4_flex`, took as long as this under `perf`.)
-const ZSTD_LEVEL: i32 = 1;
+/// How a batch's WAL record is compressed. Either way the record is a zstd frame (kind 5),
+/// so every version reads what any other wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalCompression {
+    /// zstd's fastest setting, which searches for almost no matches: the record is about
+    /// as large as its rows, for a fraction of the CPU (session 27: the WAL record of a span
+    /// with ~2 KB of text 5.8 against 14–20 µs, 3.2× the bytes). WAL files live only until
+    /// their rows are flushed, and on two cores the CPU is what ingest runs out of.
+    #[default]
+    None,
+    /// zstd level 1: the fastest real level already catches repeated history. (LZ4, from
+    /// the pure-Rust `lz4_flex`, took as long as this under `perf`.)
+    Zstd,
+}
+
+impl WalCompression {
+    fn level(self) -> i32 {
+        match self {
+            WalCompression::None => -1000,
+            WalCompression::Zstd => 1,
+        }
+    }
+}
 /// No single record may be larger than this; a longer length field means corruption.
 pub const MAX_RECORD_BYTES: u32 = 512 << 20;
 const HEADER_BYTES: usize = 8;
@@ -73,8 +93,8 @@ pub struct EncodedEntry {
 impl EncodedEntry {
     /// Serializes and compresses a batch of memtable-ready rows (kind 5); see
     /// [`RowsEncoder`].
-    pub fn rows(rows: &mut [Prepared]) -> Result<EncodedEntry> {
-        let mut encoder = RowsEncoder::new();
+    pub fn rows(rows: &mut [Prepared], compression: WalCompression) -> Result<EncodedEntry> {
+        let mut encoder = RowsEncoder::new(compression);
         for row in rows {
             encoder.push(row)?;
         }
@@ -109,7 +129,7 @@ thread_local! {
     static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// One compression context per appending thread: creating a context costs more than
     /// compressing a small batch.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -152,15 +172,17 @@ fn write_row(buffer: &mut Vec<u8>, row: &mut Prepared) -> Result<()> {
 pub struct RowsEncoder {
     rows: Vec<u8>,
     flags: Vec<u8>,
+    compression: WalCompression,
 }
 
 impl RowsEncoder {
-    pub fn new() -> RowsEncoder {
+    pub fn new(compression: WalCompression) -> RowsEncoder {
         let mut rows = BUFFER.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
         rows.clear();
         RowsEncoder {
             rows,
             flags: Vec::new(),
+            compression,
         }
     }
 
@@ -171,11 +193,15 @@ impl RowsEncoder {
 
     /// The compressed record: the row count and flags go before the rows.
     pub fn finish(self) -> Result<EncodedEntry> {
-        let RowsEncoder { mut rows, flags } = self;
+        let RowsEncoder {
+            mut rows,
+            flags,
+            compression,
+        } = self;
         let mut header = (flags.len() as u32).to_le_bytes().to_vec();
         header.extend_from_slice(&flags);
         rows.splice(0..0, header);
-        let payload = compress(&rows);
+        let payload = compress(&rows, compression.level());
         if rows.capacity() <= MAX_KEPT_BUFFER_BYTES {
             BUFFER.with(|cell| *cell.borrow_mut() = rows);
         }
@@ -186,19 +212,22 @@ impl RowsEncoder {
     }
 }
 
-impl Default for RowsEncoder {
-    fn default() -> Self {
-        RowsEncoder::new()
-    }
-}
-
-fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
+fn compress(bytes: &[u8], level: i32) -> Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(compressor) => compressor,
-            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(Error::encode)?),
+        let (at, compressor) = match slot.as_mut() {
+            Some(cached) => cached,
+            None => slot.insert((
+                level,
+                zstd::bulk::Compressor::new(level).map_err(Error::encode)?,
+            )),
         };
+        if *at != level {
+            compressor
+                .set_compression_level(level)
+                .map_err(Error::encode)?;
+            *at = level;
+        }
         compressor.compress(bytes).map_err(Error::encode)
     })
 }
@@ -469,8 +498,12 @@ mod tests {
 
     /// The record `append` writes for `spans`, checked to give the rows back as they were.
     fn encoded(spans: &[Span]) -> EncodedEntry {
+        encoded_with(spans, WalCompression::default())
+    }
+
+    fn encoded_with(spans: &[Span], compression: WalCompression) -> EncodedEntry {
         let mut rows: Vec<Prepared> = spans.iter().cloned().map(Prepared::new).collect();
-        let entry = EncodedEntry::rows(&mut rows).unwrap();
+        let entry = EncodedEntry::rows(&mut rows, compression).unwrap();
         let whole: Vec<Span> = rows.iter().map(|row| row.whole().unwrap()).collect();
         assert_eq!(whole, spans, "the rows are given back whole");
         entry
@@ -493,7 +526,7 @@ mod tests {
         serde_json::to_writer(&mut body, &light).unwrap();
         EncodedEntry {
             kind: KIND_SPANS_DERIVED_TEXT,
-            payload: compress(&body).unwrap(),
+            payload: compress(&body, WalCompression::Zstd.level()).unwrap(),
         }
     }
 
@@ -545,23 +578,30 @@ mod tests {
             ..Span::default()
         }];
         let original = spans.clone();
-        let written = encoded(&spans);
-        assert_eq!(written.kind, KIND_ROWS);
+        let written = encoded_with(&spans, WalCompression::Zstd);
+        let fastest = encoded_with(&spans, WalCompression::None);
+        assert_eq!((written.kind, fastest.kind), (KIND_ROWS, KIND_ROWS));
         let json = serde_json::to_vec(&spans).unwrap();
         assert!(
             written.payload.len() * 2 < json.len(),
             "repeated text compresses"
         );
+        assert!(
+            fastest.payload.len() > written.payload.len() * 2,
+            "the fastest setting leaves the rows nearly as they are ({} against {} bytes)",
+            fastest.payload.len(),
+            written.payload.len()
+        );
         // what earlier versions wrote
         let compressed = EncodedEntry {
             kind: KIND_SPANS_ZSTD,
-            payload: compress(&json).unwrap(),
+            payload: compress(&json, WalCompression::Zstd.level()).unwrap(),
         };
         let plain = EncodedEntry {
             kind: KIND_SPANS,
             payload: json,
         };
-        for entry in [written, kind_4(&spans), compressed, plain] {
+        for entry in [written, fastest, kind_4(&spans), compressed, plain] {
             assert_eq!(decoded(&entry), WalEntry::Spans(original.clone()));
         }
     }
@@ -643,7 +683,7 @@ mod tests {
             body[at] = byte;
             let tampered = EncodedEntry {
                 kind: entry.kind,
-                payload: compress(&body).unwrap(),
+                payload: compress(&body, WalCompression::Zstd.level()).unwrap(),
             };
             let mut bytes = Vec::new();
             frame(1, &tampered, &mut bytes);

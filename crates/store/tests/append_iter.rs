@@ -3,13 +3,18 @@
 
 use llmtrace_model::span::flatten_text;
 use llmtrace_model::{Error, Span, SpanFilter, SpanQuery, Store};
-use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
+use llmtrace_store::{Durability, EmbeddedStore, StoreConfig, WalCompression};
 use serde_json::json;
 
 fn open(dir: &std::path::Path) -> EmbeddedStore {
+    open_with(dir, WalCompression::default())
+}
+
+fn open_with(dir: &std::path::Path, wal_compression: WalCompression) -> EmbeddedStore {
     let mut config = StoreConfig::new(dir);
     config.durability = Durability::Fsync;
     config.background = false;
+    config.wal_compression = wal_compression;
     EmbeddedStore::open(config).unwrap()
 }
 
@@ -91,4 +96,36 @@ fn a_bad_span_anywhere_in_the_iterator_refuses_the_whole_batch() {
     );
     store.append_iter(&mut (0..3).map(chat)).unwrap();
     assert_eq!(stored(&store).len(), 3, "the store takes the next batch");
+}
+
+#[test]
+fn the_wal_compression_setting_sizes_the_records_and_either_kind_replays() {
+    let wal_bytes = |compression: WalCompression| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), compression);
+        store.append_iter(&mut (0..200).map(chat)).unwrap();
+        store.stats().unwrap().wal_bytes
+    };
+    let (fastest, zstd) = (
+        wal_bytes(WalCompression::None),
+        wal_bytes(WalCompression::Zstd),
+    );
+    assert!(
+        fastest > zstd * 2,
+        "zstd's fastest setting leaves the rows nearly whole: {fastest} against {zstd} bytes"
+    );
+
+    // records written under one setting replay under the other
+    let dir = tempfile::tempdir().unwrap();
+    open_with(dir.path(), WalCompression::Zstd)
+        .append_iter(&mut (0..20).map(chat))
+        .unwrap();
+    open_with(dir.path(), WalCompression::None)
+        .append_iter(&mut (20..40).map(chat))
+        .unwrap();
+    let expected: Vec<Span> = (0..40).map(chat).collect();
+    assert_eq!(
+        stored(&open_with(dir.path(), WalCompression::Zstd)),
+        expected
+    );
 }

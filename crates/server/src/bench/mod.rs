@@ -368,38 +368,42 @@ fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> 
 /// batch is and with every span's text changed so that it is no longer its messages' text:
 /// the WAL then keeps both copies, as it did before it derived one.
 fn print_wal_encoding(what: &str, batch: &[llmtrace_model::Span]) -> Result<()> {
+    use llmtrace_store::WalCompression;
     use llmtrace_store::memtable::Prepared;
     use llmtrace_store::wal::EncodedEntry;
     const ROUNDS: u32 = 20;
-    let per_span = |spans: &mut Vec<llmtrace_model::Span>| -> Result<(f64, usize)> {
+    let per_span = |spans: &[llmtrace_model::Span],
+                    compression: WalCompression|
+     -> Result<(f64, usize)> {
         let prepare = |spans: Vec<llmtrace_model::Span>| -> Vec<Prepared> {
             spans.into_iter().map(Prepared::new).collect()
         };
         // once untimed: the thread's buffer and compressor are made on first use
-        EncodedEntry::rows(&mut prepare(spans.clone()))?;
+        EncodedEntry::rows(&mut prepare(spans.to_vec()), compression)?;
         // copies made (and the rows kept, as the memtable keeps them) outside the timing
-        let copies: Vec<Vec<llmtrace_model::Span>> = (0..ROUNDS).map(|_| spans.clone()).collect();
+        let copies: Vec<Vec<llmtrace_model::Span>> = (0..ROUNDS).map(|_| spans.to_vec()).collect();
         let mut kept = Vec::with_capacity(copies.len());
         let started = Instant::now();
         let mut bytes = 0;
         for copy in copies {
             let mut rows = prepare(copy);
-            bytes = EncodedEntry::rows(&mut rows)?.len();
+            bytes = EncodedEntry::rows(&mut rows, compression)?.len();
             kept.push(rows);
         }
         let micros = started.elapsed().as_secs_f64() * 1e6 / f64::from(ROUNDS);
         drop(kept);
         Ok((micros / spans.len() as f64, bytes / spans.len()))
     };
-    let (derived, derived_bytes) = per_span(&mut batch.to_vec())?;
+    let (derived, derived_bytes) = per_span(batch, WalCompression::None)?;
+    let (zstd, zstd_bytes) = per_span(batch, WalCompression::Zstd)?;
     let mut kept: Vec<_> = batch.to_vec();
     for span in &mut kept {
         span.input_text.push(' ');
         span.output_text.push(' ');
     }
-    let (whole, whole_bytes) = per_span(&mut kept)?;
+    let (whole, whole_bytes) = per_span(&kept, WalCompression::None)?;
     println!(
-        "| WAL record of {what} ({} spans): documents to text, serialize and compress | {derived:.1} µs/span, {derived_bytes} bytes/span (text kept twice: {whole:.1} µs/span, {whole_bytes} bytes/span) |",
+        "| WAL record of {what} ({} spans): documents to text, serialize and compress | {derived:.1} µs/span, {derived_bytes} bytes/span (`wal_compression = \"zstd\"`: {zstd:.1} µs/span, {zstd_bytes} bytes/span; text kept twice: {whole:.1} µs/span, {whole_bytes} bytes/span) |",
         batch.len()
     );
     Ok(())
