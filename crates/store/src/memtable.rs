@@ -233,11 +233,13 @@ fn approx_size(span: &Span, json: &JsonFields) -> usize {
 
 /// `value` as compact JSON text, byte for byte what `serde_json::to_string` writes.
 ///
-/// serde_json escapes strings one byte at a time; under callgrind that loop was the largest
-/// single cost of recording a gateway call (9% of `bench recorder`'s instructions). Here a
-/// string is checked 16 bytes at a time (a loop the compiler turns into vector compares) and
-/// copied whole where nothing in it needs escaping, which is nearly all message text.
-pub fn json_text(value: &Value) -> String {
+/// serde_json escapes strings one byte at a time (under callgrind the largest single
+/// function of `bench recorder`, 9% of its instructions). Here a string is checked 16 bytes
+/// at a time (a loop the compiler turns into vector compares) and copied whole where nothing
+/// in it needs escaping, which is nearly all message text: documents with ~2 KB of it take
+/// 43% fewer instructions, while short strings (a gateway call's keys and ids) cost what
+/// they did (docs/BENCHMARKS.md, session 27).
+fn json_text(value: &Value) -> String {
     let mut out = Vec::with_capacity(128);
     write_value(&mut out, value);
     // only whole UTF-8 strings and ASCII were written
