@@ -106,6 +106,14 @@ pub struct StoreArgs {
     /// Threads appending concurrently in the durable ingest measurements.
     #[arg(long, default_value_t = 1)]
     appenders: usize,
+    /// Earlier turns each call of the durable ingest measurements resends, as chat and agent
+    /// calls resend their history (0: every call carries only its own ~2 KB of new text).
+    #[arg(long, default_value_t = 0)]
+    ingest_history: usize,
+    /// How the durable ingest measurements' store compresses its WAL records (`none`, the
+    /// default, or `zstd`: the `wal_compression` setting).
+    #[arg(long, default_value = "none")]
+    wal_compression: String,
     /// Repetitions of each query (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
@@ -356,8 +364,17 @@ fn serve(
 }
 
 fn open(dir: &std::path::Path, durability: Durability) -> Result<EmbeddedStore> {
+    open_with(dir, durability, llmtrace_store::WalCompression::default())
+}
+
+fn open_with(
+    dir: &std::path::Path,
+    durability: Durability,
+    wal_compression: llmtrace_store::WalCompression,
+) -> Result<EmbeddedStore> {
     let mut config = StoreConfig::new(dir);
     config.durability = durability;
+    config.wal_compression = wal_compression;
     config.default_retention_days = 0;
     config.flush_interval = Duration::from_secs(3600);
     Ok(EmbeddedStore::open(config)?)
@@ -438,15 +455,20 @@ fn store(args: StoreArgs) -> Result<()> {
 /// Durable ingest at each batch size, fsync per group commit, `appenders` threads
 /// appending concurrently (as concurrent requests do; group commit shares fsyncs).
 fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
+    let wal_compression = match args.wal_compression.as_str() {
+        "none" => llmtrace_store::WalCompression::None,
+        "zstd" => llmtrace_store::WalCompression::Zstd,
+        other => bail!("--wal-compression {other:?}: expected none or zstd"),
+    };
     for &batch in &args.batches {
         let dir = args.dir.join(format!("ingest-batch-{batch}"));
-        let store = open(&dir, Durability::Fsync)?;
+        let store = open_with(&dir, Durability::Fsync, wal_compression)?;
         let count = args
             .ingest_spans
             .unwrap_or((batch * 2000).clamp(2000, 200_000))
             .max(batch);
         let mut corpus = Corpus::new(batch as u64, count as u64, 1, end, args.text_bytes);
-        corpus.max_history = 0;
+        corpus.max_history = args.ingest_history;
         let mut batches: Vec<Vec<_>> = Vec::new();
         for _ in 0..count / batch {
             batches.push((0..batch).map(|_| corpus.next_span("bench")).collect());
@@ -491,8 +513,14 @@ fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
         let cpu_all = process_cpu("self") - cpu_before;
         let per_span = |cpu: Duration| cpu.as_secs_f64() * 1e6 / written as f64;
         println!(
-            "| durable ingest (fsync), batch {batch}, {} B text/span, {written} spans, {lane_count} appender(s) | {rate:.0} spans/s; CPU {:.1} µs/span until acknowledged, {:.1} µs/span with the flush at close ({:.1} s); appends waited {:.2} s for flushing |",
+            "| durable ingest (fsync), batch {batch}, {} B text/span{}, {written} spans, {lane_count} appender(s), WAL `{}` | {rate:.0} spans/s; CPU {:.1} µs/span until acknowledged, {:.1} µs/span with the flush at close ({:.1} s); appends waited {:.2} s for flushing |",
             args.text_bytes,
+            if args.ingest_history > 0 {
+                format!(" resending up to {} turns", args.ingest_history)
+            } else {
+                String::new()
+            },
+            args.wal_compression,
             per_span(cpu_acknowledged),
             per_span(cpu_all),
             closing.elapsed().as_secs_f64(),
