@@ -326,6 +326,12 @@ pub(crate) struct Shared {
     append_wait_ns: AtomicU64,
     /// The WAL thread, while it commits for background callers.
     pub(crate) wal_thread: BackgroundThread,
+    /// The newest deletion committed: a WAL file that was open when it came may hold rows
+    /// it deletes, so it is not kept for reuse.
+    pub(crate) last_deletion_seq: AtomicU64,
+    /// Held while WAL files are kept for reuse or discarded, so that a deletion's discard
+    /// cannot miss a file a flush is keeping.
+    free_wal_files: Mutex<()>,
 }
 
 impl Shared {
@@ -469,8 +475,12 @@ impl EmbeddedStore {
         }
 
         let next_seq = max_seq + 1;
+        // what a deletion replayed just now may have meant is in none of them
+        wal::discard_free_files(&wal_dir)?;
         let wal_writer = WalWriter::create(&wal_dir, next_seq)?;
-        let records_in_file = 0;
+        // replayed rows count as written, so that a flush freezes them (and frees the
+        // files they came from) rather than finding nothing new
+        let records_in_file = u64::from(!active.is_empty());
         let shared = Arc::new(Shared {
             quarantined: AtomicU64::new(report.segments_quarantined.len() as u64),
             append_wait_ns: AtomicU64::new(0),
@@ -485,6 +495,8 @@ impl EmbeddedStore {
             maintenance: Mutex::new(()),
             stopping: AtomicBool::new(false),
             wal_thread: BackgroundThread::new(config.wal_follows_callers),
+            last_deletion_seq: AtomicU64::new(0),
+            free_wal_files: Mutex::new(()),
             config: config.clone(),
         });
         let scores = crate::scores::ScoreTable::open(&data_dir.join("scores.sqlite"))
@@ -1628,9 +1640,11 @@ fn flush_memtable(
         state.manifest = manifest;
     }
     let wal_dir = data_dir.join("wal");
+    let _free = lock(&shared.free_wal_files);
+    let last_deletion = shared.last_deletion_seq.load(Ordering::SeqCst);
     for (first_seq, path) in wal::list_files(&wal_dir)? {
         if first_seq <= through {
-            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            wal::retire(&wal_dir, first_seq, &path, last_deletion < first_seq)?;
         }
     }
     fsync_dir(&wal_dir)
@@ -2105,6 +2119,10 @@ impl Store for EmbeddedStore {
             EncodedEntry::deletion(deletion)?,
             Mutation::Deletion(deletion.clone()),
         )?;
+        {
+            let _free = lock(&self.shared.free_wal_files);
+            wal::discard_free_files(&self.shared.config.data_dir.join("wal"))?;
+        }
         // scores go with their spans (a user's data deleted is deleted everywhere)
         self.scores
             .delete_traces(&deletion.project, &traces, deletion.span_id.as_deref())?;

@@ -1,7 +1,10 @@
 //! Write-ahead log: segmented files of checksummed records.
 //!
 //! ```text
-//! file   := magic "LTWAL001" (8 bytes) record*
+//! file   := magic "LTWAL002" (8 bytes) end:u64le crc:u32le 0:u32le record*
+//!           end: where the last record written ends (bytes past it are left over from
+//!           the file's earlier use and never read); crc = crc32c(end)
+//!         | magic "LTWAL001" (8 bytes) record*          (before files were reused; read)
 //! record := len:u32le crc:u32le body[len]
 //! body   := seq:u64le kind:u8 payload        crc = crc32c(body)
 //! kind   := 1 spans (payload = JSON array of Span) | 2 deletion (payload = JSON Deletion)
@@ -27,12 +30,22 @@
 //!
 //! Files are named `{first_seq:020}.wal`; the writer starts a new file at every memtable
 //! rotation, so a file's rows are either all in the memtable or all in a flushed segment.
-//! Recovery reads records until the end or the first bad frame (short, over-long or
-//! checksum mismatch); the bad tail is cut off and moved to `quarantine/`, never silently
-//! deleted, and the cut is reported.
+//! Recovery reads records up to the header's end (a file without a valid header, or of the
+//! first format: until the first bad frame); a record there that is short, over-long or
+//! fails its checksum ends the replay, and from it to the end is cut off and moved to
+//! `quarantine/`, never silently deleted, and the cut is reported.
+//!
+//! A file whose rows are flushed is kept for reuse (`retire`: renamed `{first_seq}.free`,
+//! at most `MAX_FREE_FILES`), and the next file is that one renamed and written over from
+//! the start. Writing over pages the OS already holds is several times cheaper than
+//! growing a new file (new page-cache pages, block allocation, and a journal commit for
+//! the new size at every fdatasync); the header's `end`, rewritten with every commit, is
+//! what tells the new records from the old ones behind them. Free files hold flushed
+//! rows, so a deletion discards them (`discard_free_files`), and so does opening a store.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use llmtrace_model::span::{INPUT_TEXT_DERIVED, OUTPUT_TEXT_DERIVED};
@@ -42,7 +55,16 @@ use crate::error::{Error, Result};
 use crate::fsutil::{fsync_dir, move_to_quarantine};
 use crate::memtable::{JsonFields, Prepared};
 
-pub const MAGIC: &[u8; 8] = b"LTWAL001";
+/// Files whose header says where their records end (those that may be reused).
+pub const MAGIC: &[u8; 8] = b"LTWAL002";
+/// Files written before files were reused: records until the first bad frame.
+pub const MAGIC_V1: &[u8; 8] = b"LTWAL001";
+/// Magic, end, its checksum and four zero bytes: the first record starts here.
+pub const HEADER_LEN: usize = 24;
+/// Flushed files kept for reuse; more are deleted. The WAL thread takes one at each
+/// rotation and a flush gives one back, so two cover a flush that finishes late.
+const MAX_FREE_FILES: usize = 2;
+const FREE_SUFFIX: &str = ".free";
 const KIND_SPANS: u8 = 1;
 const KIND_DELETION: u8 = 2;
 const KIND_SPANS_ZSTD: u8 = 3;
@@ -248,17 +270,20 @@ pub fn file_name(first_seq: u64) -> String {
     format!("{first_seq:020}.wal")
 }
 
-fn parse_file_name(name: &str) -> Option<u64> {
-    name.strip_suffix(".wal")?.parse().ok()
-}
-
 /// WAL files in a directory, oldest first, with the first sequence number each holds.
 pub fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    files_ending(dir, ".wal")
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
     let mut files = vec![];
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        if let Some(first_seq) = name.to_str().and_then(parse_file_name) {
+        let first_seq = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(suffix)?.parse().ok());
+        if let Some(first_seq) = first_seq {
             files.push((first_seq, entry.path()));
         }
     }
@@ -266,9 +291,61 @@ pub fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
+/// Done with a WAL file whose rows are all in flushed segments: keeps it for reuse when
+/// `reuse` and fewer than `MAX_FREE_FILES` are kept, deletes it otherwise.
+pub fn retire(dir: &Path, first_seq: u64, path: &Path, reuse: bool) -> Result<()> {
+    if reuse && files_ending(dir, FREE_SUFFIX)?.len() < MAX_FREE_FILES {
+        let free = dir.join(format!("{first_seq:020}{FREE_SUFFIX}"));
+        fs::rename(path, &free).map_err(|e| Error::io(path, e))
+    } else {
+        fs::remove_file(path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Deletes every file kept for reuse (they hold flushed rows a deletion may have meant).
+pub fn discard_free_files(dir: &Path) -> Result<()> {
+    let free = files_ending(dir, FREE_SUFFIX)?;
+    for (_, path) in &free {
+        fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    if !free.is_empty() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The header of a file whose records end at `end`.
+fn header(end: u64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&end.to_le_bytes());
+    header[16..20].copy_from_slice(&crc32c::crc32c(&end.to_le_bytes()).to_le_bytes());
+    header
+}
+
+/// Where a file's records start, and where its header says they end (`None` when the
+/// file is of the first format or its header is damaged: then they end at the first bad
+/// frame). `None` overall when the file has no valid magic at all.
+fn layout(data: &[u8]) -> Option<(usize, Option<usize>)> {
+    if data.starts_with(MAGIC_V1) {
+        return Some((MAGIC_V1.len(), None));
+    }
+    if !data.starts_with(MAGIC) || data.len() < HEADER_LEN {
+        return None;
+    }
+    let end = u64::from_le_bytes(data[8..16].try_into().ok()?);
+    let crc = u32::from_le_bytes(data[16..20].try_into().ok()?);
+    let valid = crc32c::crc32c(&data[8..16]) == crc && end >= HEADER_LEN as u64;
+    Some((
+        HEADER_LEN,
+        valid.then(|| usize::try_from(end).unwrap_or(usize::MAX)),
+    ))
+}
+
 /// The open file the writer appends to. Records are buffered in memory and reach the
-/// file in one write per group commit; a failed write or sync truncates the file back to
-/// its last good length, so a later record never follows garbage.
+/// file in one write per group commit, followed by the header naming their new end; a
+/// failed write or sync puts the header (and the file's length) back to the last good
+/// end, so a later record never follows garbage.
 pub struct WalWriter {
     file: File,
     path: PathBuf,
@@ -277,22 +354,32 @@ pub struct WalWriter {
 }
 
 impl WalWriter {
-    /// Creates a new file whose first record will carry `first_seq`.
+    /// Starts the file whose first record will carry `first_seq`: a free file renamed and
+    /// written over when one is kept (`retire`), a new file otherwise.
     pub fn create(dir: &Path, first_seq: u64) -> Result<WalWriter> {
         let path = dir.join(file_name(first_seq));
+        let reused = match files_ending(dir, FREE_SUFFIX)?.pop() {
+            // the newest: its pages are the likeliest still held in memory
+            Some((_, free)) => {
+                fs::rename(&free, &path).map_err(|e| Error::io(&free, e))?;
+                true
+            }
+            None => false,
+        };
         let mut file = OpenOptions::new()
             .create(true)
-            .truncate(true)
+            .truncate(!reused)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        file.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
+        file.write_all(&header(HEADER_LEN as u64))
+            .map_err(|e| Error::io(&path, e))?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
         fsync_dir(dir)?;
         Ok(WalWriter {
             file,
             path,
-            synced_bytes: MAGIC.len() as u64,
+            synced_bytes: HEADER_LEN as u64,
             buffer: Vec::with_capacity(1 << 20),
         })
     }
@@ -309,6 +396,7 @@ impl WalWriter {
         if result.is_err() {
             self.buffer.clear();
             // Best effort: drop whatever part of the failed write reached the file.
+            let _ = self.file.write_all_at(&header(self.synced_bytes), 0);
             let _ = self.file.set_len(self.synced_bytes);
             let _ = self.file.seek(SeekFrom::Start(self.synced_bytes));
         }
@@ -320,6 +408,9 @@ impl WalWriter {
         if !self.buffer.is_empty() {
             self.file
                 .write_all(&self.buffer)
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.file
+                .write_all_at(&header(written), 0)
                 .map_err(|e| Error::io(&self.path, e))?;
         }
         if fsync {
@@ -358,38 +449,53 @@ pub fn replay_file(
         .and_then(|mut file| file.read_to_end(&mut data))
         .map_err(|e| Error::io(path, e))?;
     let mut good_end = 0usize;
-    if data.len() >= MAGIC.len() && &data[..MAGIC.len()] == MAGIC {
-        good_end = MAGIC.len();
-        while let Some((seq, entry, next)) = decode_record(&data, good_end) {
+    // where valid records should end: the header's word, else the file's end
+    let mut valid_end = data.len();
+    let mut damaged_header = false;
+    if let Some((start, end)) = layout(&data) {
+        good_end = start;
+        match end {
+            Some(end) => valid_end = end,
+            None => damaged_header = !data.starts_with(MAGIC_V1),
+        }
+        let records = &data[..valid_end.min(data.len())];
+        while let Some((seq, entry, next)) = decode_record(records, good_end) {
             apply(seq, entry)?;
             report.records += 1;
             good_end = next;
         }
     }
-    if good_end < data.len() {
-        let cut = data.len() - good_end;
+    if good_end < valid_end || damaged_header {
+        // a header may claim bytes the file never received: they count as cut too
+        let cut = valid_end.saturating_sub(good_end);
         tracing::warn!(
             file = %path.display(),
             kept_bytes = good_end,
             cut_bytes = cut,
             "wal tail is torn or corrupt: cutting it at the last good record"
         );
-        let tail_path = move_to_quarantine(quarantine_dir, path, ".tail", &data[good_end..])?;
-        tracing::warn!(saved_to = %tail_path.display(), "cut wal bytes kept for inspection");
-        if good_end == 0 {
-            // Not even the header survived: rewrite a valid empty file.
-            let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
-            file.write_all(MAGIC).map_err(|e| Error::io(path, e))?;
-            file.sync_all().map_err(|e| Error::io(path, e))?;
-        } else {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| Error::io(path, e))?;
+        let tail = &data[good_end.min(data.len())..valid_end.min(data.len())];
+        if !tail.is_empty() {
+            let tail_path = move_to_quarantine(quarantine_dir, path, ".tail", tail)?;
+            tracing::warn!(saved_to = %tail_path.display(), "cut wal bytes kept for inspection");
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        if data.starts_with(MAGIC_V1) && good_end >= MAGIC_V1.len() {
+            // a file of the first format now ends at its last good record
             file.set_len(good_end as u64)
                 .map_err(|e| Error::io(path, e))?;
-            file.sync_all().map_err(|e| Error::io(path, e))?;
+        } else {
+            // its header names the last good record (an empty file if not even the header
+            // survived)
+            let end = good_end.max(HEADER_LEN) as u64;
+            file.set_len(end).map_err(|e| Error::io(path, e))?;
+            file.write_all_at(&header(end), 0)
+                .map_err(|e| Error::io(path, e))?;
         }
+        file.sync_all().map_err(|e| Error::io(path, e))?;
         report.cut_bytes += cut as u64;
         report.cut_files.push(path.to_path_buf());
     }
@@ -748,13 +854,155 @@ mod tests {
     #[test]
     fn garbage_length_field_does_not_allocate_or_panic() {
         let dir = tempfile::tempdir().unwrap();
+        let garbage = |magic: &[u8]| {
+            let mut data = magic.to_vec();
+            data.extend_from_slice(&u32::MAX.to_le_bytes());
+            data.extend_from_slice(&[0; 12]);
+            data
+        };
+        // the first format: records until the first bad frame
         let path = dir.path().join(file_name(1));
-        let mut data = MAGIC.to_vec();
-        data.extend_from_slice(&u32::MAX.to_le_bytes());
-        data.extend_from_slice(&[0; 12]);
-        fs::write(&path, &data).unwrap();
+        fs::write(&path, garbage(MAGIC_V1)).unwrap();
         let (seqs, report) = replay(&path, &dir.path().join("q"));
         assert!(seqs.is_empty());
         assert_eq!(report.cut_bytes, 16);
+        // the current one, with a header that claims the garbage
+        let path = dir.path().join(file_name(2));
+        let mut data = header(HEADER_LEN as u64 + 16).to_vec();
+        data.extend_from_slice(&garbage(b"")[..16]);
+        fs::write(&path, data).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert!(seqs.is_empty());
+        assert_eq!(report.cut_bytes, 16);
+        assert_eq!(fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
+    }
+
+    /// A file as versions before reuse wrote them: the first magic, then records.
+    fn first_format(dir: &Path, seqs: std::ops::RangeInclusive<u64>) -> PathBuf {
+        let mut data = MAGIC_V1.to_vec();
+        for seq in seqs.clone() {
+            frame(seq, &encoded(&[span(seq)]), &mut data);
+        }
+        let path = dir.join(file_name(*seqs.start()));
+        fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn files_of_the_first_format_still_replay_and_are_cut_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = first_format(dir.path(), 1..=3);
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_bytes), (vec![1, 2, 3], 0));
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 4)
+            .unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert!(report.cut_bytes > 0);
+        let data = fs::read(&path).unwrap();
+        assert!(data.starts_with(MAGIC_V1), "still the first format");
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_bytes), (vec![1, 2], 0));
+    }
+
+    /// Writes `seqs` into the file `WalWriter::create` starts at the first of them.
+    fn write_file(dir: &Path, seqs: std::ops::RangeInclusive<u64>) -> PathBuf {
+        let mut writer = WalWriter::create(dir, *seqs.start()).unwrap();
+        for seq in seqs.clone() {
+            writer.write(seq, &encoded(&[span(seq)])).unwrap();
+            writer.sync(true).unwrap();
+        }
+        dir.join(file_name(*seqs.start()))
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn a_reused_file_replays_only_what_was_written_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = write_file(dir.path(), 1..=6);
+        let (old_inode, old_len) = (inode(&old), fs::metadata(&old).unwrap().len());
+        retire(dir.path(), 1, &old, true).unwrap();
+        assert!(!old.exists());
+        // records of the same size as the old ones, so that old ones follow at record bounds
+        let path = write_file(dir.path(), 7..=8);
+        assert_eq!(inode(&path), old_inode, "the free file was taken");
+        assert_eq!(files_ending(dir.path(), FREE_SUFFIX).unwrap(), vec![]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            old_len,
+            "written over, not truncated: the old records are still behind the new ones"
+        );
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_bytes), (vec![7, 8], 0));
+
+        // a damaged record among the new ones is cut, not taken for an old one
+        let mut data = fs::read(&path).unwrap();
+        let end = u64::from_le_bytes(data[8..16].try_into().unwrap()) as usize;
+        data[end - 3] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![7]);
+        assert!(report.cut_bytes > 0);
+        assert_eq!(report.cut_files, vec![path.clone()]);
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_bytes), (vec![7], 0));
+    }
+
+    #[test]
+    fn a_header_that_claims_more_than_the_file_holds_is_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), 1..=2);
+        let len = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&header(len + 100), 0).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(report.cut_bytes, 100);
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_bytes), (vec![1, 2], 0));
+
+        // a damaged header: the records are read to the first bad frame, and it is said
+        let mut data = fs::read(&path).unwrap();
+        data[9] ^= 0x01;
+        fs::write(&path, &data).unwrap();
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(report.cut_files, vec![path.clone()]);
+        let (seqs, report) = replay(&path, &dir.path().join("q"));
+        assert_eq!((seqs, report.cut_files.len()), (vec![1, 2], 0));
+    }
+
+    #[test]
+    fn at_most_two_files_are_kept_and_a_discard_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for first in [1, 10, 20] {
+            let path = write_file(dir.path(), first..=first + 1);
+            retire(dir.path(), first, &path, true).unwrap();
+        }
+        // the first went into the free list and was taken by the next file, and so on
+        assert_eq!(files_ending(dir.path(), FREE_SUFFIX).unwrap().len(), 1);
+        for first in [30, 40, 50] {
+            let path = dir.path().join(file_name(first));
+            fs::write(&path, header(HEADER_LEN as u64)).unwrap();
+            retire(dir.path(), first, &path, true).unwrap();
+        }
+        assert_eq!(
+            files_ending(dir.path(), FREE_SUFFIX).unwrap().len(),
+            MAX_FREE_FILES
+        );
+        let path = write_file(dir.path(), 60..=60);
+        retire(dir.path(), 60, &path, false).unwrap();
+        assert!(!path.exists(), "not kept when the caller says so");
+        discard_free_files(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -196,6 +196,9 @@ impl WalThread {
                         }
                     }
                     Mutation::Deletion(deletion) => {
+                        self.shared
+                            .last_deletion_seq
+                            .fetch_max(item.seq, std::sync::atomic::Ordering::SeqCst);
                         state.active.delete(item.seq, &deletion);
                         state.deletions.push(DeletionRecord {
                             seq: item.seq,

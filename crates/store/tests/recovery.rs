@@ -2,7 +2,7 @@
 //! opens, says what it did, and serves everything else.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use llmtrace_model::{Span, SpanFilter, SpanQuery, Store};
+use llmtrace_model::{Deletion, Span, SpanFilter, SpanQuery, Store};
 use llmtrace_store::{Durability, EmbeddedStore, Manifest, StoreConfig};
 
 fn span(project: &str, n: u64) -> Span {
@@ -113,6 +113,81 @@ fn torn_wal_tail_is_cut_and_reported() {
     let store = EmbeddedStore::open(config(dir.path())).unwrap();
     assert_eq!(count(&store, "p"), 5);
     assert_eq!(store.recovery_report().wal_bytes_cut, 0);
+}
+
+/// Files of `dir/wal` whose names end in `suffix`.
+fn wal_files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn flushed_wal_files_are_written_over_and_replay_only_their_new_records() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        store
+            .append((0..10).map(|n| span("a", n)).collect())
+            .unwrap();
+        store.flush().unwrap();
+        let free = wal_files(dir.path(), ".free");
+        assert_eq!(free.len(), 1, "the flushed file is kept for reuse");
+        let kept = std::fs::metadata(&free[0]).unwrap().ino();
+        store
+            .append((10..20).map(|n| span("a", n)).collect())
+            .unwrap();
+        store.flush().unwrap();
+        // the next file was the kept one, renamed: it holds what comes now over old records
+        store
+            .append((20..25).map(|n| span("a", n)).collect())
+            .unwrap();
+        let open: Vec<_> = wal_files(dir.path(), ".wal")
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).unwrap().ino() == kept)
+            .collect();
+        assert_eq!(open.len(), 1, "the kept file is the open one again");
+    }
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(
+        (report.wal_records_replayed, report.wal_bytes_cut),
+        (1, 0),
+        "only the batch written since: the old records behind it are not read"
+    );
+    assert_eq!(count(&store, "a"), 25);
+    assert!(
+        wal_files(dir.path(), ".free").is_empty(),
+        "opening discards them"
+    );
+
+    // a flush takes the replayed rows too (and keeps their file); a deletion discards
+    // kept files: they hold flushed rows it may mean
+    store.flush().unwrap();
+    assert_eq!(store.stats().unwrap().memtable_rows, 0);
+    assert_eq!(wal_files(dir.path(), ".free").len(), 1);
+    let doomed = span("a", 3);
+    store
+        .delete(&Deletion {
+            project: "a".into(),
+            trace_id: Some(doomed.trace_id.clone()),
+            span_id: None,
+            session_id: None,
+            user_id: None,
+            since: None,
+            until: None,
+        })
+        .unwrap();
+    assert!(wal_files(dir.path(), ".free").is_empty());
+    assert_eq!(count(&store, "a"), 24);
+    // and a file that was open when a deletion came is not kept either
+    store.flush().unwrap();
+    assert!(wal_files(dir.path(), ".free").is_empty());
 }
 
 fn text_hits(store: &EmbeddedStore, project: &str, text: &str) -> usize {

@@ -426,6 +426,41 @@ fn print_wal_encoding(what: &str, batch: &[llmtrace_model::Span]) -> Result<()> 
     Ok(())
 }
 
+/// What a client appending one span at a time waits for at the WAL: commits of a one-span
+/// record, fdatasync each, into a new file and into a file kept from an earlier one and
+/// written over (as the WAL thread does once a flush has given one back).
+fn print_wal_commits(dir: &std::path::Path, span: &llmtrace_model::Span) -> Result<()> {
+    use llmtrace_store::memtable::Prepared;
+    use llmtrace_store::wal::{self, EncodedEntry, WalWriter};
+    const COMMITS: u64 = 2000;
+    let wal_dir = dir.join("wal-commits");
+    std::fs::create_dir_all(&wal_dir)?;
+    let entry = EncodedEntry::rows(
+        &mut [Prepared::new(span.clone())],
+        llmtrace_store::WalCompression::None,
+    )?;
+    let commits = |first_seq: u64| -> Result<(f64, f64)> {
+        let mut writer = WalWriter::create(&wal_dir, first_seq)?;
+        let cpu = process_cpu("self");
+        let started = Instant::now();
+        for seq in first_seq..first_seq + COMMITS {
+            writer.write(seq, &entry)?;
+            writer.sync(true)?;
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / COMMITS as f64;
+        Ok((per(started.elapsed()), per(process_cpu("self") - cpu)))
+    };
+    let (new_wall, new_cpu) = commits(1)?;
+    wal::retire(&wal_dir, 1, &wal_dir.join(wal::file_name(1)), true)?;
+    let (reused_wall, reused_cpu) = commits(COMMITS + 1)?;
+    println!(
+        "| WAL commit of one span ({} bytes), fdatasync each, {COMMITS} commits | new file: {new_wall:.0} µs, {new_cpu:.1} µs CPU per commit; written over a kept file: {reused_wall:.0} µs, {reused_cpu:.1} µs CPU |",
+        entry.len()
+    );
+    std::fs::remove_dir_all(&wal_dir)?;
+    Ok(())
+}
+
 fn store(args: StoreArgs) -> Result<()> {
     println!("| measurement | result |");
     println!("|---|---|");
@@ -476,6 +511,9 @@ fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
         let written = (batches.len() * batch) as u64;
         if let Some(first) = batches.first() {
             print_wal_encoding("a durable ingest batch", first)?;
+            if batch == 1 {
+                print_wal_commits(&args.dir, &first[0])?;
+            }
         }
         let mut lanes: Vec<Vec<Vec<_>>> = (0..args.appenders.max(1)).map(|_| Vec::new()).collect();
         let lane_count = lanes.len();
