@@ -474,6 +474,8 @@ impl EmbeddedStore {
             tracing::warn!(?report, "store opened after repairs");
         }
 
+        // a file replayed now may hold rows that a deletion replayed after it deletes
+        let last_deletion_seq = deletions.iter().map(|d| d.seq).max().unwrap_or(0);
         let next_seq = max_seq + 1;
         // what a deletion replayed just now may have meant is in none of them
         wal::discard_free_files(&wal_dir)?;
@@ -495,7 +497,7 @@ impl EmbeddedStore {
             maintenance: Mutex::new(()),
             stopping: AtomicBool::new(false),
             wal_thread: BackgroundThread::new(config.wal_follows_callers),
-            last_deletion_seq: AtomicU64::new(0),
+            last_deletion_seq: AtomicU64::new(last_deletion_seq),
             free_wal_files: Mutex::new(()),
             config: config.clone(),
         });

@@ -188,6 +188,28 @@ fn flushed_wal_files_are_written_over_and_replay_only_their_new_records() {
     // and a file that was open when a deletion came is not kept either
     store.flush().unwrap();
     assert!(wal_files(dir.path(), ".free").is_empty());
+
+    // nor one replayed at an open with such a deletion after it
+    store
+        .append((30..35).map(|n| span("a", n)).collect())
+        .unwrap();
+    store
+        .delete(&Deletion {
+            project: "a".into(),
+            trace_id: Some(span("a", 30).trace_id),
+            span_id: None,
+            session_id: None,
+            user_id: None,
+            since: None,
+            until: None,
+        })
+        .unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(count(&store, "a"), 28);
+    store.flush().unwrap();
+    assert!(wal_files(dir.path(), ".free").is_empty());
+    assert_eq!(count(&store, "a"), 28);
 }
 
 fn text_hits(store: &EmbeddedStore, project: &str, text: &str) -> usize {
