@@ -257,11 +257,7 @@ impl Config {
     /// `none` (zstd's fastest setting: records about as large as their rows) or `zstd`
     /// (level 1: about a third of the bytes for more CPU per span).
     pub fn wal_compression(&self) -> Result<WalCompression> {
-        match self.wal_compression.as_str() {
-            "none" => Ok(WalCompression::None),
-            "zstd" => Ok(WalCompression::Zstd),
-            other => bail!("wal_compression must be none or zstd, got {other:?}"),
-        }
+        self.wal_compression.parse().map_err(anyhow::Error::msg)
     }
 
     pub fn flush_interval(&self) -> Duration {

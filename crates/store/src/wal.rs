@@ -87,6 +87,21 @@ pub enum WalCompression {
     Zstd,
 }
 
+impl std::str::FromStr for WalCompression {
+    type Err = String;
+
+    /// The setting's names: `none` or `zstd`.
+    fn from_str(name: &str) -> std::result::Result<WalCompression, String> {
+        match name {
+            "none" => Ok(WalCompression::None),
+            "zstd" => Ok(WalCompression::Zstd),
+            other => Err(format!(
+                "wal_compression must be none or zstd, got {other:?}"
+            )),
+        }
+    }
+}
+
 impl WalCompression {
     fn level(self) -> i32 {
         match self {

@@ -176,11 +176,7 @@ fn flushed_wal_files_are_written_over_and_replay_only_their_new_records() {
         .delete(&Deletion {
             project: "a".into(),
             trace_id: Some(doomed.trace_id.clone()),
-            span_id: None,
-            session_id: None,
-            user_id: None,
-            since: None,
-            until: None,
+            ..Deletion::default()
         })
         .unwrap();
     assert!(wal_files(dir.path(), ".free").is_empty());
@@ -197,11 +193,7 @@ fn flushed_wal_files_are_written_over_and_replay_only_their_new_records() {
         .delete(&Deletion {
             project: "a".into(),
             trace_id: Some(span("a", 30).trace_id),
-            span_id: None,
-            session_id: None,
-            user_id: None,
-            since: None,
-            until: None,
+            ..Deletion::default()
         })
         .unwrap();
     drop(store);

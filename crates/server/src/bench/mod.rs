@@ -113,7 +113,7 @@ pub struct StoreArgs {
     /// How the durable ingest measurements' store compresses its WAL records (`none`, the
     /// default, or `zstd`: the `wal_compression` setting).
     #[arg(long, default_value = "none")]
-    wal_compression: String,
+    wal_compression: llmtrace_store::WalCompression,
     /// Repetitions of each query (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
@@ -490,14 +490,9 @@ fn store(args: StoreArgs) -> Result<()> {
 /// Durable ingest at each batch size, fsync per group commit, `appenders` threads
 /// appending concurrently (as concurrent requests do; group commit shares fsyncs).
 fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
-    let wal_compression = match args.wal_compression.as_str() {
-        "none" => llmtrace_store::WalCompression::None,
-        "zstd" => llmtrace_store::WalCompression::Zstd,
-        other => bail!("--wal-compression {other:?}: expected none or zstd"),
-    };
     for &batch in &args.batches {
         let dir = args.dir.join(format!("ingest-batch-{batch}"));
-        let store = open_with(&dir, Durability::Fsync, wal_compression)?;
+        let store = open_with(&dir, Durability::Fsync, args.wal_compression)?;
         let count = args
             .ingest_spans
             .unwrap_or((batch * 2000).clamp(2000, 200_000))
@@ -558,7 +553,7 @@ fn measure_ingest(args: &StoreArgs, end: i64) -> Result<()> {
             } else {
                 String::new()
             },
-            args.wal_compression,
+            format!("{:?}", args.wal_compression).to_lowercase(),
             per_span(cpu_acknowledged),
             per_span(cpu_all),
             closing.elapsed().as_secs_f64(),
