@@ -1644,9 +1644,9 @@ fn flush_memtable(
     let wal_dir = data_dir.join("wal");
     let _free = lock(&shared.free_wal_files);
     let last_deletion = shared.last_deletion_seq.load(Ordering::SeqCst);
-    for (first_seq, path) in wal::list_files(&wal_dir)? {
+    for (first_seq, _) in wal::list_files(&wal_dir)? {
         if first_seq <= through {
-            wal::retire(&wal_dir, first_seq, &path, last_deletion < first_seq)?;
+            wal::retire(&wal_dir, first_seq, last_deletion < first_seq)?;
         }
     }
     fsync_dir(&wal_dir)

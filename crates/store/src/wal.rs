@@ -306,14 +306,16 @@ fn files_ending(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// Done with a WAL file whose rows are all in flushed segments: keeps it for reuse when
-/// `reuse` and fewer than `MAX_FREE_FILES` are kept, deletes it otherwise.
-pub fn retire(dir: &Path, first_seq: u64, path: &Path, reuse: bool) -> Result<()> {
+/// Done with the WAL file starting at `first_seq`, whose rows are all in flushed segments:
+/// keeps it for reuse when `reuse` and fewer than `MAX_FREE_FILES` are kept, deletes it
+/// otherwise.
+pub fn retire(dir: &Path, first_seq: u64, reuse: bool) -> Result<()> {
+    let path = dir.join(file_name(first_seq));
     if reuse && files_ending(dir, FREE_SUFFIX)?.len() < MAX_FREE_FILES {
         let free = dir.join(format!("{first_seq:020}{FREE_SUFFIX}"));
-        fs::rename(path, &free).map_err(|e| Error::io(path, e))
+        fs::rename(&path, &free).map_err(|e| Error::io(&path, e))
     } else {
-        fs::remove_file(path).map_err(|e| Error::io(path, e))
+        fs::remove_file(&path).map_err(|e| Error::io(&path, e))
     }
 }
 
@@ -498,7 +500,7 @@ pub fn replay_file(
             .write(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        if data.starts_with(MAGIC_V1) && good_end >= MAGIC_V1.len() {
+        if data.starts_with(MAGIC_V1) {
             // a file of the first format now ends at its last good record
             file.set_len(good_end as u64)
                 .map_err(|e| Error::io(path, e))?;
@@ -945,7 +947,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = write_file(dir.path(), 1..=6);
         let (old_inode, old_len) = (inode(&old), fs::metadata(&old).unwrap().len());
-        retire(dir.path(), 1, &old, true).unwrap();
+        retire(dir.path(), 1, true).unwrap();
         assert!(!old.exists());
         // records of the same size as the old ones, so that old ones follow at record bounds
         let path = write_file(dir.path(), 7..=8);
@@ -1000,22 +1002,21 @@ mod tests {
     fn at_most_two_files_are_kept_and_a_discard_removes_them() {
         let dir = tempfile::tempdir().unwrap();
         for first in [1, 10, 20] {
-            let path = write_file(dir.path(), first..=first + 1);
-            retire(dir.path(), first, &path, true).unwrap();
+            write_file(dir.path(), first..=first + 1);
+            retire(dir.path(), first, true).unwrap();
         }
         // the first went into the free list and was taken by the next file, and so on
         assert_eq!(files_ending(dir.path(), FREE_SUFFIX).unwrap().len(), 1);
         for first in [30, 40, 50] {
-            let path = dir.path().join(file_name(first));
-            fs::write(&path, header(HEADER_LEN as u64)).unwrap();
-            retire(dir.path(), first, &path, true).unwrap();
+            fs::write(dir.path().join(file_name(first)), header(HEADER_LEN as u64)).unwrap();
+            retire(dir.path(), first, true).unwrap();
         }
         assert_eq!(
             files_ending(dir.path(), FREE_SUFFIX).unwrap().len(),
             MAX_FREE_FILES
         );
         let path = write_file(dir.path(), 60..=60);
-        retire(dir.path(), 60, &path, false).unwrap();
+        retire(dir.path(), 60, false).unwrap();
         assert!(!path.exists(), "not kept when the caller says so");
         discard_free_files(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);

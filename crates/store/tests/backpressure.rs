@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use llmtrace_model::{ErrorCode, Span, Store};
 use llmtrace_store::{Durability, EmbeddedStore, StoreConfig};
 
+mod common;
+
 fn spans(from: u64, count: u64) -> Vec<Span> {
     (from..from + count)
         .map(|n| Span {
@@ -101,16 +103,9 @@ fn a_full_memtable_is_frozen_at_its_size_and_flushed_on_its_own() {
     let stats = append_ten_batches_of_100_and_flush(&store);
     assert_eq!(stats.memtable_rows, 0);
     assert_eq!(stats.segments, 10, "one segment per memtable of 100 rows");
-    let names: Vec<String> = std::fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    let count = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).count();
-    assert_eq!(
-        count(".wal"),
-        1,
-        "only the open WAL file is left: {names:?}"
-    );
-    assert!(count(".free") <= 2, "at most two kept for reuse: {names:?}");
-    assert_eq!(count(".wal") + count(".free"), names.len(), "{names:?}");
+    let all = common::wal_files(dir.path(), "");
+    let count = |suffix: &str| common::wal_files(dir.path(), suffix).len();
+    assert_eq!(count(".wal"), 1, "only the open WAL file is left: {all:?}");
+    assert!(count(".free") <= 2, "at most two kept for reuse: {all:?}");
+    assert_eq!(count(".wal") + count(".free"), all.len(), "{all:?}");
 }

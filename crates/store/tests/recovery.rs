@@ -5,6 +5,9 @@
 use llmtrace_model::{Deletion, Span, SpanFilter, SpanQuery, Store};
 use llmtrace_store::{Durability, EmbeddedStore, Manifest, StoreConfig};
 
+mod common;
+use common::wal_files;
+
 fn span(project: &str, n: u64) -> Span {
     Span {
         project: project.into(),
@@ -113,17 +116,6 @@ fn torn_wal_tail_is_cut_and_reported() {
     let store = EmbeddedStore::open(config(dir.path())).unwrap();
     assert_eq!(count(&store, "p"), 5);
     assert_eq!(store.recovery_report().wal_bytes_cut, 0);
-}
-
-/// Files of `dir/wal` whose names end in `suffix`.
-fn wal_files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

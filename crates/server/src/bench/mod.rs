@@ -451,7 +451,7 @@ fn print_wal_commits(dir: &std::path::Path, span: &llmtrace_model::Span) -> Resu
         Ok((per(started.elapsed()), per(process_cpu("self") - cpu)))
     };
     let (new_wall, new_cpu) = commits(1)?;
-    wal::retire(&wal_dir, 1, &wal_dir.join(wal::file_name(1)), true)?;
+    wal::retire(&wal_dir, 1, true)?;
     let (reused_wall, reused_cpu) = commits(COMMITS + 1)?;
     println!(
         "| WAL commit of one span ({} bytes), fdatasync each, {COMMITS} commits | new file: {new_wall:.0} µs, {new_cpu:.1} µs CPU per commit; written over a kept file: {reused_wall:.0} µs, {reused_cpu:.1} µs CPU |",

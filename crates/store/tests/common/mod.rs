@@ -57,3 +57,14 @@ pub fn assert_aggregates_agree(got: &[AggregateRow], exact: &[AggregateRow], wha
         }
     }
 }
+
+/// Files of `data_dir/wal` whose names end in `suffix`, sorted.
+pub fn wal_files(data_dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    files.sort();
+    files
+}
